@@ -1,0 +1,5 @@
+import sys
+
+from blocksft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``blocksft`` command line (light modules; the work is in the package)."""

@@ -1,0 +1,12 @@
+"""`blocksft bench`: not built yet."""
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    print("blocksft bench: not built yet", file=sys.stderr)
+    return 2

@@ -1,0 +1,12 @@
+"""`blocksft eval`: not built yet."""
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    print("blocksft eval: not built yet", file=sys.stderr)
+    return 2

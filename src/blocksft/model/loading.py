@@ -1,0 +1,74 @@
+"""Loading LLaDA models and tokenizers from the hub or a local folder.
+
+Our own :class:`LLaDAModelLM` is used by default; the published remote code only when asked
+(``trust_remote_code=True``), with the fix it needs under transformers 5.x (``use_cache`` set).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+
+from .configuration_llada import LLaDAConfig
+from .modeling_llada import LLaDAModelLM
+
+_DTYPES = {
+    "auto": "auto",
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """Map ``"bf16"``/``"fp32"``/... (or a torch dtype) to what ``from_pretrained`` takes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
+) -> PreTrainedModel:
+    """Load a LLaDA checkpoint (hub id or folder).
+
+    Args:
+        name_or_path: e.g. ``GSAI-ML/LLaDA-8B-Instruct`` or a local checkpoint folder.
+        dtype: ``auto`` (the checkpoint's), ``bf16``, ``fp16``, ``fp32`` or a torch dtype.
+        trust_remote_code: use the checkpoint's published modeling code instead of ours.
+        device: move the model there after loading.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if trust_remote_code:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True)
+        # The published remote code reads config.use_cache, which transformers 5.x no longer sets.
+        config.use_cache = False
+        model = AutoModel.from_pretrained(
+            name_or_path, config=config, trust_remote_code=True, dtype=torch_dtype
+        )
+    else:
+        config_dict, _ = LLaDAConfig.get_config_dict(name_or_path)
+        model_type = config_dict.get("model_type")
+        if model_type != LLaDAConfig.model_type:
+            raise ValueError(
+                f"{name_or_path} is a {model_type!r} checkpoint, not 'llada'; blocksft's own model "
+                "class only covers LLaDA (pass --trust-remote-code to use the checkpoint's own code)"
+            )
+        model = LLaDAModelLM.from_pretrained(name_or_path, dtype=torch_dtype)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """Load the tokenizer that goes with a checkpoint (hub id or folder)."""
+    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -1,0 +1,112 @@
+"""LLaDA's special tokens and chat template, and small LLaDA-style tokenizers built in code.
+
+The real LLaDA-8B-Instruct tokenizer is loaded from the hub or a folder. Tests and the demo cannot
+download it, so :func:`build_tokenizer` trains a small byte-level BPE with the same special tokens,
+roles and chat template, so that every code path (chat rendering, header stripping, ``prompt_len``)
+runs unchanged on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+MASK = "<|mdm_mask|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+EOT = "<|eot_id|>"
+SPECIAL_TOKENS = (BOS, EOS, MASK, START_HEADER, END_HEADER, EOT)
+
+# Token ids of the real LLaDA-8B-Instruct tokenizer.
+LLADA_8B_TOKEN_IDS = {
+    BOS: 126080,
+    EOS: 126081,
+    MASK: 126336,
+    START_HEADER: 126346,
+    END_HEADER: 126347,
+    EOT: 126348,
+}
+LLADA_8B_MASK_ID = 126336
+
+# LLaDA-8B-Instruct ships the early Llama-3 template: the assistant header is appended
+# unconditionally, whatever add_generation_prompt says (348 characters, as published).
+LLADA_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+)
+ASSISTANT_HEADER = f"{START_HEADER}assistant{END_HEADER}\n\n"  # 47 characters
+
+# A little text so that the default tiny tokenizer learns some merges; any text still encodes
+# (byte-level), so tests may feed it anything.
+_DEFAULT_CORPUS = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.",
+    "### Instruction:\nNatalia sold clips to 48 of her friends in April, and then she sold half "
+    "as many clips in May. How many clips did Natalia sell altogether in April and May?",
+    "### Response: Let's think step by step.",
+    "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether.\n#### 72",
+    "The answer is: 72",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+    "How much did she earn? The total is \\boxed{10}.",
+)
+
+
+def build_tokenizer(
+    corpus: Iterable[str] = _DEFAULT_CORPUS,
+    vocab_size: int = 512,
+    *,
+    model_max_length: int = 4096,
+):
+    """Train a byte-level BPE with LLaDA's special tokens and chat template.
+
+    Digits are always split into single tokens (numbers generalise better that way). The special
+    tokens take ids 0..5 in the order BOS, EOS, mask, start-header, end-header, EoT; EOS doubles
+    as the pad token, as in LLaDA, and plain encoding prepends BOS. Training is deterministic
+    for a given corpus and vocab size.
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(corpus), trainer=trainer)
+    # Like LLaDA's tokenizer, plain encoding prepends BOS; rendered chat templates already hold
+    # one, so they must be encoded with add_special_tokens=False.
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, 0)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        mask_token=MASK,
+        additional_special_tokens=[START_HEADER, END_HEADER, EOT],
+        model_max_length=model_max_length,
+    )
+    tokenizer.chat_template = LLADA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def mask_token_id(tokenizer) -> int:
+    """The id of ``<|mdm_mask|>`` in ``tokenizer`` (LLaDA's tokenizer does not set ``mask_token``)."""
+    token_id = tokenizer.convert_tokens_to_ids(MASK)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no {MASK} token")
+    return int(token_id)
