@@ -1,0 +1,398 @@
+"""``run_train(config)``: a whole training run, top to bottom.
+
+Engine and folders -> tokenizer, model, mask id -> records and the item plan -> LoRA -> Trainer ->
+train (or resume) -> final merged checkpoint and the budget. Launch it with ``python``/``blocksft
+train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module blocksft.train`` or
+``accelerate launch``: the Trainer picks the distributed setup up from the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from blocksft.config import config_to_dict
+from blocksft.errors import BlocksftError
+
+from .callbacks import (
+    COMPLETE_MARKER,
+    CompleteMarkerCallback,
+    ExportCallback,
+    LossProgressCallback,
+    MergedExporter,
+    say,
+    write_json,
+)
+from .config import TrainConfig, config_differences, resolve_deepspeed_config
+from .data import ItemDataset, PadCollator, plan_items, steps_for
+from .metrics import CsvLog, FlopModel, StepMeter, budget_summary, format_budget
+from .trainer import BlockSFTTrainer, TrainStep
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    steps: int
+    exports: list[Path]
+    logs_dir: Path
+    budget: dict
+
+
+def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
+    """Train a LoRA (or full) fine-tune with the configured objective.
+
+    Args:
+        config: the run's settings.
+        callbacks: extra ``transformers.TrainerCallback`` objects (tests use them to interrupt).
+
+    Returns:
+        A :class:`TrainResult` (on every rank; ``exports`` and ``budget`` are filled on rank 0).
+    """
+    from accelerate import PartialState
+
+    import blocksft.model  # noqa: F401  (registers LLaDA with the Auto classes)
+    from blocksft.data.records import load_records
+    from blocksft.model.loading import load_model, load_tokenizer
+
+    # ----- Engine and output folders -----
+    args = training_arguments(config)
+    state = PartialState()
+    resume_from = check_output(config)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        config.logs_dir.mkdir(parents=True, exist_ok=True)
+
+    # ----- Tokenizer, model, mask id -----
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    model = load_model(config.model, dtype=training_dtype(config))
+    pad_id = padding_id(tokenizer, model.config)
+    mask_id = resolve_mask_id(config.mask_id, model.config, tokenizer, pad_id)
+
+    # ----- Data: records, the item plan, steps -----
+    records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
+    if config.max_samples:
+        records = records[: config.max_samples]
+    samples_per_step = args.world_size * config.micro_batch * config.grad_accum
+    items = plan_items(
+        len(records),
+        config.epochs,
+        seed=config.seed,
+        shuffle=config.shuffle,
+        block_for=block_chooser(config, records),
+    )
+    steps = steps_for(len(items), samples_per_step, config.total_steps)
+    items = items[: steps * samples_per_step]
+    args.max_steps = steps
+    say(describe_plan(config, len(records), len(items), steps, samples_per_step, args.world_size))
+
+    # ----- LoRA (or full fine-tuning) -----
+    from transformers import set_seed
+
+    set_seed(config.seed)
+    model, lora_modules = attach_adapters(model, config)
+
+    # ----- Trainer -----
+    flop_model = flop_model_of(model, config)
+    meter = StepMeter(flop_model=flop_model)
+    resume_step = checkpoint_step(resume_from) if resume_from else 0
+    csv_log = CsvLog(config.logs_dir, resume_step=resume_step) if state.is_main_process else None
+    if state.is_main_process:
+        write_run_config(
+            config, mask_id=mask_id, steps=steps, world_size=args.world_size, modules=lora_modules
+        )
+    train_step = TrainStep(
+        objective=config.objective,
+        mask_id=mask_id,
+        seed=config.seed,
+        sparse_logits=config.sparse_logits,
+        attend_padding=config.attend_padding,
+        objective_options=objective_options(config),
+    )
+    collator = PadCollator(
+        pad_id=pad_id,
+        multiple_of=config.pad_to_multiple_of,
+        pad_to=config.max_len if (config.pad_to_max_len or config.supervise_padding) else None,
+        supervise_padding=config.supervise_padding,
+    )
+    trainer = BlockSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ItemDataset(records, items),
+        data_collator=collator,
+        processing_class=tokenizer,
+        train_step=train_step,
+        meter=meter,
+        csv_log=csv_log,
+    )
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    exporter = MergedExporter(trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer)
+    for callback in (
+        LossProgressCallback(),
+        CompleteMarkerCallback(),
+        ExportCallback(exporter, config.save_every),
+        *callbacks,
+    ):
+        trainer.add_callback(callback)
+
+    # ----- Train, then the last merged checkpoint and the budget -----
+    if resume_from:
+        say(f"resuming from {resume_from} (step {resume_step} of {steps})")
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if trainer.state.global_step not in exporter.exported_steps:
+        exporter.export(trainer.state.global_step)
+    budget = {}
+    if state.is_main_process:
+        budget = budget_summary(config.logs_dir / "train_loss.csv")
+        (config.logs_dir / "budget.json").write_text(json.dumps(budget, indent=2) + "\n")
+        say(format_budget(budget))
+    state.wait_for_everyone()
+    return TrainResult(trainer.state.global_step, exporter.exports, config.logs_dir, budget)
+
+
+# ----- Engine -------------------------------------------------------------------------------------
+
+
+def training_dtype(config: TrainConfig) -> str:
+    """``bf16`` on a GPU that supports it (or as asked), ``fp32`` on CPU."""
+    if config.dtype != "auto":
+        return config.dtype
+    on_gpu = torch.cuda.is_available() and not config.use_cpu
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def training_arguments(config: TrainConfig):
+    """The ``TrainingArguments`` for a config (``max_steps`` is set once the data is planned)."""
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available() and not config.use_cpu
+    dtype = training_dtype(config)
+    if not 0.0 <= config.warmup_ratio < 1.0:
+        raise BlocksftError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
+    return TrainingArguments(
+        output_dir=str(config.checkpoints_dir),
+        per_device_train_batch_size=config.micro_batch,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_eps,
+        weight_decay=config.weight_decay,
+        optim="adamw_torch",
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        max_steps=1,
+        seed=config.seed,
+        bf16=on_gpu and dtype == "bf16",
+        fp16=on_gpu and dtype == "fp16",
+        use_cpu=not on_gpu,
+        deepspeed=resolve_deepspeed_config(config.deepspeed, cuda_available=on_gpu),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=config.log_every,
+        logging_nan_inf_filter=False,
+        save_strategy="steps" if config.checkpoint_every else "no",
+        save_steps=config.checkpoint_every or 1,
+        save_total_limit=config.keep_checkpoints or None,
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        remove_unused_columns=False,
+        label_names=[],
+        dataloader_num_workers=config.num_workers,
+        dataloader_pin_memory=on_gpu,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+
+
+# ----- Output folders and resume ------------------------------------------------------------------
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.rsplit("-", 1)[1])
+
+
+def last_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that was finished (its marker file written last)."""
+    done = [p for p in checkpoints_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    return max(done, key=checkpoint_step, default=None)
+
+
+def check_output(config: TrainConfig) -> Path | None:
+    """Refuse to overwrite a previous run; with ``--resume``, find where to continue from."""
+    logs = config.logs_dir
+    saved_config = logs / "config.json"
+    if not config.resume:
+        if logs.exists() and any(logs.iterdir()):
+            raise BlocksftError(
+                f"{logs} exists already (a previous run): pass --resume to continue it, or choose "
+                "another --ckpt-dir"
+            )
+        return None
+    if saved_config.is_file():
+        saved = json.loads(saved_config.read_text())["config"]
+        differences = config_differences(saved, config_to_dict(config))
+        if differences:
+            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
+            raise BlocksftError(f"--resume: settings differ from the run in {logs}: {details}")
+    found = last_complete_checkpoint(config.checkpoints_dir)
+    if found is None:
+        say(f"--resume: no complete resumable state under {config.checkpoints_dir}; starting from step 0")
+    return found
+
+
+def write_run_config(config: TrainConfig, *, mask_id: int, steps: int, world_size: int, modules) -> None:
+    """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``."""
+    from blocksft import __version__
+
+    derived = {
+        "mask_id": mask_id,
+        "total_steps": steps,
+        "world_size": world_size,
+        "samples_per_step": world_size * config.micro_batch * config.grad_accum,
+        "lora_modules": list(modules),
+        "blocksft_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    payload = {"config": config_to_dict(config), "derived": derived}
+    write_json(config.logs_dir / "config.json", payload)
+    ablation = {
+        "BLOCK_SIZE": config.block_size,
+        "PREFIX_MASK_RATE": config.prefix_mask_rate,
+        "SUFFIX_MASK_PROB": config.suffix_mask_prob,
+        "MICRO_BSIZE": config.micro_batch,
+        "GRAD_ACC": config.grad_accum,
+        "LR": config.lr,
+        "EPOCHS": config.epochs,
+        "MAX_SAMPLES": config.max_samples,
+        "TOTAL_TRAIN_STEPS": steps,
+        "SAVE_EVERY": config.save_every or steps,
+        "CKPT_DIR": config.ckpt_dir,
+        "SEED": config.seed,
+        "MASK_ID": mask_id,
+        "MAX_LEN": config.max_len,
+        "OBJECTIVE": config.objective,
+    }
+    write_json(config.logs_dir / "ablation_config.json", ablation)
+
+
+# ----- Model, tokens -----------------------------------------------------------------------------
+
+
+def padding_id(tokenizer, model_config) -> int:
+    """The pad id (the reference falls back to EOS when the tokenizer has no pad token)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, model_config.pad_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise BlocksftError("the tokenizer has neither a pad nor an EOS token: cannot pad batches")
+
+
+def resolve_mask_id(requested: int | None, model_config, tokenizer, pad_id: int) -> int:
+    """``--mask-id`` or the model config's, checked against the vocabulary, the tokenizer and pad."""
+    from blocksft.tokenizer import MASK
+
+    mask_id = requested if requested is not None else getattr(model_config, "mask_token_id", None)
+    if mask_id is None:
+        raise BlocksftError("the model config has no mask_token_id: pass --mask-id")
+    vocab = model_config.vocab_size
+    if not 0 <= mask_id < vocab:
+        raise BlocksftError(f"--mask-id {mask_id} is outside the model's vocabulary [0, {vocab})")
+    token_id = tokenizer.convert_tokens_to_ids(MASK)
+    if token_id is not None and token_id != tokenizer.unk_token_id and token_id != mask_id:
+        raise BlocksftError(
+            f"--mask-id {mask_id} differs from the tokenizer's {MASK} id {token_id}: "
+            f"pass --mask-id {token_id}"
+        )
+    if mask_id == pad_id:
+        raise BlocksftError(f"--mask-id {mask_id} equals the padding id: masks and padding must differ")
+    return int(mask_id)
+
+
+def attach_adapters(model, config: TrainConfig):
+    """LoRA on the configured targets (or every weight trainable); prints what is trained."""
+    from .lora import apply_lora
+
+    if config.full_finetune:
+        model.requires_grad_(True)
+        count = sum(p.numel() for p in model.parameters())
+        say(f"full fine-tuning: {count:,} trainable parameters")
+        return model, ()
+    model, report = apply_lora(
+        model,
+        targets=config.lora_targets,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+    )
+    say(report.summary())
+    return model, report.modules
+
+
+def flop_model_of(model, config: TrainConfig) -> FlopModel:
+    trainable = frozen = 0
+    for name, param in model.named_parameters():
+        if ".blocks." in name:
+            count = int(getattr(param, "ds_numel", param.numel()))
+            trainable, frozen = (
+                (trainable + count, frozen) if param.requires_grad else (trainable, frozen + count)
+            )
+    mc = model.config
+    return FlopModel(
+        frozen_params=frozen,
+        trainable_params=trainable,
+        n_layers=mc.n_layers,
+        d_model=mc.d_model,
+        vocab=mc.embedding_size,
+        head_trainable=config.full_finetune,
+        recompute=config.gradient_checkpointing,
+    )
+
+
+# ----- Data ---------------------------------------------------------------------------------------
+
+
+def answer_lengths(config: TrainConfig, records) -> list[int]:
+    """Answer span of each record (up to --max-len when the padding is supervised)."""
+    end = (lambda r: config.max_len) if config.supervise_padding else (lambda r: len(r["full_ids"]))
+    return [end(r) - int(r["prompt_len"]) for r in records]
+
+
+def block_chooser(config: TrainConfig, records):
+    """``(sample, epoch) -> block`` from the block schedule; None for full-sequence objectives."""
+    if config.objective == "fullseq":
+        return None
+    from blocksft.schedule import BlockSchedule
+
+    counts = [math.ceil(n / config.block_size) for n in answer_lengths(config, records)]
+    schedule = BlockSchedule(counts, seed=config.seed)
+    return schedule.block_for
+
+
+def objective_options(config: TrainConfig) -> tuple[tuple[str, object], ...]:
+    options = {
+        "eps": config.eps,
+        "weighting": config.loss_weighting,
+        "normalize": config.loss_normalize,
+    }
+    if config.objective != "fullseq":
+        options.update(
+            block_size=config.block_size,
+            prefix_mask_rate=config.prefix_mask_rate,
+            suffix_mask_prob=config.suffix_mask_prob,
+        )
+    return tuple(sorted(options.items()))
+
+
+def describe_plan(config, n_records, n_items, steps, samples_per_step, world_size) -> str:
+    return (
+        f"{config.objective}: {n_records:,} samples x {config.epochs} epoch(s) -> {n_items:,} items; "
+        f"{steps} optimizer steps of {samples_per_step} samples (world size {world_size} x micro-batch "
+        f"{config.micro_batch} x grad-accum {config.grad_accum})"
+    )
