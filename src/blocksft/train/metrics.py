@@ -1,36 +1,13 @@
-"""What a run measures: per-step token counts, the loss CSV, the budget in EQUAL-TOKENS and
-EQUAL-FLOPS terms, and a FLOP count for throughput / MFU.
-
-Counts are summed over every rank and accumulation micro-batch of a step; the CSV is written by
-rank 0 only. ``train_loss.csv`` columns: ``step, loss`` (the mean over all ranks and micro-batches,
-where the reference logs one rank's micro-batch), then ``lr, grad_norm``, per-step
-``supervised_tokens`` (loss-bearing), ``tokens`` (non-padding), ``padded_tokens`` (what the device
-computed), ``samples``, estimated ``flops``, and ``tokens_per_s`` (non-padding tokens per second).
+"""What a training step measures: token counts summed over ranks, and a FLOP count for budgets
+(EQUAL-FLOPS) and MFU.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-
-CSV_COLUMNS = (
-    "step",
-    "loss",
-    "lr",
-    "grad_norm",
-    "supervised_tokens",
-    "tokens",
-    "padded_tokens",
-    "samples",
-    "flops",
-    "tokens_per_s",
-)
 
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; other GPUs: pass the peak explicitly.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
@@ -144,75 +121,3 @@ class StepMeter:
         ]
         self.rows, self.window_start = [], now
         return metrics, batches
-
-
-class CsvLog:
-    """``train_loss.csv`` and ``batches.jsonl`` in the logs folder, appended row by row (rank 0)."""
-
-    def __init__(self, logs_dir: Path, *, resume_step: int = 0):
-        self.csv_path = logs_dir / "train_loss.csv"
-        self.batches_path = logs_dir / "batches.jsonl"
-        truncate_after(self.csv_path, resume_step, csv_file=True)
-        truncate_after(self.batches_path, resume_step, csv_file=False)
-        if not self.csv_path.exists():
-            with self.csv_path.open("w", newline="") as fh:
-                csv.writer(fh).writerow(CSV_COLUMNS)
-
-    def write(self, step: int, logs: dict, batches: list[dict]) -> None:
-        row = {"step": step, "lr": logs.get("learning_rate"), **logs}
-        with self.csv_path.open("a", newline="") as fh:
-            csv.writer(fh).writerow([_format(row.get(c)) for c in CSV_COLUMNS])
-        with self.batches_path.open("a") as fh:
-            for batch in batches:
-                fh.write(json.dumps({"step": step, **batch}) + "\n")
-
-
-def _format(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def truncate_after(path: Path, step: int, *, csv_file: bool) -> None:
-    """Drop rows logged after ``step`` (a resumed run rewrites them); atomic rewrite."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    if csv_file:
-        kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= step]
-    else:
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
-
-
-def read_loss_csv(path: Path) -> dict[str, list[float]]:
-    """Columns of a ``train_loss.csv`` as float lists (empty cells become NaN)."""
-    with Path(path).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {c: [] for c in CSV_COLUMNS}
-    return {c: [float(r[c]) if r.get(c) not in (None, "") else math.nan for r in rows] for c in rows[0]}
-
-
-def budget_summary(csv_path: Path) -> dict:
-    """Totals of a run from its loss CSV, for EQUAL-TOKENS and EQUAL-FLOPS comparisons."""
-    columns = read_loss_csv(csv_path)
-    totals = {c: sum(columns.get(c, [])) for c in ("samples", "supervised_tokens", "tokens", "padded_tokens")}
-    return {
-        "steps": len(columns.get("step", [])),
-        **{k: int(v) for k, v in totals.items()},
-        "estimated_flops": float(sum(columns.get("flops", []))),
-    }
-
-
-def format_budget(budget: dict) -> str:
-    """One paragraph for the end of a run."""
-    return (
-        f"budget: {budget['steps']} steps, {budget['samples']:,} samples; EQUAL-TOKENS: "
-        f"{budget['supervised_tokens']:,} supervised (loss-bearing) tokens of {budget['tokens']:,} processed "
-        f"({budget['padded_tokens']:,} with padding); EQUAL-FLOPS: ~{budget['estimated_flops']:.3e} FLOPs"
-    )

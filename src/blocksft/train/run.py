@@ -29,7 +29,8 @@ from .callbacks import (
 )
 from .config import TrainConfig, config_differences, resolve_deepspeed_config
 from .data import ItemDataset, PadCollator, plan_items, steps_for
-from .metrics import CsvLog, FlopModel, StepMeter, budget_summary, format_budget
+from .logs import CsvLog, budget_summary, format_budget
+from .metrics import FlopModel, StepMeter
 from .trainer import BlockSFTTrainer, TrainStep
 
 

@@ -18,7 +18,8 @@ from transformers import Trainer
 
 from blocksft.errors import BlocksftError
 
-from .metrics import CsvLog, StepMeter
+from .logs import CsvLog
+from .metrics import StepMeter
 
 
 def noise_seed(seed: int, first_item: int) -> int:
