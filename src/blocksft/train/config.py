@@ -63,19 +63,23 @@ class TrainConfig:
         default=0.0,
         metadata=_help("mask rate of the answer prefix before the active block (never in the loss)"),
     )
-    suffix_mask_prob: float = field(
-        default=1.0,
-        metadata=_help("probability of masking each answer token after the active block; 1.0 = all (paper)"),
+    suffix_mask_prob: float | None = field(
+        default=None,
+        metadata=_help(
+            "probability of masking each answer token after the active block (never in the loss); "
+            "default: the objective's, 1.0 for blockwise (the paper), 0.0 for blockwise_visible_suffix"
+        ),
     )
     eps: float = field(default=1e-3, metadata=_help("smallest mask rate: p ~ U(eps, 1)"))
     loss_weighting: Literal["none", "inv_p"] = field(
         default="none", metadata=_help("per-token loss weight: none (reference) or inv_p (LLaDA's 1/p)")
     )
-    loss_normalize: Literal["per_sample_masked", "answer_len", "batch_tokens"] = field(
+    loss_normalize: Literal["per_sample_masked", "answer_len", "batch_tokens", "batch_masked"] = field(
         default="per_sample_masked",
         metadata=_help(
             "per_sample_masked (reference: mean over each sample's loss tokens, then over samples), "
-            "answer_len (LLaDA SFT), batch_tokens (sum over the batch / its loss tokens)"
+            "answer_len (LLaDA SFT, with inv_p), batch_tokens (batch sum / maskable tokens), "
+            "batch_masked (batch sum / loss tokens)"
         ),
     )
     supervise_padding: bool = field(
@@ -105,6 +109,13 @@ class TrainConfig:
         metadata=_help("compute LM-head logits only where loss is taken; --no-sparse-logits = full logits"),
     )
     shuffle: bool = field(default=True, metadata=_help("shuffle the samples each epoch (seeded)"))
+    drop_exhausted: bool = field(
+        default=False,
+        metadata=_help(
+            "leave samples whose blocks are all used out of later epochs (the reference keeps them as "
+            "loss-free rows)"
+        ),
+    )
     num_workers: int = field(default=0, metadata=_help("data-loader worker processes"))
     # ----- Budget -----
     epochs: int = field(default=1, metadata=_help("passes over the samples (blockwise: one block each)"))
@@ -192,7 +203,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("prefix_mask_rate", "suffix_mask_prob", "lora_dropout", "warmup_ratio", "min_lr_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
@@ -204,8 +215,6 @@ class TrainConfig:
             self.max_samples = DEFAULT_MAX_SAMPLES[self.objective]
         if self.max_samples < 0:
             raise ValueError(f"max_samples must be >= 0 (0 = all), got {self.max_samples}")
-        if self.objective == "blockwise_visible_suffix":
-            self.suffix_mask_prob = 0.0
         if self.ckpt_dir is None:
             self.ckpt_dir = (
                 "ckpts_fullseq_sft"

@@ -1,12 +1,13 @@
 """Training data: the run's item list, the dataset over it, and the padding collator.
 
-An *item* is one (sample, epoch, block) the run trains on. The whole list is built up front from
-the seed: each epoch visits the samples in a seeded order, and a blockwise sample trains on the
-block the block schedule gives it for that epoch (a sample whose blocks are used up is skipped,
-so the list ends early once every (sample, block) pair has been used, as the reference stops).
-Every rank builds the same list and the Trainer's data loader hands each rank different batches
-of it, so no two ranks ever see the same item, and N GPUs process the same items as one. The list
-is a pure function of the config, which is what makes data order resumable.
+An *item* is one (sample, epoch, block) the run trains on. The whole list is built up front by the
+block schedule (:mod:`blocksft.schedule`): each epoch visits the samples in a seeded order, and a
+blockwise sample trains on the block the schedule draws for it in that epoch (uniformly among its
+unused blocks; a sample with none left stays as a loss-free row, as in the reference, unless
+``drop_exhausted``). Every rank builds the same list and the Trainer's data loader hands each rank
+different batches of it, so no two ranks ever see the same item, and N GPUs process the same
+items as one. The list is a pure function of the config, which is what makes data order
+resumable.
 
 The collator pads a batch to its longest record rounded up to a multiple (8 by default), not to
 ``--max-len``; noising happens later, on the device, inside the Trainer's ``compute_loss``.
@@ -14,7 +15,7 @@ The collator pads a batch to its longest record rounded up to a multiple (8 by d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,53 +27,46 @@ from blocksft.errors import BlocksftError
 class Item:
     sample: int
     epoch: int
-    block: int  # the active block (blockwise); 0 for full-sequence objectives
+    block: int  # the active block (blockwise; -1: used up, no loss); 0 for full-sequence objectives
 
 
-def epoch_order(n_samples: int, epoch: int, *, seed: int, shuffle: bool) -> list[int]:
-    """The order samples are visited in ``epoch``: a seeded permutation, the same on every rank."""
-    if not shuffle:
-        return list(range(n_samples))
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_samples, generator=generator).tolist()
-
-
-def plan_items(
-    n_samples: int,
-    epochs: int,
-    *,
-    seed: int,
-    shuffle: bool,
-    block_for: Callable[[int, int], int] | None = None,
-) -> list[Item]:
+def plan_items(schedule, epochs: int, *, blockwise: bool) -> list[Item]:
     """Every item of the run, in training order.
 
     Args:
-        n_samples: number of records used.
-        epochs: passes over them.
-        seed, shuffle: the per-epoch order (:func:`epoch_order`).
-        block_for: ``(sample, epoch) -> block``, negative when the sample has no block left;
-            ``None`` for full-sequence objectives (every sample in every epoch).
+        schedule: a one-rank :class:`blocksft.schedule.BlockSchedule` over the samples (its
+            seeded epoch order and per-epoch blocks; the Trainer's loader shards the list).
+        epochs: passes over the samples; blockwise runs stop after the epoch that uses the last
+            (sample, block) pair.
+        blockwise: take blocks from the schedule; otherwise every item has block 0.
     """
     items = []
-    for epoch in range(epochs):
-        for sample in epoch_order(n_samples, epoch, seed=seed, shuffle=shuffle):
-            block = 0 if block_for is None else block_for(sample, epoch)
-            if block >= 0:
-                items.append(Item(sample, epoch, block))
+    for epoch in range(min(epochs, schedule.epochs_to_cover) if blockwise else epochs):
+        if blockwise:
+            samples, blocks = schedule.rank_plan(epoch, 0)
+        else:
+            samples = schedule.epoch_order(epoch)
+            blocks = [0] * len(samples)
+        items.extend(Item(int(s), epoch, int(b)) for s, b in zip(samples, blocks))
     return items
 
 
-def steps_for(n_items: int, samples_per_step: int, total_steps: int | None) -> int:
+def steps_for(items: Sequence[Item], samples_per_step: int, total_steps: int | None) -> int:
     """Optimizer steps the items allow: each step takes exactly ``samples_per_step`` items.
 
-    ``samples_per_step`` is world size x micro-batch x grad accumulation; an incomplete last step
-    is dropped (so no rank ever repeats an item to fill it); ``total_steps`` caps the count.
+    ``samples_per_step`` is world size x micro-batch x grad accumulation. The run ends at the step
+    holding the last item with a block (the reference's early stop once every (sample, block) pair
+    is used); an incomplete last step is dropped rather than filled with repeated items;
+    ``total_steps`` caps the count.
     """
-    steps = n_items // samples_per_step
+    live = [k for k, item in enumerate(items) if item.block >= 0]
+    needed = live[-1] + 1 if live else 0
+    steps = -(-needed // samples_per_step)
+    if steps * samples_per_step > len(items):
+        steps = len(items) // samples_per_step
     if steps == 0:
         raise BlocksftError(
-            f"{n_items} training items cannot fill one optimizer step of {samples_per_step} samples "
+            f"{needed} training items cannot fill one optimizer step of {samples_per_step} samples "
             "(world size x --micro-batch x --grad-accum): use more --max-samples or smaller batches"
         )
     return steps if total_steps is None else min(steps, total_steps)
@@ -105,14 +99,14 @@ def round_up(n: int, multiple: int) -> int:
 
 @dataclass
 class PadCollator:
-    """Right-pads records into a batch; padding is never noised and never carries loss.
+    """Right-pads records into a batch.
 
     Attributes:
         pad_id: padding token (LLaDA: EOS).
         multiple_of: round the batch's longest record up to this.
         pad_to: pad every batch to this fixed length instead (the reference: ``--max-len``).
-        supervise_padding: the padding counts as answer (LLaDA's SFT recipe): ``answer_lens``
-            reaches the padded end and the attention mask covers the padding.
+        supervise_padding: the padding is trained as answer (LLaDA's SFT recipe), so the
+            attention mask covers it.
     """
 
     pad_id: int
@@ -128,10 +122,9 @@ class PadCollator:
         input_ids = torch.full((len(features), seq_len), self.pad_id, dtype=torch.long)  # [B, L]
         for row, f in enumerate(features):
             input_ids[row, : len(f["full_ids"])] = torch.as_tensor(f["full_ids"], dtype=torch.long)
-        if self.supervise_padding:
-            lengths = torch.full_like(lengths, seq_len)
         prompt_lens = torch.tensor([f["prompt_len"] for f in features])  # [B]
-        attention_mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()  # [B, L]
+        visible = torch.full_like(lengths, seq_len) if self.supervise_padding else lengths
+        attention_mask = (torch.arange(seq_len)[None, :] < visible[:, None]).long()  # [B, L]
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

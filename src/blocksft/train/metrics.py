@@ -23,39 +23,35 @@ def peak_flops_for(device_name: str) -> float | None:
 
 @dataclass(frozen=True)
 class FlopModel:
-    """The shapes that decide a training step's matmul FLOPs (embeddings are lookups: free).
+    """The shapes that decide a training step's FLOPs, counted with :mod:`blocksft.objectives`'
+    conventions (``forward_flops``, ``training_step_flops``).
 
     Attributes:
-        frozen_params: block linear weights that get no gradient (all of them under LoRA).
-        trainable_params: weights that do (LoRA A/B, or all block weights when fully fine-tuned).
-        n_layers, d_model, vocab: model shape (the head is ``d_model x vocab``).
-        head_trainable: the LM head gets weight gradients (full fine-tuning).
-        recompute: gradient checkpointing repeats the forward pass of the blocks.
+        body_params: weights of the transformer blocks (LoRA adapters included).
+        head_params: the LM head, ``d_model x vocab``: it costs only where logits are computed.
+        n_layers, d_model: for the attention term.
+        full_weight_grads: every weight is trained (full fine-tuning), not a frozen base + LoRA.
+        recompute: gradient checkpointing repeats the forward pass.
     """
 
-    frozen_params: int
-    trainable_params: int
+    body_params: int
+    head_params: int
     n_layers: int
     d_model: int
-    vocab: int
-    head_trainable: bool = False
+    full_weight_grads: bool = False
     recompute: bool = False
 
-    def step_flops(self, padded_tokens: int, seq_len: int, logit_positions: int) -> float:
-        """FLOPs of forward + backward over ``padded_tokens`` tokens in sequences of ``seq_len``.
+    def step_flops(self, padded_tokens: int, seq_len: int, logit_positions):
+        """FLOPs of forward + backward over a micro-batch (``logit_positions`` may be a tensor)."""
+        from blocksft.objectives import forward_flops, training_step_flops
 
-        Per token: a weight costs 2 FLOPs forward, 2 backward for the activation gradient, and 2
-        more for its own gradient when trained (so 4 frozen, 6 trained). Attention adds
-        ``QK^T`` and ``AV``: 4 * seq_len * d_model per token per layer forward, twice that backward.
-        The head costs 2 * d_model * vocab per position where logits are computed, forward and
-        backward alike (plus the weight gradient when trained).
-        """
-        block_fwd = 2.0 * (self.frozen_params + self.trainable_params) * padded_tokens
-        attn_fwd = 4.0 * self.n_layers * seq_len * self.d_model * padded_tokens
-        block_bwd = 2.0 * block_fwd - 2.0 * self.frozen_params * padded_tokens + 2.0 * attn_fwd
-        head = 2.0 * self.d_model * self.vocab * logit_positions * (3 if self.head_trainable else 2)
-        recompute = block_fwd + attn_fwd if self.recompute else 0.0
-        return block_fwd + attn_fwd + block_bwd + recompute + head
+        body = forward_flops(
+            self.body_params, padded_tokens, n_layers=self.n_layers, d_model=self.d_model, context=seq_len
+        )
+        forward = body + 2 * self.head_params * logit_positions
+        return training_step_flops(
+            forward, full_weight_grads=self.full_weight_grads, recompute=self.recompute
+        )
 
 
 @dataclass

@@ -9,7 +9,6 @@ train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module blocksf
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +35,21 @@ from .trainer import BlockSFTTrainer, TrainStep
 
 @dataclass
 class TrainResult:
-    """What a run produced."""
+    """What a run produced (``exports`` and ``budget`` on rank 0 only).
+
+    Attributes:
+        steps: optimizer steps done.
+        exports: merged checkpoint folders written.
+        logs_dir: the run's logs folder.
+        budget: totals for EQUAL-TOKENS / EQUAL-FLOPS comparisons.
+        model: the trained model (the PEFT model under LoRA), unwrapped from any engine.
+    """
 
     steps: int
     exports: list[Path]
     logs_dir: Path
     budget: dict
+    model: object = None
 
 
 def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
@@ -73,23 +81,19 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     model = load_model(config.model, dtype=training_dtype(config))
     pad_id = padding_id(tokenizer, model.config)
     mask_id = resolve_mask_id(config.mask_id, model.config, tokenizer, pad_id)
+    objective = build_objective(config, mask_id)
 
-    # ----- Data: records, the item plan, steps -----
+    # ----- Data: records, the block schedule, the item plan, steps -----
     records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
     if config.max_samples:
         records = records[: config.max_samples]
+    schedule = block_schedule(config, objective, records)
     samples_per_step = args.world_size * config.micro_batch * config.grad_accum
-    items = plan_items(
-        len(records),
-        config.epochs,
-        seed=config.seed,
-        shuffle=config.shuffle,
-        block_for=block_chooser(config, records),
-    )
-    steps = steps_for(len(items), samples_per_step, config.total_steps)
+    items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
+    steps = steps_for(items, samples_per_step, config.total_steps)
+    say(describe_plan(config, schedule, items, steps, samples_per_step, args.world_size))
     items = items[: steps * samples_per_step]
     args.max_steps = steps
-    say(describe_plan(config, len(records), len(items), steps, samples_per_step, args.world_size))
 
     # ----- LoRA (or full fine-tuning) -----
     from transformers import set_seed
@@ -103,16 +107,9 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     resume_step = checkpoint_step(resume_from) if resume_from else 0
     csv_log = CsvLog(config.logs_dir, resume_step=resume_step) if state.is_main_process else None
     if state.is_main_process:
-        write_run_config(
-            config, mask_id=mask_id, steps=steps, world_size=args.world_size, modules=lora_modules
-        )
+        write_run_config(config, objective, steps=steps, world_size=args.world_size, modules=lora_modules)
     train_step = TrainStep(
-        objective=config.objective,
-        mask_id=mask_id,
-        seed=config.seed,
-        sparse_logits=config.sparse_logits,
-        attend_padding=config.attend_padding,
-        objective_options=objective_options(config),
+        objective, seed=config.seed, sparse_logits=config.sparse_logits, attend_padding=config.attend_padding
     )
     collator = PadCollator(
         pad_id=pad_id,
@@ -154,7 +151,8 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         (config.logs_dir / "budget.json").write_text(json.dumps(budget, indent=2) + "\n")
         say(format_budget(budget))
     state.wait_for_everyone()
-    return TrainResult(trainer.state.global_step, exporter.exports, config.logs_dir, budget)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return TrainResult(trainer.state.global_step, exporter.exports, config.logs_dir, budget, model)
 
 
 # ----- Engine -------------------------------------------------------------------------------------
@@ -249,12 +247,15 @@ def check_output(config: TrainConfig) -> Path | None:
     return found
 
 
-def write_run_config(config: TrainConfig, *, mask_id: int, steps: int, world_size: int, modules) -> None:
+def write_run_config(config: TrainConfig, objective, *, steps: int, world_size: int, modules) -> None:
     """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``."""
+    import dataclasses
+
     from blocksft import __version__
 
+    mask_id = objective.options.mask_id
     derived = {
-        "mask_id": mask_id,
+        "objective_options": dataclasses.asdict(objective.options),
         "total_steps": steps,
         "world_size": world_size,
         "samples_per_step": world_size * config.micro_batch * config.grad_accum,
@@ -267,7 +268,7 @@ def write_run_config(config: TrainConfig, *, mask_id: int, steps: int, world_siz
     ablation = {
         "BLOCK_SIZE": config.block_size,
         "PREFIX_MASK_RATE": config.prefix_mask_rate,
-        "SUFFIX_MASK_PROB": config.suffix_mask_prob,
+        "SUFFIX_MASK_PROB": objective.options.suffix_mask_prob,
         "MICRO_BSIZE": config.micro_batch,
         "GRAD_ACC": config.grad_accum,
         "LR": config.lr,
@@ -337,21 +338,14 @@ def attach_adapters(model, config: TrainConfig):
 
 
 def flop_model_of(model, config: TrainConfig) -> FlopModel:
-    trainable = frozen = 0
-    for name, param in model.named_parameters():
-        if ".blocks." in name:
-            count = int(getattr(param, "ds_numel", param.numel()))
-            trainable, frozen = (
-                (trainable + count, frozen) if param.requires_grad else (trainable, frozen + count)
-            )
+    body = sum(int(getattr(p, "ds_numel", p.numel())) for n, p in model.named_parameters() if ".blocks." in n)
     mc = model.config
     return FlopModel(
-        frozen_params=frozen,
-        trainable_params=trainable,
+        body_params=body,
+        head_params=mc.d_model * mc.embedding_size,
         n_layers=mc.n_layers,
         d_model=mc.d_model,
-        vocab=mc.embedding_size,
-        head_trainable=config.full_finetune,
+        full_weight_grads=config.full_finetune,
         recompute=config.gradient_checkpointing,
     )
 
@@ -359,41 +353,48 @@ def flop_model_of(model, config: TrainConfig) -> FlopModel:
 # ----- Data ---------------------------------------------------------------------------------------
 
 
-def answer_lengths(config: TrainConfig, records) -> list[int]:
-    """Answer span of each record (up to --max-len when the padding is supervised)."""
-    end = (lambda r: config.max_len) if config.supervise_padding else (lambda r: len(r["full_ids"]))
-    return [end(r) - int(r["prompt_len"]) for r in records]
+def build_objective(config: TrainConfig, mask_id: int):
+    """The configured :class:`blocksft.objectives.Objective` (it validates its own options)."""
+    from blocksft.objectives import get_objective
+
+    return get_objective(
+        config.objective,
+        mask_id=mask_id,
+        block_size=config.block_size,
+        eps=config.eps,
+        prefix_mask_rate=config.prefix_mask_rate,
+        suffix_mask_prob=config.suffix_mask_prob,
+        supervise_padding=config.supervise_padding,
+        loss_weighting=config.loss_weighting,
+        loss_normalize=config.loss_normalize,
+    )
 
 
-def block_chooser(config: TrainConfig, records):
-    """``(sample, epoch) -> block`` from the block schedule; None for full-sequence objectives."""
-    if config.objective == "fullseq":
-        return None
+def block_schedule(config: TrainConfig, objective, records):
+    """The seeded block schedule over the records (one rank: the Trainer's loader shards the items)."""
     from blocksft.schedule import BlockSchedule
 
-    counts = [math.ceil(n / config.block_size) for n in answer_lengths(config, records)]
-    schedule = BlockSchedule(counts, seed=config.seed)
-    return schedule.block_for
+    prompt_lens = [int(r["prompt_len"]) for r in records]
+    answer_lens = [len(r["full_ids"]) - p for r, p in zip(records, prompt_lens)]
+    counts = objective.block_counts(prompt_lens, answer_lens, max_len=config.max_len)
+    return BlockSchedule(
+        counts if counts is not None else [1] * len(records),
+        seed=config.seed,
+        shuffle=config.shuffle,
+        drop_exhausted=config.drop_exhausted,
+    )
 
 
-def objective_options(config: TrainConfig) -> tuple[tuple[str, object], ...]:
-    options = {
-        "eps": config.eps,
-        "weighting": config.loss_weighting,
-        "normalize": config.loss_normalize,
-    }
-    if config.objective != "fullseq":
-        options.update(
-            block_size=config.block_size,
-            prefix_mask_rate=config.prefix_mask_rate,
-            suffix_mask_prob=config.suffix_mask_prob,
-        )
-    return tuple(sorted(options.items()))
-
-
-def describe_plan(config, n_records, n_items, steps, samples_per_step, world_size) -> str:
-    return (
-        f"{config.objective}: {n_records:,} samples x {config.epochs} epoch(s) -> {n_items:,} items; "
+def describe_plan(config, schedule, items, steps, samples_per_step, world_size) -> str:
+    """What the run will do, and when its budget ends it early."""
+    text = (
+        f"{config.objective}: {schedule.num_samples:,} samples x {config.epochs} epoch(s); "
         f"{steps} optimizer steps of {samples_per_step} samples (world size {world_size} x micro-batch "
         f"{config.micro_batch} x grad-accum {config.grad_accum})"
     )
+    if config.objective != "fullseq":
+        used = sum(item.block >= 0 for item in items[: steps * samples_per_step])
+        text += f"; {used:,} of {schedule.total_pairs:,} (sample, block) pairs"
+        if used == schedule.total_pairs and config.epochs > schedule.epochs_to_cover:
+            text += f": all used after epoch {schedule.epochs_to_cover}, so the run stops early there"
+    return text

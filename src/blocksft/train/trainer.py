@@ -30,52 +30,38 @@ def noise_seed(seed: int, first_item: int) -> int:
 
 @dataclass(frozen=True)
 class TrainStep:
-    """Noise + forward + loss for one micro-batch, given the objective's settings.
+    """Noise + forward + loss for one micro-batch.
 
     Attributes:
-        objective: ``blockwise``, ``fullseq`` or ``blockwise_visible_suffix``.
-        mask_id: the mask token id.
-        seed: run seed (noise of each batch is seeded from it and the batch's first item).
-        sparse_logits: compute logits only at loss positions (``model(..., logits_at=)``).
+        objective: a :class:`blocksft.objectives.Objective` (noising and loss with its options).
+        seed: run seed (each batch's noise is seeded from it and the batch's first item).
+        sparse_logits: compute logits only at loss positions (``model(..., logits_at=)``);
+            False computes the full ``[B, L, V]`` logits (the plain path).
         attend_padding: pass no attention mask, so padding is attended (the reference).
-        objective_options: keyword arguments of the objective (block size, eps, rates, loss
-            weighting/normalisation).
     """
 
-    objective: str
-    mask_id: int
+    objective: object
     seed: int
     sparse_logits: bool = True
     attend_padding: bool = False
-    objective_options: tuple[tuple[str, object], ...] = ()
 
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, loss_mask [B, L])``."""
-        from blocksft import objectives
-
-        options = dict(self.objective_options)
+        """Returns ``(loss, loss_mask [B, L])`` for a batch from :class:`~blocksft.train.data.PadCollator`."""
         input_ids = batch["input_ids"]  # [B, L]
+        lengths = dict(prompt_lens=batch["prompt_lens"], answer_lens=batch["answer_lens"])
         # === 1. Noise the batch on its device ===
         generator = torch.Generator(device=input_ids.device)
         generator.manual_seed(noise_seed(self.seed, batch["first_item"]))
-        noised = objectives.noise_batch(
-            self.objective,
-            input_ids,
-            batch["prompt_lens"],
-            batch["answer_lens"],
-            batch["block_index"],
-            mask_id=self.mask_id,
-            generator=generator,
-            **options,
+        block_index = batch["block_index"]  # [B]
+        noised = self.objective.noise(
+            input_ids, *lengths.values(), block_index=block_index, generator=generator
         )
         # === 2. Forward: logits [N, V] at the loss positions only, or [B, L, V] ===
         attention_mask = None if self.attend_padding else batch["attention_mask"]
         logits_at = noised.loss_mask if self.sparse_logits else None
         logits = model(input_ids=noised.noised_ids, attention_mask=attention_mask, logits_at=logits_at).logits
         # === 3. Loss over the masked tokens the objective selected ===
-        loss = objectives.objective_loss(
-            logits, input_ids, noised, answer_lens=batch["answer_lens"], sparse=self.sparse_logits, **options
-        )
+        loss = self.objective.loss(logits, input_ids, noised, block_index=block_index, **lengths)
         return loss, noised.loss_mask
 
 
