@@ -72,9 +72,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     args = training_arguments(config)
     state = PartialState()
     resume_from = check_output(config)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        config.logs_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
 
     # ----- Tokenizer, model, mask id -----
     tokenizer = load_tokenizer(config.tokenizer or config.model)
@@ -105,6 +103,8 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     flop_model = flop_model_of(model, config)
     meter = StepMeter(flop_model=flop_model)
     resume_step = checkpoint_step(resume_from) if resume_from else 0
+    if state.is_main_process:
+        config.logs_dir.mkdir(parents=True, exist_ok=True)
     csv_log = CsvLog(config.logs_dir, resume_step=resume_step) if state.is_main_process else None
     if state.is_main_process:
         write_run_config(config, objective, steps=steps, world_size=args.world_size, modules=lora_modules)
@@ -306,14 +306,14 @@ def resolve_mask_id(requested: int | None, model_config, tokenizer, pad_id: int)
     vocab = model_config.vocab_size
     if not 0 <= mask_id < vocab:
         raise BlocksftError(f"--mask-id {mask_id} is outside the model's vocabulary [0, {vocab})")
+    if mask_id == pad_id:
+        raise BlocksftError(f"--mask-id {mask_id} equals the padding id: masks and padding must differ")
     token_id = tokenizer.convert_tokens_to_ids(MASK)
     if token_id is not None and token_id != tokenizer.unk_token_id and token_id != mask_id:
         raise BlocksftError(
             f"--mask-id {mask_id} differs from the tokenizer's {MASK} id {token_id}: "
             f"pass --mask-id {token_id}"
         )
-    if mask_id == pad_id:
-        raise BlocksftError(f"--mask-id {mask_id} equals the padding id: masks and padding must differ")
     return int(mask_id)
 
 
