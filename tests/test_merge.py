@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from safetensors import safe_open
+from train_utils import safetensors_dtypes
 
 from blocksft.cli import main
 from blocksft.testing import tiny_llada_model
@@ -59,14 +59,6 @@ def base_and_adapter(tmp_path_factory, tokenizer):
     return folder, ids, expected
 
 
-def tensor_dtypes(folder):
-    dtypes = {}
-    for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            dtypes.update({k: f.get_slice(k).get_dtype() for k in f.keys()})
-    return dtypes
-
-
 def test_merge_writes_a_checkpoint_with_the_adapters_logits(base_and_adapter):
     from transformers import AutoModelForCausalLM
 
@@ -86,7 +78,7 @@ def test_merge_writes_a_checkpoint_with_the_adapters_logits(base_and_adapter):
         )
         == 0
     )
-    dtypes = tensor_dtypes(out)
+    dtypes = safetensors_dtypes(out)
     assert set(dtypes.values()) == {"F32"}  # auto: the base checkpoint's dtype
     assert not any("lora_" in k or "base_layer" in k for k in dtypes)
     assert "model.transformer.blocks.0.q_proj.weight" in dtypes
@@ -110,7 +102,7 @@ def test_merged_checkpoint_loads_with_plain_transformers_and_remote_code(base_an
         )
         == 0
     )
-    assert set(tensor_dtypes(out).values()) == {"BF16"}
+    assert set(safetensors_dtypes(out).values()) == {"BF16"}
     torch.save(ids, tmp_path / "ids.pt")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": ""}
     subprocess.run(

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
-from train_utils import read_rows, tiny_config, write_tiny_inputs
+from train_utils import read_rows, safetensors_dtypes, tiny_config, write_tiny_inputs
 from transformers import TrainerCallback
 
 from blocksft.errors import BlocksftError
@@ -47,14 +46,6 @@ class InterruptAt(TrainerCallback):
             raise Interrupted(f"interrupted after step {self.step}")
 
 
-def safetensors_keys(folder):
-    keys = {}
-    for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            keys.update({k: f.get_slice(k).get_dtype() for k in f.keys()})
-    return keys
-
-
 def test_blockwise_run_logs_every_step_and_the_loss_falls(blockwise_run):
     config, result = blockwise_run
     logs = config.logs_dir
@@ -92,7 +83,7 @@ def test_merged_checkpoints_reload_with_the_in_memory_merged_logits(blockwise_ru
     config, result = blockwise_run
     assert [p.name for p in result.exports] == ["blockwise_step0010", "blockwise_step0020"]
     final = result.exports[-1]
-    keys = safetensors_keys(final)
+    keys = safetensors_dtypes(final)
     assert keys and not any("lora_" in k for k in keys)
     assert set(keys.values()) == {"F32"}  # the training dtype on CPU
     saved = json.loads((final / "config.json").read_text())
@@ -151,7 +142,7 @@ def test_fullseq_run_saves_bf16_when_trained_in_bf16(inputs):
     assert len(rows) == 4 and all(float(r["loss"]) > 0 for r in rows)
     final = result.exports[-1]
     assert final.name == "fullseq_step0004"
-    assert set(safetensors_keys(final).values()) == {"BF16"}
+    assert set(safetensors_dtypes(final).values()) == {"BF16"}
     assert json.loads((final / "config.json").read_text())["dtype"] == "bfloat16"
 
 

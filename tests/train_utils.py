@@ -59,3 +59,14 @@ def read_rows(csv_path: Path) -> list[dict]:
 
     with Path(csv_path).open(newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def safetensors_dtypes(folder: Path) -> dict[str, str]:
+    """Tensor name -> dtype (``F32``, ``BF16``, ...) over a checkpoint folder's safetensors files."""
+    from safetensors import safe_open
+
+    dtypes = {}
+    for path in Path(folder).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            dtypes.update({k: f.get_slice(k).get_dtype() for k in f.keys()})
+    return dtypes
