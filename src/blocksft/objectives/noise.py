@@ -1,0 +1,250 @@
+"""Noising a right-padded batch for the blockwise and full-sequence objectives (one vectorised pass)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from blocksft.errors import BlocksftError
+
+Lengths = torch.Tensor | Sequence[int] | int
+
+
+class NoisedBatch(NamedTuple):
+    """What a noising function returns.
+
+    Attributes:
+        noised_ids: ``[B, L]`` long, the model's input (``mask_id`` where masked).
+        loss_mask: ``[B, L]`` bool, the positions that carry loss (always masked positions).
+        p: ``[B]`` float32, the per-sample mask rate drawn from ``U(eps, 1)`` (drawn for every row,
+            also for rows without a block, where it is unused).
+    """
+
+    noised_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    p: torch.Tensor
+
+
+def num_blocks(answer_lens, block_size: int):
+    """Number of blocks of each answer: ``ceil(answer_len / block_size)`` (0 for an empty answer).
+
+    Works on an int, a numpy array or a tensor (same type back); a list gives a list.
+    """
+    if block_size < 1:
+        raise BlocksftError(f"--block-size must be at least 1, got {block_size}")
+    if isinstance(answer_lens, list | tuple):
+        return [(int(a) + block_size - 1) // block_size for a in answer_lens]
+    return (answer_lens + block_size - 1) // block_size
+
+
+def check_noise_options(*, eps: float, prefix_mask_rate: float = 0.0, suffix_mask_prob: float = 1.0) -> None:
+    """Raise :class:`BlocksftError` naming the flag when a noising option is out of range."""
+    if not 0.0 < eps <= 1.0:
+        raise BlocksftError(f"--mask-eps must be in (0, 1], got {eps}")
+    for flag, value in (("--prefix-mask-rate", prefix_mask_rate), ("--suffix-mask-prob", suffix_mask_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise BlocksftError(f"{flag} must be in [0, 1], got {value}")
+
+
+def as_lengths(values: Lengths, batch: int, device: torch.device, name: str) -> torch.Tensor:
+    """``values`` as a ``[B]`` long tensor on ``device`` (an int is broadcast)."""
+    out = torch.as_tensor(values, dtype=torch.long, device=device)
+    if out.dim() == 0:
+        out = out.expand(batch)
+    if out.shape != (batch,):
+        raise ValueError(f"{name} must have shape [{batch}], got {tuple(out.shape)}")
+    return out
+
+
+def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"the generator is on {generator.device} but the batch is on {device}; "
+            f"create it with torch.Generator(device={str(device)!r})"
+        )
+
+
+def _answer_end(prompt_lens: torch.Tensor, answer_lens: torch.Tensor, seq_len: int, supervise_padding: bool):
+    """``[B]`` end of each row's answer: its true end, or the row's end when padding is supervised."""
+    if supervise_padding:
+        return torch.full_like(prompt_lens, seq_len)
+    return prompt_lens + answer_lens
+
+
+def _validate(
+    prompt_lens: torch.Tensor,
+    answer_lens: torch.Tensor,
+    seq_len: int,
+    block_index: torch.Tensor | None = None,
+    answer_end: torch.Tensor | None = None,
+    block_size: int = 1,
+) -> None:
+    """Raise one clear error for impossible spans; a single device sync for the whole batch."""
+    bad_span = (prompt_lens < 0) | (answer_lens < 0) | (prompt_lens + answer_lens > seq_len)
+    bad_block = torch.zeros_like(bad_span)
+    if block_index is not None:
+        blocks = num_blocks(answer_end - prompt_lens, block_size)
+        bad_block = (block_index < -1) | (block_index >= blocks)
+    flags = torch.stack([bad_span.any(), bad_block.any()]).tolist()
+    if flags[0]:
+        row = int(bad_span.nonzero()[0])
+        raise ValueError(
+            f"row {row}: prompt_len {int(prompt_lens[row])} + answer_len {int(answer_lens[row])} "
+            f"does not fit a row of length {seq_len} (both must be >= 0)"
+        )
+    if flags[1]:
+        row = int(bad_block.nonzero()[0])
+        raise ValueError(
+            f"row {row}: block_index {int(block_index[row])} is outside [-1, {int(blocks[row]) - 1}] "
+            f"for an answer of {int(answer_end[row] - prompt_lens[row])} tokens and block_size {block_size}"
+        )
+
+
+def _draw(batch: int, seq_len: int, eps: float, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample rates ``p ~ U(eps, 1)`` ``[B]`` and per-position uniforms ``[B, L]``."""
+    u = torch.rand(batch, generator=generator, device=device)  # [B]
+    p = eps + (1.0 - eps) * u  # [B]
+    r = torch.rand(batch, seq_len, generator=generator, device=device)  # [B, L]
+    return p, r
+
+
+def noise_blockwise(
+    input_ids: torch.Tensor,
+    prompt_lens: Lengths,
+    answer_lens: Lengths,
+    block_index: Lengths,
+    *,
+    block_size: int,
+    mask_id: int,
+    eps: float = 1e-3,
+    prefix_mask_rate: float = 0.0,
+    suffix_mask_prob: float = 1.0,
+    supervise_padding: bool = False,
+    generator: torch.Generator | None = None,
+    check: bool = True,
+) -> NoisedBatch:
+    """Blockwise SFT noising: one active block per row, clean (or noisy) prefix, hidden suffix.
+
+    Args:
+        input_ids: ``[B, L]`` clean ids, right-padded (prompt, answer, padding).
+        prompt_lens: ``[B]`` prompt lengths (tensor, sequence or one int for all rows).
+        answer_lens: ``[B]`` true answer lengths (without padding).
+        block_index: ``[B]`` active block of each row, in ``[0, num_blocks)``; ``-1`` means the row
+            has no block left (exhausted, or schedule padding): the row is returned entirely clean
+            (no prefix noise, no suffix masking) with no loss token, as the reference does.
+        block_size: tokens per block; blocks start at the answer start, the last may be partial.
+        mask_id: the mask token id.
+        eps: lower bound of the per-row mask rate ``p ~ U(eps, 1)`` (1.0 masks the whole block).
+        prefix_mask_rate: rate at which answer tokens before the block are masked (never in the loss).
+        suffix_mask_prob: probability that each answer token after the block is masked (never in the
+            loss); 1.0 hides the whole suffix (the paper), 0.0 leaves it visible.
+        supervise_padding: the answer runs to the end of the row, so padding after it is part of the
+            answer (blocks are counted over ``L - prompt_len``; pad every batch to one fixed length).
+        generator: the only source of randomness, on ``input_ids.device``; None uses torch's global one.
+        check: validate spans and block indices (one device sync); turn off only in a hot loop whose
+            inputs come from a checked schedule.
+
+    Returns:
+        :class:`NoisedBatch` ``(noised_ids [B, L], loss_mask [B, L], p [B])``.
+    """
+    check_noise_options(eps=eps, prefix_mask_rate=prefix_mask_rate, suffix_mask_prob=suffix_mask_prob)
+    batch, seq_len = input_ids.shape
+    device = input_ids.device
+    _check_generator(generator, device)
+    prompt_lens = as_lengths(prompt_lens, batch, device, "prompt_lens")
+    answer_lens = as_lengths(answer_lens, batch, device, "answer_lens")
+    block_index = as_lengths(block_index, batch, device, "block_index")
+    answer_end = _answer_end(prompt_lens, answer_lens, seq_len, supervise_padding)  # [B]
+    if check:
+        _validate(prompt_lens, answer_lens, seq_len, block_index, answer_end, block_size)
+
+    # === 1. Regions of each row: prefix | active block | suffix, all inside the answer ===
+    pos = torch.arange(seq_len, device=device)[None, :]  # [1, L]
+    has_block = (block_index >= 0)[:, None]  # [B, 1]
+    answer_start = prompt_lens[:, None]  # [B, 1]
+    block_start = answer_start + block_index.clamp(min=0)[:, None] * block_size  # [B, 1]
+    block_end = torch.minimum(block_start + block_size, answer_end[:, None])  # [B, 1]
+    in_prefix = has_block & (pos >= answer_start) & (pos < block_start)  # [B, L]
+    in_block = has_block & (pos >= block_start) & (pos < block_end)  # [B, L]
+    in_suffix = has_block & (pos >= block_end) & (pos < answer_end[:, None])  # [B, L]
+
+    # === 2. One uniform per position decides its fate in whichever region it lies (disjoint) ===
+    p, r = _draw(batch, seq_len, eps, generator, device)
+    loss_mask = in_block & (r < p[:, None])  # [B, L]
+    masked = loss_mask | (in_prefix & (r < prefix_mask_rate)) | (in_suffix & (r < suffix_mask_prob))
+    noised_ids = input_ids.masked_fill(masked, mask_id)  # [B, L]
+    return NoisedBatch(noised_ids, loss_mask, p)
+
+
+def noise_fullseq(
+    input_ids: torch.Tensor,
+    prompt_lens: Lengths,
+    answer_lens: Lengths,
+    *,
+    mask_id: int,
+    eps: float = 1e-3,
+    supervise_padding: bool = False,
+    active: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    check: bool = True,
+) -> NoisedBatch:
+    """Classical masked SFT noising: the whole answer masked i.i.d. at ``p ~ U(eps, 1)``.
+
+    Args:
+        input_ids: ``[B, L]`` clean ids, right-padded.
+        prompt_lens: ``[B]`` prompt lengths.
+        answer_lens: ``[B]`` true answer lengths.
+        mask_id: the mask token id.
+        eps: lower bound of the per-row mask rate.
+        supervise_padding: the answer runs to the end of the row (padding noised and trained).
+        active: optional ``[B]`` bool; rows set False are left clean with no loss (schedule padding).
+        generator: the only source of randomness, on ``input_ids.device``.
+        check: validate spans (one device sync).
+
+    Returns:
+        :class:`NoisedBatch`; every masked position carries loss.
+    """
+    check_noise_options(eps=eps)
+    batch, seq_len = input_ids.shape
+    device = input_ids.device
+    _check_generator(generator, device)
+    prompt_lens = as_lengths(prompt_lens, batch, device, "prompt_lens")
+    answer_lens = as_lengths(answer_lens, batch, device, "answer_lens")
+    answer_end = _answer_end(prompt_lens, answer_lens, seq_len, supervise_padding)  # [B]
+    if check:
+        _validate(prompt_lens, answer_lens, seq_len)
+
+    pos = torch.arange(seq_len, device=device)[None, :]  # [1, L]
+    in_answer = (pos >= prompt_lens[:, None]) & (pos < answer_end[:, None])  # [B, L]
+    if active is not None:
+        in_answer = in_answer & active.to(device=device, dtype=torch.bool)[:, None]
+    p, r = _draw(batch, seq_len, eps, generator, device)
+    loss_mask = in_answer & (r < p[:, None])  # [B, L]
+    return NoisedBatch(input_ids.masked_fill(loss_mask, mask_id), loss_mask, p)
+
+
+def supervised_span_lens(
+    prompt_lens: Lengths,
+    answer_lens: Lengths,
+    *,
+    seq_len: int,
+    block_index: Lengths | None = None,
+    block_size: int | None = None,
+    supervise_padding: bool = False,
+) -> torch.Tensor:
+    """``[B]`` number of positions each row's loss tokens are drawn from (the "maskable" span).
+
+    The whole answer for the full-sequence objective (LLaDA's "answer length", padding included when
+    supervised); the active block for the blockwise one (0 for block -1). It is the denominator of
+    the ``answer_len`` and ``batch_tokens`` normalisations.
+    """
+    prompt_lens = torch.as_tensor(prompt_lens, dtype=torch.long)
+    answer_lens = as_lengths(answer_lens, prompt_lens.numel(), prompt_lens.device, "answer_lens")
+    span = _answer_end(prompt_lens, answer_lens, seq_len, supervise_padding) - prompt_lens  # [B]
+    if block_index is None:
+        return span
+    block_index = as_lengths(block_index, span.numel(), span.device, "block_index")
+    remaining = span - block_index.clamp(min=0) * block_size  # [B]
+    return torch.where(block_index >= 0, remaining.clamp(min=0, max=block_size), 0)
