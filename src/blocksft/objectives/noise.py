@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from blocksft.errors import BlocksftError
 
@@ -81,33 +82,59 @@ def _validate(
     answer_end: torch.Tensor | None = None,
     block_size: int = 1,
 ) -> None:
-    """Raise one clear error for impossible spans; a single device sync for the whole batch."""
-    bad_span = (prompt_lens < 0) | (answer_lens < 0) | (prompt_lens + answer_lens > seq_len)
-    bad_block = torch.zeros_like(bad_span)
+    """Raise one clear error for impossible spans or blocks (a single device sync for the batch)."""
+    slack = [prompt_lens, answer_lens, seq_len - prompt_lens - answer_lens]  # all must be >= 0
     if block_index is not None:
-        blocks = num_blocks(answer_end - prompt_lens, block_size)
-        bad_block = (block_index < -1) | (block_index >= blocks)
-    flags = torch.stack([bad_span.any(), bad_block.any()]).tolist()
-    if flags[0]:
-        row = int(bad_span.nonzero()[0])
+        blocks = num_blocks(answer_end - prompt_lens, block_size)  # [B]
+        slack += [block_index + 1, blocks - 1 - block_index]
+    if torch.stack(slack).amin() >= 0:
+        return
+    row = int(torch.stack(slack[:3]).amin(0).argmin())
+    if min(int(t[row]) for t in slack[:3]) < 0:
         raise ValueError(
             f"row {row}: prompt_len {int(prompt_lens[row])} + answer_len {int(answer_lens[row])} "
             f"does not fit a row of length {seq_len} (both must be >= 0)"
         )
-    if flags[1]:
-        row = int(bad_block.nonzero()[0])
-        raise ValueError(
-            f"row {row}: block_index {int(block_index[row])} is outside [-1, {int(blocks[row]) - 1}] "
-            f"for an answer of {int(answer_end[row] - prompt_lens[row])} tokens and block_size {block_size}"
-        )
+    row = int(torch.stack(slack[3:]).amin(0).argmin())
+    raise ValueError(
+        f"row {row}: block_index {int(block_index[row])} is outside [-1, {int(blocks[row]) - 1}] "
+        f"for an answer of {int(answer_end[row] - prompt_lens[row])} tokens and block_size {block_size}"
+    )
 
 
-def _draw(batch: int, seq_len: int, eps: float, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample rates ``p ~ U(eps, 1)`` ``[B]`` and per-position uniforms ``[B, L]``."""
-    u = torch.rand(batch, generator=generator, device=device)  # [B]
-    p = eps + (1.0 - eps) * u  # [B]
-    r = torch.rand(batch, seq_len, generator=generator, device=device)  # [B, L]
-    return p, r
+def _mask_regions(
+    input_ids: torch.Tensor,
+    bounds: torch.Tensor,
+    rates: torch.Tensor,
+    loss_region: int,
+    mask_id: int,
+    generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask each position i.i.d. at the rate of the region it lies in; loss in one region only.
+
+    Args:
+        input_ids: ``[B, L]``.
+        bounds: ``[B, K]`` non-decreasing region starts in ``[0, L]``; position t lies in region
+            ``k = #{bounds <= t}`` (region 0 is before the first bound).
+        rates: ``[B, K + 1]`` float masking probability of each region (0: never, 1: always).
+        loss_region: the region whose masked positions carry loss.
+
+    Returns:
+        ``(noised_ids [B, L], loss_mask [B, L])``.
+    """
+    batch, seq_len = input_ids.shape
+    starts = torch.zeros(batch, seq_len + 1, dtype=torch.long, device=input_ids.device)  # [B, L+1]
+    starts.scatter_add_(1, bounds, torch.ones_like(bounds))
+    region = starts[:, :seq_len].cumsum(1)  # [B, L]
+    r = torch.rand(batch, seq_len, generator=generator, device=input_ids.device)  # [B, L]
+    masked = r < rates.gather(1, region)  # [B, L]: r < 1 always, r < 0 never
+    loss_mask = masked & (region == loss_region)  # [B, L]
+    return input_ids.masked_fill(masked, mask_id), loss_mask
+
+
+def _draw_rates(batch: int, eps: float, generator, device) -> torch.Tensor:
+    """Per-sample mask rates ``p ~ U(eps, 1)``, ``[B]`` float32."""
+    return eps + (1.0 - eps) * torch.rand(batch, generator=generator, device=device)
 
 
 def noise_blockwise(
@@ -160,21 +187,22 @@ def noise_blockwise(
     if check:
         _validate(prompt_lens, answer_lens, seq_len, block_index, answer_end, block_size)
 
-    # === 1. Regions of each row: prefix | active block | suffix, all inside the answer ===
-    pos = torch.arange(seq_len, device=device)[None, :]  # [1, L]
-    has_block = (block_index >= 0)[:, None]  # [B, 1]
-    answer_start = prompt_lens[:, None]  # [B, 1]
-    block_start = answer_start + block_index.clamp(min=0)[:, None] * block_size  # [B, 1]
-    block_end = torch.minimum(block_start + block_size, answer_end[:, None])  # [B, 1]
-    in_prefix = has_block & (pos >= answer_start) & (pos < block_start)  # [B, L]
-    in_block = has_block & (pos >= block_start) & (pos < block_end)  # [B, L]
-    in_suffix = has_block & (pos >= block_end) & (pos < answer_end[:, None])  # [B, L]
+    # === 1. Each row's regions: prompt | prefix | active block | suffix | padding ===
+    answer_end = answer_end.clamp(max=seq_len)  # [B]; keeps bounds inside the row when check=False
+    block_start = torch.minimum(prompt_lens + block_index.clamp(min=0) * block_size, answer_end)  # [B]
+    block_end = torch.minimum(block_start + block_size, answer_end)  # [B]
+    bounds = torch.stack([prompt_lens, block_start, block_end, answer_end], 1)  # [B, 4]
 
-    # === 2. One uniform per position decides its fate in whichever region it lies (disjoint) ===
-    p, r = _draw(batch, seq_len, eps, generator, device)
-    loss_mask = in_block & (r < p[:, None])  # [B, L]
-    masked = loss_mask | (in_prefix & (r < prefix_mask_rate)) | (in_suffix & (r < suffix_mask_prob))
-    noised_ids = input_ids.masked_fill(masked, mask_id)  # [B, L]
+    # === 2. Their masking rates; a row without a block (-1) stays clean ===
+    p = _draw_rates(batch, eps, generator, device)  # [B]
+    rates = torch.stack(
+        [torch.zeros_like(p), torch.full_like(p, prefix_mask_rate), p, torch.full_like(p, suffix_mask_prob)],
+        1,
+    )  # [B, 4]
+    rates = F.pad(rates * (block_index >= 0)[:, None], (0, 1))  # [B, 5]: padding never masked
+
+    # === 3. One uniform per position, compared with its region's rate; loss in the block only ===
+    noised_ids, loss_mask = _mask_regions(input_ids, bounds, rates, 2, mask_id, generator)
     return NoisedBatch(noised_ids, loss_mask, p)
 
 
@@ -216,13 +244,13 @@ def noise_fullseq(
     if check:
         _validate(prompt_lens, answer_lens, seq_len)
 
-    pos = torch.arange(seq_len, device=device)[None, :]  # [1, L]
-    in_answer = (pos >= prompt_lens[:, None]) & (pos < answer_end[:, None])  # [B, L]
+    p = _draw_rates(batch, eps, generator, device)  # [B]
+    rates = F.pad(p[:, None], (1, 1))  # [B, 3]: prompt 0 | answer p | padding 0
     if active is not None:
-        in_answer = in_answer & active.to(device=device, dtype=torch.bool)[:, None]
-    p, r = _draw(batch, seq_len, eps, generator, device)
-    loss_mask = in_answer & (r < p[:, None])  # [B, L]
-    return NoisedBatch(input_ids.masked_fill(loss_mask, mask_id), loss_mask, p)
+        rates = rates * active.to(device=device, dtype=torch.bool)[:, None]
+    bounds = torch.stack([prompt_lens, answer_end.clamp(max=seq_len)], 1)  # [B, 2]
+    noised_ids, loss_mask = _mask_regions(input_ids, bounds, rates, 1, mask_id, generator)
+    return NoisedBatch(noised_ids, loss_mask, p)
 
 
 def supervised_span_lens(
