@@ -199,12 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=50, help="batches timed per path (median reported)")
     parser.add_argument("--device", default="cpu", help="device of our path (the reference is CPU Python)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     bs, max_len = args.batch_size, args.max_len

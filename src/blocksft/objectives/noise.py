@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from blocksft.errors import BlocksftError
 
@@ -83,19 +82,20 @@ def _validate(
     block_size: int = 1,
 ) -> None:
     """Raise one clear error for impossible spans or blocks (a single device sync for the batch)."""
-    slack = [prompt_lens, answer_lens, seq_len - prompt_lens - answer_lens]  # all must be >= 0
+    end = prompt_lens + answer_lens  # [B]
+    ok = (torch.minimum(prompt_lens, answer_lens) >= 0) & (end <= seq_len)  # [B]
     if block_index is not None:
         blocks = num_blocks(answer_end - prompt_lens, block_size)  # [B]
-        slack += [block_index + 1, blocks - 1 - block_index]
-    if torch.stack(slack).amin() >= 0:
+        ok_block = (block_index >= -1) & (block_index < blocks)  # [B]
+        ok = ok & ok_block
+    if ok.all():
         return
-    row = int(torch.stack(slack[:3]).amin(0).argmin())
-    if min(int(t[row]) for t in slack[:3]) < 0:
+    row = int((~ok).nonzero()[0])
+    if int(prompt_lens[row]) < 0 or int(answer_lens[row]) < 0 or int(end[row]) > seq_len:
         raise ValueError(
             f"row {row}: prompt_len {int(prompt_lens[row])} + answer_len {int(answer_lens[row])} "
             f"does not fit a row of length {seq_len} (both must be >= 0)"
         )
-    row = int(torch.stack(slack[3:]).amin(0).argmin())
     raise ValueError(
         f"row {row}: block_index {int(block_index[row])} is outside [-1, {int(blocks[row]) - 1}] "
         f"for an answer of {int(answer_end[row] - prompt_lens[row])} tokens and block_size {block_size}"
@@ -129,12 +129,12 @@ def _mask_regions(
     r = torch.rand(batch, seq_len, generator=generator, device=input_ids.device)  # [B, L]
     masked = r < rates.gather(1, region)  # [B, L]: r < 1 always, r < 0 never
     loss_mask = masked & (region == loss_region)  # [B, L]
-    return input_ids.masked_fill(masked, mask_id), loss_mask
+    return torch.where(masked, mask_id, input_ids), loss_mask
 
 
 def _draw_rates(batch: int, eps: float, generator, device) -> torch.Tensor:
     """Per-sample mask rates ``p ~ U(eps, 1)``, ``[B]`` float32."""
-    return eps + (1.0 - eps) * torch.rand(batch, generator=generator, device=device)
+    return torch.empty(batch, device=device).uniform_(eps, 1.0, generator=generator)
 
 
 def noise_blockwise(
@@ -195,11 +195,9 @@ def noise_blockwise(
 
     # === 2. Their masking rates; a row without a block (-1) stays clean ===
     p = _draw_rates(batch, eps, generator, device)  # [B]
-    rates = torch.stack(
-        [torch.zeros_like(p), torch.full_like(p, prefix_mask_rate), p, torch.full_like(p, suffix_mask_prob)],
-        1,
-    )  # [B, 4]
-    rates = F.pad(rates * (block_index >= 0)[:, None], (0, 1))  # [B, 5]: padding never masked
+    rates = torch.zeros(batch, 5, device=device)  # [B, 5]: prompt and padding (0, 4) never masked
+    rates[:, 1], rates[:, 2], rates[:, 3] = prefix_mask_rate, p, suffix_mask_prob
+    rates *= (block_index >= 0)[:, None]
 
     # === 3. One uniform per position, compared with its region's rate; loss in the block only ===
     noised_ids, loss_mask = _mask_regions(input_ids, bounds, rates, 2, mask_id, generator)
@@ -245,7 +243,8 @@ def noise_fullseq(
         _validate(prompt_lens, answer_lens, seq_len)
 
     p = _draw_rates(batch, eps, generator, device)  # [B]
-    rates = F.pad(p[:, None], (1, 1))  # [B, 3]: prompt 0 | answer p | padding 0
+    rates = torch.zeros(batch, 3, device=device)  # [B, 3]: prompt 0 | answer p | padding 0
+    rates[:, 1] = p
     if active is not None:
         rates = rates * active.to(device=device, dtype=torch.bool)[:, None]
     bounds = torch.stack([prompt_lens, answer_end.clamp(max=seq_len)], 1)  # [B, 2]
