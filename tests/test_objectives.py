@@ -467,3 +467,44 @@ def test_flop_formulas():
     assert training_step_flops(100, full_weight_grads=True) == 300  # the usual 6 N T
     assert training_step_flops(100) == 200  # frozen base + LoRA: no base weight gradients
     assert training_step_flops(100, recompute=True) == 300
+
+
+# ----- the benchmark's re-implementation of the reference agrees with ours -----
+
+
+def test_reference_reimplementation_agrees_where_deterministic():
+    from blocksft.bench.noise import ReferenceBlockwiseDataset, ReferenceFullSeqDataset, reference_collate
+
+    ids, prompt, answer = tiny_batch([(3, 10), (5, 8), (2, 1)])
+    examples = [
+        {"prompt_len": int(p), "full_ids": ids[b, : p + a]} for b, (p, a) in enumerate(zip(prompt, answer))
+    ]
+    dataset = ReferenceBlockwiseDataset(examples, block_size=4, max_len=15, mask_id=MASK, pad_id=PAD, eps=1.0)
+    drawn = {b: set() for b in range(3)}
+    for _ in range(4):  # epochs: every block once, then exhausted rows (block -1)
+        ref = reference_collate([dataset[b] for b in range(3)])
+        ours = noise_blockwise(ids, prompt, answer, ref["blk_index"], block_size=4, mask_id=MASK, eps=1.0)
+        assert torch.equal(ref["noisy_ids"], ours.noised_ids) and torch.equal(
+            ref["mask_flags"], ours.loss_mask
+        )
+        assert torch.equal(ref["input_ids"], ids)
+        for b, block in enumerate(ref["blk_index"].tolist()):
+            assert block == -1 or block not in drawn[b]
+            drawn[b].add(block)
+    assert drawn == {0: {0, 1, 2, -1}, 1: {0, 1, -1}, 2: {0, -1}} and dataset.remaining == 0
+    full = reference_collate(
+        [
+            ReferenceFullSeqDataset(examples, max_len=15, mask_id=MASK, pad_id=PAD, eps=1.0)[b]
+            for b in range(3)
+        ]
+    )
+    ours = noise_fullseq(ids, prompt, answer, mask_id=MASK, eps=1.0)
+    assert torch.equal(full["noisy_ids"], ours.noised_ids) and torch.equal(full["mask_flags"], ours.loss_mask)
+
+
+def test_noise_benchmark_runs(capsys):
+    from blocksft.bench.noise import main
+
+    assert main(["--batch-size", "4", "--max-len", "64", "--block-size", "8", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "noise only" in out and out.count("x, ") == 6

@@ -66,39 +66,35 @@ def _check_generator(generator: torch.Generator | None, device: torch.device) ->
         )
 
 
-def _answer_end(prompt_lens: torch.Tensor, answer_lens: torch.Tensor, seq_len: int, supervise_padding: bool):
-    """``[B]`` end of each row's answer: its true end, or the row's end when padding is supervised."""
-    if supervise_padding:
-        return torch.full_like(prompt_lens, seq_len)
-    return prompt_lens + answer_lens
-
-
 def _validate(
     prompt_lens: torch.Tensor,
     answer_lens: torch.Tensor,
     seq_len: int,
     block_index: torch.Tensor | None = None,
+    block_start: torch.Tensor | None = None,
     answer_end: torch.Tensor | None = None,
     block_size: int = 1,
 ) -> None:
     """Raise one clear error for impossible spans or blocks (a single device sync for the batch)."""
-    end = prompt_lens + answer_lens  # [B]
-    ok = (torch.minimum(prompt_lens, answer_lens) >= 0) & (end <= seq_len)  # [B]
+    lowest = torch.minimum(prompt_lens, answer_lens)  # [B]
     if block_index is not None:
-        blocks = num_blocks(answer_end - prompt_lens, block_size)  # [B]
-        ok_block = (block_index >= -1) & (block_index < blocks)  # [B]
-        ok = ok & ok_block
-    if ok.all():
+        lowest = torch.minimum(lowest, block_index + 1)  # block -1 is the lowest allowed
+    bad = (lowest < 0) | (prompt_lens + answer_lens > seq_len)  # [B]
+    if block_index is not None:  # a block must start inside the answer
+        bad |= (block_index >= 0) & (block_start >= answer_end)
+    if not bad.any():
         return
-    row = int((~ok).nonzero()[0])
-    if int(prompt_lens[row]) < 0 or int(answer_lens[row]) < 0 or int(end[row]) > seq_len:
+    row = int(bad.nonzero()[0])
+    prompt_len, answer_len = int(prompt_lens[row]), int(answer_lens[row])
+    if min(prompt_len, answer_len) < 0 or prompt_len + answer_len > seq_len:
         raise ValueError(
-            f"row {row}: prompt_len {int(prompt_lens[row])} + answer_len {int(answer_lens[row])} "
-            f"does not fit a row of length {seq_len} (both must be >= 0)"
+            f"row {row}: prompt_len {prompt_len} + answer_len {answer_len} does not fit a row of "
+            f"length {seq_len} (both must be >= 0)"
         )
+    span = int(answer_end[row]) - prompt_len
     raise ValueError(
-        f"row {row}: block_index {int(block_index[row])} is outside [-1, {int(blocks[row]) - 1}] "
-        f"for an answer of {int(answer_end[row] - prompt_lens[row])} tokens and block_size {block_size}"
+        f"row {row}: block_index {int(block_index[row])} is outside [-1, {num_blocks(span, block_size) - 1}] "
+        f"for an answer of {span} tokens and block_size {block_size}"
     )
 
 
@@ -170,8 +166,8 @@ def noise_blockwise(
         supervise_padding: the answer runs to the end of the row, so padding after it is part of the
             answer (blocks are counted over ``L - prompt_len``; pad every batch to one fixed length).
         generator: the only source of randomness, on ``input_ids.device``; None uses torch's global one.
-        check: validate spans and block indices (one device sync); turn off only in a hot loop whose
-            inputs come from a checked schedule.
+        check: validate spans and block indices (one device sync); without it, invalid input is
+            undefined behaviour (turn it off only for inputs already checked, e.g. from the schedule).
 
     Returns:
         :class:`NoisedBatch` ``(noised_ids [B, L], loss_mask [B, L], p [B])``.
@@ -183,15 +179,13 @@ def noise_blockwise(
     prompt_lens = as_lengths(prompt_lens, batch, device, "prompt_lens")
     answer_lens = as_lengths(answer_lens, batch, device, "answer_lens")
     block_index = as_lengths(block_index, batch, device, "block_index")
-    answer_end = _answer_end(prompt_lens, answer_lens, seq_len, supervise_padding)  # [B]
-    if check:
-        _validate(prompt_lens, answer_lens, seq_len, block_index, answer_end, block_size)
-
     # === 1. Each row's regions: prompt | prefix | active block | suffix | padding ===
-    answer_end = answer_end.clamp(max=seq_len)  # [B]; keeps bounds inside the row when check=False
-    block_start = torch.minimum(prompt_lens + block_index.clamp(min=0) * block_size, answer_end)  # [B]
-    block_end = torch.minimum(block_start + block_size, answer_end)  # [B]
-    bounds = torch.stack([prompt_lens, block_start, block_end, answer_end], 1)  # [B, 4]
+    answer_end = torch.full_like(prompt_lens, seq_len) if supervise_padding else prompt_lens + answer_lens
+    block_start = prompt_lens + block_index.clamp(min=0) * block_size  # [B]
+    if check:
+        _validate(prompt_lens, answer_lens, seq_len, block_index, block_start, answer_end, block_size)
+    bounds = torch.stack([prompt_lens, block_start, block_start + block_size, answer_end], 1)  # [B, 4]
+    bounds = bounds.clamp_(max=answer_end[:, None])  # the block and suffix end with the answer
 
     # === 2. Their masking rates; a row without a block (-1) stays clean ===
     p = _draw_rates(batch, eps, generator, device)  # [B]
@@ -238,16 +232,16 @@ def noise_fullseq(
     _check_generator(generator, device)
     prompt_lens = as_lengths(prompt_lens, batch, device, "prompt_lens")
     answer_lens = as_lengths(answer_lens, batch, device, "answer_lens")
-    answer_end = _answer_end(prompt_lens, answer_lens, seq_len, supervise_padding)  # [B]
     if check:
         _validate(prompt_lens, answer_lens, seq_len)
+    answer_end = torch.full_like(prompt_lens, seq_len) if supervise_padding else prompt_lens + answer_lens
 
     p = _draw_rates(batch, eps, generator, device)  # [B]
     rates = torch.zeros(batch, 3, device=device)  # [B, 3]: prompt 0 | answer p | padding 0
     rates[:, 1] = p
     if active is not None:
         rates = rates * active.to(device=device, dtype=torch.bool)[:, None]
-    bounds = torch.stack([prompt_lens, answer_end.clamp(max=seq_len)], 1)  # [B, 2]
+    bounds = torch.stack([prompt_lens, answer_end], 1)  # [B, 2]
     noised_ids, loss_mask = _mask_regions(input_ids, bounds, rates, 1, mask_id, generator)
     return NoisedBatch(noised_ids, loss_mask, p)
 
@@ -269,7 +263,7 @@ def supervised_span_lens(
     """
     prompt_lens = torch.as_tensor(prompt_lens, dtype=torch.long)
     answer_lens = as_lengths(answer_lens, prompt_lens.numel(), prompt_lens.device, "answer_lens")
-    span = _answer_end(prompt_lens, answer_lens, seq_len, supervise_padding) - prompt_lens  # [B]
+    span = seq_len - prompt_lens if supervise_padding else answer_lens  # [B]
     if block_index is None:
         return span
     block_index = as_lengths(block_index, span.numel(), span.device, "block_index")
