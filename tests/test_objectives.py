@@ -464,9 +464,9 @@ def test_flop_formulas():
     # 2 FLOPs per weight per token, plus attention 4 * layers * d_model * context per token
     assert forward_flops(1000, 10) == 20_000
     assert forward_flops(1000, 10, n_layers=2, d_model=8, context=5) == 20_000 + 4 * 2 * 8 * 5 * 10
-    assert training_step_flops(100, full_weight_grads=True) == 300  # the usual 6 N T
-    assert training_step_flops(100) == 200  # frozen base + LoRA: no base weight gradients
-    assert training_step_flops(100, recompute=True) == 300
+    assert training_step_flops(100) == 300  # all weights trained: the usual 6 N T
+    assert training_step_flops(100, trained_forward=4) == 204  # frozen base, LoRA adapters trained
+    assert training_step_flops(100, trained_forward=4, recompute=True) == 304
 
 
 # ----- the benchmark's re-implementation of the reference agrees with ours -----

@@ -74,13 +74,20 @@ def forward_flops(
     return 2 * n_params * tokens + 4 * n_layers * d_model * context * tokens
 
 
-def training_step_flops(forward: int, *, full_weight_grads: bool = False, recompute: bool = False) -> int:
-    """Forward + backward FLOPs from the forward's.
+def training_step_flops(forward: int, *, trained_forward: int | None = None, recompute: bool = False) -> int:
+    """Forward + backward FLOPs of a training step, from forward FLOPs.
 
-    The backward pass computes activation gradients (about one forward) and, for trained weights,
-    weight gradients (another forward): ``3x`` for full fine-tuning (the usual ``6 N T``), ``2x`` for
-    a frozen base with LoRA (the adapters' own FLOPs are negligible at our ranks). Model-FLOPs
-    utilisation conventionally ignores activation recomputation; ``recompute=True`` adds the extra
-    forward of gradient checkpointing (hardware FLOPs).
+    The backward pass computes activation gradients (about one forward) plus the weight gradients
+    of the trained weights (about their share of the forward again), so a step is
+    ``2 * forward + trained_forward``: ``3 * forward`` for full fine-tuning (the usual ``6 N T``),
+    and with LoRA ``trained_forward = forward_flops(lora_params, tokens)`` (at r=256 on LLaDA-8B the
+    adapters are ~4 % of the weights, not negligible). Model-FLOPs utilisation ignores activation
+    recomputation; ``recompute=True`` adds gradient checkpointing's extra forward (hardware FLOPs).
+
+    Args:
+        forward: forward FLOPs of the step (:func:`forward_flops`, adapters included).
+        trained_forward: forward FLOPs of the trained weights alone; default ``forward`` (all trained).
+        recompute: count the recomputed forward of gradient checkpointing.
     """
-    return forward * (3 if full_weight_grads else 2) + (forward if recompute else 0)
+    trained = forward if trained_forward is None else trained_forward
+    return 2 * forward + trained + (forward if recompute else 0)
