@@ -508,3 +508,50 @@ def test_noise_benchmark_runs(capsys):
     assert main(["--batch-size", "4", "--max-len", "64", "--block-size", "8", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "noise only" in out and out.count("x, ") == 6
+
+
+def test_trainer_step_flow_with_the_tiny_model(tiny_model, tokenizer):
+    """records -> block counts -> schedule -> padded batch -> noise -> logits_at -> loss -> counts."""
+    from blocksft.schedule import BlockSchedule
+    from blocksft.tokenizer import mask_token_id
+
+    vocab = tiny_model.config.vocab_size
+    g = gen(3)
+    records = [
+        {"prompt_len": plen, "full_ids": torch.randint(6, vocab, (plen + alen,), generator=g)}
+        for plen, alen in [(5, 9), (7, 3), (4, 12)]
+    ]
+    objective = get_objective("blockwise", mask_id=mask_token_id(tokenizer), block_size=4)
+    prompt = torch.tensor([r["prompt_len"] for r in records])
+    answer = torch.tensor([len(r["full_ids"]) for r in records]) - prompt
+    schedule = BlockSchedule(objective.block_counts(prompt, answer), seed=0)
+    batch = schedule.next_batch(3)
+    rows = [records[i]["full_ids"] for i in batch.samples]
+    input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=1)
+    prompt, answer = prompt[batch.samples], answer[batch.samples]
+    noised = objective.noise(input_ids, prompt, answer, batch.blocks, generator=gen(4))
+    assert noised.loss_mask.any()
+
+    def step(sparse):
+        tiny_model.zero_grad()
+        if sparse:
+            logits = tiny_model(noised.noised_ids, logits_at=noised.loss_mask).logits  # [N, V]
+        else:
+            logits = tiny_model(noised.noised_ids).logits  # [B, L, V]
+        loss = objective.loss(
+            logits, input_ids, noised, prompt_lens=prompt, answer_lens=answer, block_index=batch.blocks
+        )
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
+
+    dense_loss, dense_grads = step(sparse=False)
+    sparse_loss, sparse_grads = step(sparse=True)
+    torch.testing.assert_close(sparse_loss, dense_loss)
+    assert len(sparse_grads) == len(dense_grads)
+    for a, b in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(a, b)
+
+    spans = objective.span_lens(prompt, answer, seq_len=input_ids.shape[1], block_index=batch.blocks)
+    counts = count_tokens(noised.loss_mask, prompt, answer, spans)
+    assert counts.loss_tokens == int(noised.loss_mask.sum()) and counts.real_tokens == sum(map(len, rows))
+    assert counts.padded_tokens == input_ids.numel() and counts.answer_tokens == int(spans.sum())
