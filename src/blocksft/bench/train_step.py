@@ -4,9 +4,10 @@ Run: ``blocksft bench train_step`` (or ``python bench/train_step.py``) on one GP
 reference targets, micro-batch 32, 256 tokens, bf16 autocast with fp32 adapters (what
 ``blocksft train`` does without DeepSpeed), AdamW. It prints tokens/s, peak memory and MFU, where
 the FLOPs are counted as the training logs count them (:class:`blocksft.train.metrics.FlopModel`:
-2 FLOPs per weight per token forward, twice that for a frozen base's forward + backward, the LM
-head only where logits are computed, attention ``4 * layers * d_model * seq_len`` per token
-forward). ``--tiny`` runs the same code on a small model on CPU in seconds (for the tests).
+2 FLOPs per weight per token forward, the same again backward for activation gradients, and again
+for the trained weights' gradients (the LoRA adapters); the LM head only where logits are
+computed; attention ``4 * layers * d_model * seq_len`` per token forward). ``--tiny`` runs the
+same code on a small model on CPU in seconds (for the tests).
 
 This measures our step alone; ``blocksft bench train`` compares it with the reference's path.
 """
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     body = sum(p.numel() for n, p in model.named_parameters() if ".blocks." in n)
     flop_model = FlopModel(
         body_params=body,
+        trained_params=report.trainable_params,
         head_params=config.d_model * config.embedding_size,
         n_layers=config.n_layers,
         d_model=config.d_model,

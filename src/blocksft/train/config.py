@@ -70,7 +70,7 @@ class TrainConfig:
             "default: the objective's, 1.0 for blockwise (the paper), 0.0 for blockwise_visible_suffix"
         ),
     )
-    eps: float = field(default=1e-3, metadata=_help("smallest mask rate: p ~ U(eps, 1)"))
+    mask_eps: float = field(default=1e-3, metadata=_help("smallest mask rate: p ~ U(mask_eps, 1)"))
     loss_weighting: Literal["none", "inv_p"] = field(
         default="none", metadata=_help("per-token loss weight: none (reference) or inv_p (LLaDA's 1/p)")
     )
@@ -205,8 +205,8 @@ class TrainConfig:
         for name in ("prefix_mask_rate", "suffix_mask_prob", "lora_dropout", "warmup_ratio", "min_lr_ratio"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.eps < 1.0:
-            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if not 0.0 < self.mask_eps < 1.0:
+            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.total_steps is not None and self.total_steps <= 0:

@@ -28,17 +28,18 @@ class FlopModel:
 
     Attributes:
         body_params: weights of the transformer blocks (LoRA adapters included).
+        trained_params: the weights that get gradients (the adapters under LoRA); ``None`` when
+            every weight does (full fine-tuning).
         head_params: the LM head, ``d_model x vocab``: it costs only where logits are computed.
         n_layers, d_model: for the attention term.
-        full_weight_grads: every weight is trained (full fine-tuning), not a frozen base + LoRA.
         recompute: gradient checkpointing repeats the forward pass.
     """
 
     body_params: int
+    trained_params: int | None
     head_params: int
     n_layers: int
     d_model: int
-    full_weight_grads: bool = False
     recompute: bool = False
 
     def step_flops(self, padded_tokens: int, seq_len: int, logit_positions):
@@ -49,9 +50,8 @@ class FlopModel:
             self.body_params, padded_tokens, n_layers=self.n_layers, d_model=self.d_model, context=seq_len
         )
         forward = body + 2 * self.head_params * logit_positions
-        return training_step_flops(
-            forward, full_weight_grads=self.full_weight_grads, recompute=self.recompute
-        )
+        trained = None if self.trained_params is None else forward_flops(self.trained_params, padded_tokens)
+        return training_step_flops(forward, trained_forward=trained, recompute=self.recompute)
 
 
 @dataclass

@@ -338,14 +338,18 @@ def attach_adapters(model, config: TrainConfig):
 
 
 def flop_model_of(model, config: TrainConfig) -> FlopModel:
-    body = sum(int(getattr(p, "ds_numel", p.numel())) for n, p in model.named_parameters() if ".blocks." in n)
+    def count(params):
+        return sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
+
     mc = model.config
     return FlopModel(
-        body_params=body,
+        body_params=count(p for n, p in model.named_parameters() if ".blocks." in n),
+        trained_params=None
+        if config.full_finetune
+        else count(p for p in model.parameters() if p.requires_grad),
         head_params=mc.d_model * mc.embedding_size,
         n_layers=mc.n_layers,
         d_model=mc.d_model,
-        full_weight_grads=config.full_finetune,
         recompute=config.gradient_checkpointing,
     )
 
@@ -361,7 +365,7 @@ def build_objective(config: TrainConfig, mask_id: int):
         config.objective,
         mask_id=mask_id,
         block_size=config.block_size,
-        eps=config.eps,
+        eps=config.mask_eps,
         prefix_mask_rate=config.prefix_mask_rate,
         suffix_mask_prob=config.suffix_mask_prob,
         supervise_padding=config.supervise_padding,
