@@ -132,14 +132,28 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(inputs, b
     assert (folder / "resumed_step0010").is_dir()  # written before the interruption
 
 
-def test_fullseq_run_saves_bf16_when_trained_in_bf16(inputs):
+def test_fullseq_run_in_bf16_logging_every_second_step(inputs):
     from blocksft.train import run_train
 
     folder, model_dir, data = inputs
-    config = tiny_config(folder, model_dir, data, "fullseq", objective="fullseq", total_steps=4, dtype="bf16")
+    config = tiny_config(
+        folder,
+        model_dir,
+        data,
+        "fullseq",
+        objective="fullseq",
+        total_steps=4,
+        dtype="bf16",
+        grad_accum=2,
+        log_every=2,
+    )
     result = run_train(config)
     rows = read_rows(config.logs_dir / "train_loss.csv")
-    assert len(rows) == 4 and all(float(r["loss"]) > 0 for r in rows)
+    batches = [json.loads(line) for line in (config.logs_dir / "batches.jsonl").read_text().splitlines()]
+    assert [int(r["step"]) for r in rows] == [2, 4] and all(int(r["samples"]) == 32 for r in rows)
+    assert [(b["step"], b["micro"]) for b in batches] == [(s, m) for s in range(1, 5) for m in (0, 1)]
+    for row, window in zip(rows, (batches[:4], batches[4:])):  # the mean over 2 steps x 2 micro-batches
+        assert float(row["loss"]) == pytest.approx(sum(b["loss"] for b in window) / 4, rel=1e-5)
     final = result.exports[-1]
     assert final.name == "fullseq_step0004"
     assert set(safetensors_dtypes(final).values()) == {"BF16"}

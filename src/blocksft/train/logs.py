@@ -48,7 +48,7 @@ class CsvLog:
             csv.writer(fh).writerow([_format(row.get(c)) for c in CSV_COLUMNS])
         with self.batches_path.open("a") as fh:
             for batch in batches:
-                fh.write(json.dumps({"step": step, **batch}) + "\n")
+                fh.write(json.dumps(batch) + "\n")
 
 
 def _format(value) -> str:

@@ -66,9 +66,10 @@ class StepMeter:
     window_start: float | None = None
 
     def record(
-        self, batch: dict, loss_mask: torch.Tensor, loss: torch.Tensor, *, sparse_logits: bool
+        self, batch: dict, loss_mask: torch.Tensor, loss: torch.Tensor, *, step: int, sparse_logits: bool
     ) -> None:
-        """Count one micro-batch: ``batch`` from the collator, ``loss_mask`` [B, L] and its loss."""
+        """Count one micro-batch of optimizer step ``step``: ``batch`` from the collator,
+        ``loss_mask`` [B, L] and its loss."""
         if self.window_start is None:
             self.window_start = time.perf_counter()
         b, seq_len = batch["input_ids"].shape
@@ -77,24 +78,26 @@ class StepMeter:
         if self.flop_model is not None:
             logit_positions = supervised if sparse_logits else b * seq_len
             flops = flops + self.flop_model.step_flops(b * seq_len, seq_len, logit_positions)
-        counts = torch.stack([supervised, batch["attention_mask"].sum().to(torch.float64), flops])
+        real = (batch["prompt_lens"] + batch["answer_lens"]).sum().to(torch.float64)
+        counts = torch.stack([supervised, real, flops])
         counts = torch.cat([counts, counts.new_tensor([b * seq_len, b])])
-        self.rows.append((counts, batch["sample_ids"], batch["block_index"], loss.detach().float()))
+        loss_and_step = torch.stack([loss.detach().double(), counts.new_tensor(step)])
+        self.rows.append((counts, batch["sample_ids"], batch["block_index"], loss_and_step))
 
     def flush(self, accelerator) -> tuple[dict, list[dict]]:
         """Sum counts over ranks; gather per-micro-batch sample ids and losses (rank order).
 
         Returns:
-            ``(metrics, batches)``: the step's summed counts and tokens/s, and one dict per
-            (rank, micro-batch) with its samples, blocks and loss.
+            ``(metrics, batches)``: the summed counts and tokens/s since the last flush, and one
+            dict per (step, rank, micro-batch) with its samples, blocks and loss.
         """
         if not self.rows:
             return {}, []
         counts = accelerator.reduce(torch.stack([r[0] for r in self.rows]).sum(0), reduction="sum")
         samples = accelerator.gather(torch.stack([r[1] for r in self.rows]))  # [W * M, B]
         blocks = accelerator.gather(torch.stack([r[2] for r in self.rows]))  # [W * M, B]
-        losses = accelerator.gather(torch.stack([r[3] for r in self.rows]))  # [W * M]
-        micro = len(self.rows)
+        losses = accelerator.gather(torch.stack([r[3] for r in self.rows]))  # [W * M, 2]: loss, step
+        rows_per_rank = len(self.rows)
         now = time.perf_counter()
         supervised, tokens, flops, padded, n_samples = counts.tolist()
         metrics = {
@@ -105,15 +108,20 @@ class StepMeter:
             "flops": flops,
             "tokens_per_s": tokens / max(now - self.window_start, 1e-9),
         }
-        batches = [
-            {
-                "rank": k // micro,
-                "micro": k % micro,
-                "samples": samples[k].tolist(),
-                "blocks": blocks[k].tolist(),
-                "loss": float(losses[k]),
-            }
-            for k in range(samples.shape[0])
-        ]
+        batches, first_of_step = [], {}
+        for k in range(samples.shape[0]):  # rank-major, then in the order the rank trained
+            step, rank = int(losses[k, 1]), k // rows_per_rank
+            first_of_step.setdefault((step, rank), k)
+            batches.append(
+                {
+                    "step": step,
+                    "rank": rank,
+                    "micro": k - first_of_step[(step, rank)],
+                    "samples": samples[k].tolist(),
+                    "blocks": blocks[k].tolist(),
+                    "loss": float(losses[k, 0]),
+                }
+            )
+        batches.sort(key=lambda b: (b["step"], b["rank"], b["micro"]))
         self.rows, self.window_start = [], now
         return metrics, batches

@@ -76,7 +76,13 @@ class BlockSFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, loss_mask = self.train_step(model, inputs)
-        self.meter.record(inputs, loss_mask, loss, sparse_logits=self.train_step.sparse_logits)
+        self.meter.record(
+            inputs,
+            loss_mask,
+            loss,
+            step=self.state.global_step + 1,
+            sparse_logits=self.train_step.sparse_logits,
+        )
         return (loss, {"loss_mask": loss_mask}) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
