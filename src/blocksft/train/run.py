@@ -70,6 +70,13 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
 
     # ----- Engine and output folders -----
     args = training_arguments(config)
+    world_size = args.world_size  # sets up the distributed backend (before ZeRO-3 partitions the model)
+    if args.deepspeed and args.use_cpu and world_size > 1:
+        # accelerate's CPU path leaves DeepSpeed's own process group uninitialised, which ZeRO-3's
+        # partitioned model loading needs (on GPUs accelerate initialises it).
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     state = PartialState()
     resume_from = check_output(config)
     state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
@@ -86,10 +93,10 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     if config.max_samples:
         records = records[: config.max_samples]
     schedule = block_schedule(config, objective, records)
-    samples_per_step = args.world_size * config.micro_batch * config.grad_accum
+    samples_per_step = world_size * config.micro_batch * config.grad_accum
     items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
     steps = steps_for(items, samples_per_step, config.total_steps)
-    say(describe_plan(config, schedule, items, steps, samples_per_step, args.world_size))
+    say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
     items = items[: steps * samples_per_step]
     args.max_steps = steps
 
@@ -107,7 +114,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         config.logs_dir.mkdir(parents=True, exist_ok=True)
     csv_log = CsvLog(config.logs_dir, resume_step=resume_step) if state.is_main_process else None
     if state.is_main_process:
-        write_run_config(config, objective, steps=steps, world_size=args.world_size, modules=lora_modules)
+        write_run_config(config, objective, steps=steps, world_size=world_size, modules=lora_modules)
     train_step = TrainStep(
         objective, seed=config.seed, sparse_logits=config.sparse_logits, attend_padding=config.attend_padding
     )
