@@ -216,3 +216,21 @@ def test_bad_record_files_are_clear_errors(inputs, tmp_path):
         run_train(tiny_config(tmp_path, model_dir, bad))
     with pytest.raises(BlocksftError, match="does not exist"):
         run_train(tiny_config(tmp_path, model_dir, tmp_path / "missing.pt"))
+
+
+def test_full_finetuning_saves_the_whole_model_without_an_adapter(inputs):
+    from transformers import AutoModelForCausalLM
+
+    from blocksft.train import run_train
+
+    folder, model_dir, data = inputs
+    config = tiny_config(folder, model_dir, data, "full", full_finetune=True, total_steps=2, lr=1e-3)
+    result = run_train(config)
+    final = result.exports[-1]
+    assert not (final / "adapter").exists()
+    saved = json.loads((config.logs_dir / "config.json").read_text())
+    assert saved["derived"]["lora_modules"] == []
+    reloaded = AutoModelForCausalLM.from_pretrained(final).eval()
+    ids = torch.randint(0, 455, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits)

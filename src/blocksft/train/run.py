@@ -8,6 +8,7 @@ train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module blocksf
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,10 @@ def training_arguments(config: TrainConfig):
     dtype = training_dtype(config)
     if not 0.0 <= config.warmup_ratio < 1.0:
         raise BlocksftError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.report_to != "none" and importlib.util.find_spec(config.report_to) is None:
+        raise BlocksftError(
+            f"--report-to {config.report_to} needs the package: pip install {config.report_to}"
+        )
     return TrainingArguments(
         output_dir=str(config.checkpoints_dir),
         per_device_train_batch_size=config.micro_batch,
