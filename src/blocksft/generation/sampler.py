@@ -54,8 +54,8 @@ class GenerateStep:
     """What a ``callback`` sees after every step.
 
     Attributes:
-        block: index of the block being decoded; step: step within it; step_index: steps so far
-            in the whole run, this one included minus one (0-based).
+        block: index of the block being decoded; step: index of the step within the block;
+            step_index: index of the step in the whole run (as in ``GenerateOutput.commit_step``).
         canvas: ``[B, P + G]`` the live canvas (read it, clone it to keep it, never modify it).
         committed: ``[B, P + G]`` bool, positions committed at this step.
         block_done: the current block has no mask left in any row being decoded.
