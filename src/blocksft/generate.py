@@ -18,6 +18,7 @@ from blocksft.generation.sampler import GenerateOutput, GenerateStep, generate
 from blocksft.generation.schedule import (
     left_pad,
     positions_from_mask,
+    predict_block,
     sample_tokens,
     select_transfer,
     token_confidence,
@@ -35,6 +36,7 @@ __all__ = [
     "generate",
     "left_pad",
     "positions_from_mask",
+    "predict_block",
     "render_canvas",
     "sample_tokens",
     "select_transfer",

@@ -41,9 +41,8 @@ from blocksft.errors import BlocksftError
 from blocksft.generation.options import check_sampler_options
 from blocksft.generation.schedule import (
     positions_from_mask,
-    sample_tokens,
+    predict_block,
     select_transfer,
-    token_confidence,
     transfer_schedule,
 )
 from blocksft.tokenizer import LLADA_8B_MASK_ID
@@ -358,12 +357,9 @@ def generate(
                 break
             # === 2. Predict the block, commit the most confident masked positions ===
             logits = block_logits(x, rows_key_mask, positions[rows], prompt_cols[rows], start, end, step)
-            if suppress:
-                logits[:, :suppress, eos] = float("-inf")
-            tokens = sample_tokens(logits, temperature, generator)  # [b, K]
-            confidence = token_confidence(logits, tokens, remasking, generator)  # [b, K]
-            if defer_eos:  # below every probability, order among them kept
-                confidence = torch.where(torch.isin(tokens, eos), confidence - 2.0, confidence)
+            tokens, confidence = predict_block(
+                logits, temperature, remasking, generator, eos=eos, suppress_eos=suppress, defer_eos=defer_eos
+            )  # [b, K] each
             counts = torch.full((len(rows),), per_step[step], dtype=torch.long, device=device)
             transfer = select_transfer(confidence, masked, counts, threshold)  # [b, K]
             canvas[rows, start:end] = torch.where(transfer, tokens, x[:, start:end])

@@ -103,6 +103,40 @@ def token_confidence(
     raise BlocksftError(f"unknown remasking {remasking!r}")
 
 
+def predict_block(
+    logits: torch.Tensor,
+    temperature: float,
+    remasking: str,
+    generator: torch.Generator | None = None,
+    *,
+    eos: torch.Tensor | None = None,
+    suppress_eos: int = 0,
+    defer_eos: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted tokens and their confidences for one block, with the EOS options.
+
+    Args:
+        logits: ``[B, K, V]`` (modified in place when ``suppress_eos``).
+        temperature, remasking, generator: as in :func:`sample_tokens` and :func:`token_confidence`.
+        eos: ``[E]`` EOS/EoT ids.
+        suppress_eos: set their logits to -inf at the first this many positions, before both the
+            prediction and its probability (so neither sees them; LLaDA's ``confidence_eos_eot_inf``
+            edits the logits after sampling and misses EOS, its issue #137).
+        defer_eos: lower the confidence of EOS/EoT predictions by 2, below every probability,
+            keeping their order: they are committed after the block's other predictions.
+
+    Returns:
+        ``(tokens [B, K] long, confidence [B, K] float64)``.
+    """
+    if suppress_eos:
+        logits[:, :suppress_eos, eos] = float("-inf")
+    tokens = sample_tokens(logits, temperature, generator)
+    confidence = token_confidence(logits, tokens, remasking, generator)
+    if defer_eos:
+        confidence = torch.where(torch.isin(tokens, eos), confidence - 2.0, confidence)
+    return tokens, confidence
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """RoPE positions ``[B, L]`` for a left-padded batch: real tokens count from 0, pads get 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
