@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from .checkpoint import export_dir, lora_scalings, merge_lora_state_dict, write_checkpoint
-
-# Written into a Trainer checkpoint folder once every rank has saved its part: --resume only
-# trusts folders that have it.
-COMPLETE_MARKER = "blocksft_state.json"
-
-
-def say(message: str) -> None:
-    """Print on rank 0 only."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(message, file=sys.stderr, flush=True)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+from .logs import say, write_json
+from .resume import COMPLETE_MARKER
 
 
 class LossProgressCallback(ProgressCallback):

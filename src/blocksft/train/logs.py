@@ -7,6 +7,8 @@ where the reference logs one rank's micro-batch), then ``lr, grad_norm``, per-st
 ``supervised_tokens`` (loss-bearing), ``tokens`` (non-padding), ``padded_tokens`` (what the device
 computed), ``samples``, estimated ``flops``, and ``tokens_per_s`` (non-padding tokens per second).
 ``batches.jsonl`` has one line per (step, rank, micro-batch): its sample ids, blocks and loss.
+``config.json`` holds every setting of the run (resolved) and ``ablation_config.json`` the
+reference's keys.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 CSV_COLUMNS = (
@@ -28,6 +32,19 @@ CSV_COLUMNS = (
     "flops",
     "tokens_per_s",
 )
+
+
+def say(message: str) -> None:
+    """Print on rank 0 only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
 
 
 class CsvLog:
@@ -100,3 +117,44 @@ def format_budget(budget: dict) -> str:
         f"{budget['supervised_tokens']:,} supervised (loss-bearing) tokens of {budget['tokens']:,} processed "
         f"({budget['padded_tokens']:,} with padding); EQUAL-FLOPS: ~{budget['estimated_flops']:.3e} FLOPs"
     )
+
+
+def write_run_config(config, objective, *, steps: int, world_size: int, modules) -> None:
+    """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``."""
+    import dataclasses
+
+    import torch
+
+    from blocksft import __version__
+    from blocksft.config import config_to_dict
+
+    mask_id = objective.options.mask_id
+    derived = {
+        "objective_options": dataclasses.asdict(objective.options),
+        "total_steps": steps,
+        "world_size": world_size,
+        "samples_per_step": world_size * config.micro_batch * config.grad_accum,
+        "lora_modules": list(modules),
+        "blocksft_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    payload = {"config": config_to_dict(config), "derived": derived}
+    write_json(config.logs_dir / "config.json", payload)
+    ablation = {
+        "BLOCK_SIZE": config.block_size,
+        "PREFIX_MASK_RATE": config.prefix_mask_rate,
+        "SUFFIX_MASK_PROB": objective.options.suffix_mask_prob,
+        "MICRO_BSIZE": config.micro_batch,
+        "GRAD_ACC": config.grad_accum,
+        "LR": config.lr,
+        "EPOCHS": config.epochs,
+        "MAX_SAMPLES": config.max_samples,
+        "TOTAL_TRAIN_STEPS": steps,
+        "SAVE_EVERY": config.save_every or steps,
+        "CKPT_DIR": config.ckpt_dir,
+        "SEED": config.seed,
+        "MASK_ID": mask_id,
+        "MAX_LEN": config.max_len,
+        "OBJECTIVE": config.objective,
+    }
+    write_json(config.logs_dir / "ablation_config.json", ablation)

@@ -9,28 +9,24 @@ train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module blocksf
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from blocksft.config import config_to_dict
 from blocksft.errors import BlocksftError
 
 from .callbacks import (
-    COMPLETE_MARKER,
     CompleteMarkerCallback,
     ExportCallback,
     LossProgressCallback,
     MergedExporter,
-    say,
-    write_json,
 )
-from .config import TrainConfig, config_differences, resolve_deepspeed_config
+from .config import TrainConfig, resolve_deepspeed_config
 from .data import ItemDataset, PadCollator, plan_items, steps_for
-from .logs import CsvLog, budget_summary, format_budget
+from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_run_config
 from .metrics import FlopModel, StepMeter
+from .resume import check_output, checkpoint_step
 from .trainer import BlockSFTTrainer, TrainStep
 
 
@@ -71,34 +67,22 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
 
     # ----- Engine and output folders -----
     args = training_arguments(config)
-    world_size = args.world_size  # sets up the distributed backend (before ZeRO-3 partitions the model)
-    if args.deepspeed and args.use_cpu and world_size > 1:
-        # accelerate's CPU path leaves DeepSpeed's own process group uninitialised, which ZeRO-3's
-        # partitioned model loading needs (on GPUs accelerate initialises it).
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    world_size = start_distributed(args)
     state = PartialState()
     resume_from = check_output(config)
     state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
 
-    # ----- Tokenizer, model, mask id -----
+    # ----- Tokenizer, model, mask id, objective -----
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     model = load_model(config.model, dtype=training_dtype(config))
     pad_id = padding_id(tokenizer, model.config)
-    mask_id = resolve_mask_id(config.mask_id, model.config, tokenizer, pad_id)
-    objective = build_objective(config, mask_id)
+    objective = build_objective(config, resolve_mask_id(config.mask_id, model.config, tokenizer, pad_id))
 
     # ----- Data: records, the block schedule, the item plan, steps -----
     records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
     if config.max_samples:
         records = records[: config.max_samples]
-    schedule = block_schedule(config, objective, records)
-    samples_per_step = world_size * config.micro_batch * config.grad_accum
-    items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
-    steps = steps_for(items, samples_per_step, config.total_steps)
-    say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
-    items = items[: steps * samples_per_step]
+    items, steps = plan_run(config, objective, records, world_size)
     args.max_steps = steps
 
     # ----- LoRA (or full fine-tuning) -----
@@ -107,45 +91,35 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     set_seed(config.seed)
     model, lora_modules = attach_adapters(model, config)
 
-    # ----- Trainer -----
-    flop_model = flop_model_of(model, config)
-    meter = StepMeter(flop_model=flop_model)
+    # ----- Logs and the Trainer -----
     resume_step = checkpoint_step(resume_from) if resume_from else 0
+    csv_log = None
     if state.is_main_process:
         config.logs_dir.mkdir(parents=True, exist_ok=True)
-    csv_log = CsvLog(config.logs_dir, resume_step=resume_step) if state.is_main_process else None
-    if state.is_main_process:
+        csv_log = CsvLog(config.logs_dir, resume_step=resume_step)
         write_run_config(config, objective, steps=steps, world_size=world_size, modules=lora_modules)
-    train_step = TrainStep(
-        objective, seed=config.seed, sparse_logits=config.sparse_logits, attend_padding=config.attend_padding
-    )
-    collator = PadCollator(
-        pad_id=pad_id,
-        multiple_of=config.pad_to_multiple_of,
-        pad_to=config.max_len if (config.pad_to_max_len or config.supervise_padding) else None,
-        supervise_padding=config.supervise_padding,
-    )
     trainer = BlockSFTTrainer(
         model=model,
         args=args,
         train_dataset=ItemDataset(records, items),
-        data_collator=collator,
+        data_collator=PadCollator(
+            pad_id=pad_id,
+            multiple_of=config.pad_to_multiple_of,
+            pad_to=config.max_len if (config.pad_to_max_len or config.supervise_padding) else None,
+            supervise_padding=config.supervise_padding,
+        ),
         processing_class=tokenizer,
-        train_step=train_step,
-        meter=meter,
+        train_step=TrainStep(
+            objective,
+            seed=config.seed,
+            sparse_logits=config.sparse_logits,
+            attend_padding=config.attend_padding,
+        ),
+        meter=StepMeter(flop_model=flop_model_of(model, config)),
         csv_log=csv_log,
     )
-    from transformers.trainer_callback import ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
     exporter = MergedExporter(trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer)
-    for callback in (
-        LossProgressCallback(),
-        CompleteMarkerCallback(),
-        ExportCallback(exporter, config.save_every),
-        *callbacks,
-    ):
-        trainer.add_callback(callback)
+    add_callbacks(trainer, exporter, config.save_every, *callbacks)
 
     # ----- Train, then the last merged checkpoint and the budget -----
     if resume_from:
@@ -156,7 +130,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     budget = {}
     if state.is_main_process:
         budget = budget_summary(config.logs_dir / "train_loss.csv")
-        (config.logs_dir / "budget.json").write_text(json.dumps(budget, indent=2) + "\n")
+        write_json(config.logs_dir / "budget.json", budget)
         say(format_budget(budget))
     state.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -223,78 +197,30 @@ def training_arguments(config: TrainConfig):
     )
 
 
-# ----- Output folders and resume ------------------------------------------------------------------
+def start_distributed(args) -> int:
+    """Set the distributed backend up now (ZeRO-3 partitions the model while loading it); the world size."""
+    world_size = args.world_size  # first access initialises the process group
+    if args.deepspeed and args.use_cpu and world_size > 1:
+        # accelerate's CPU path leaves DeepSpeed's own process group uninitialised, which ZeRO-3's
+        # partitioned model loading needs (on GPUs accelerate initialises it).
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    return world_size
 
 
-def checkpoint_step(folder: Path) -> int:
-    return int(folder.name.rsplit("-", 1)[1])
+def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> None:
+    """Our progress bar instead of the stock one, resumable-state markers, merged exports, extras."""
+    from transformers.trainer_callback import ProgressCallback
 
-
-def last_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The newest ``checkpoint-N`` that was finished (its marker file written last)."""
-    done = [p for p in checkpoints_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
-    return max(done, key=checkpoint_step, default=None)
-
-
-def check_output(config: TrainConfig) -> Path | None:
-    """Refuse to overwrite a previous run; with ``--resume``, find where to continue from."""
-    logs = config.logs_dir
-    saved_config = logs / "config.json"
-    if not config.resume:
-        if logs.exists() and any(logs.iterdir()):
-            raise BlocksftError(
-                f"{logs} exists already (a previous run): pass --resume to continue it, or choose "
-                "another --ckpt-dir"
-            )
-        return None
-    if saved_config.is_file():
-        saved = json.loads(saved_config.read_text())["config"]
-        differences = config_differences(saved, config_to_dict(config))
-        if differences:
-            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
-            raise BlocksftError(f"--resume: settings differ from the run in {logs}: {details}")
-    found = last_complete_checkpoint(config.checkpoints_dir)
-    if found is None:
-        say(f"--resume: no complete resumable state under {config.checkpoints_dir}; starting from step 0")
-    return found
-
-
-def write_run_config(config: TrainConfig, objective, *, steps: int, world_size: int, modules) -> None:
-    """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``."""
-    import dataclasses
-
-    from blocksft import __version__
-
-    mask_id = objective.options.mask_id
-    derived = {
-        "objective_options": dataclasses.asdict(objective.options),
-        "total_steps": steps,
-        "world_size": world_size,
-        "samples_per_step": world_size * config.micro_batch * config.grad_accum,
-        "lora_modules": list(modules),
-        "blocksft_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    payload = {"config": config_to_dict(config), "derived": derived}
-    write_json(config.logs_dir / "config.json", payload)
-    ablation = {
-        "BLOCK_SIZE": config.block_size,
-        "PREFIX_MASK_RATE": config.prefix_mask_rate,
-        "SUFFIX_MASK_PROB": objective.options.suffix_mask_prob,
-        "MICRO_BSIZE": config.micro_batch,
-        "GRAD_ACC": config.grad_accum,
-        "LR": config.lr,
-        "EPOCHS": config.epochs,
-        "MAX_SAMPLES": config.max_samples,
-        "TOTAL_TRAIN_STEPS": steps,
-        "SAVE_EVERY": config.save_every or steps,
-        "CKPT_DIR": config.ckpt_dir,
-        "SEED": config.seed,
-        "MASK_ID": mask_id,
-        "MAX_LEN": config.max_len,
-        "OBJECTIVE": config.objective,
-    }
-    write_json(config.logs_dir / "ablation_config.json", ablation)
+    trainer.remove_callback(ProgressCallback)
+    for callback in (
+        LossProgressCallback(),
+        CompleteMarkerCallback(),
+        ExportCallback(exporter, save_every),
+        *extra,
+    ):
+        trainer.add_callback(callback)
 
 
 # ----- Model, tokens -----------------------------------------------------------------------------
@@ -367,6 +293,16 @@ def flop_model_of(model, config: TrainConfig) -> FlopModel:
 
 
 # ----- Data ---------------------------------------------------------------------------------------
+
+
+def plan_run(config: TrainConfig, objective, records, world_size: int):
+    """The items the run trains on, in order, and its optimizer steps (printed)."""
+    schedule = block_schedule(config, objective, records)
+    samples_per_step = world_size * config.micro_batch * config.grad_accum
+    items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
+    steps = steps_for(items, samples_per_step, config.total_steps)
+    say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
+    return items[: steps * samples_per_step], steps
 
 
 def build_objective(config: TrainConfig, mask_id: int):
