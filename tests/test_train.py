@@ -234,3 +234,19 @@ def test_full_finetuning_saves_the_whole_model_without_an_adapter(inputs):
     ids = torch.randint(0, 455, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits)
+
+
+def test_resume_refuses_a_record_file_that_changed_since(inputs, tmp_path):
+    from blocksft.train import run_train
+
+    folder, model_dir, data = inputs
+    records = torch.load(data)
+    copy_path = tmp_path / "data.pt"
+    torch.save(records, copy_path)
+    config = tiny_config(tmp_path, model_dir, copy_path, "changed", total_steps=4, checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        run_train(config, callbacks=[InterruptAt(2)])
+    records[0]["full_ids"] = records[0]["full_ids"][:-9]  # one answer loses a block
+    torch.save(records, copy_path)
+    with pytest.raises(BlocksftError, match="block schedule has num_blocks_sha256"):
+        run_train(dataclasses.replace(config, resume=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -76,7 +77,14 @@ class ExportCallback(TrainerCallback):
 
 
 class CompleteMarkerCallback(TrainerCallback):
-    """Marks a resumable state complete once every rank has written its part of it."""
+    """Marks a resumable state complete once every rank has written its part of it.
+
+    The marker holds the block schedule's state at that step (its cursor, and a fingerprint of
+    the data and settings it is valid for), which ``--resume`` checks.
+    """
+
+    def __init__(self, schedule_state: Callable[[int], dict]):
+        self.schedule_state = schedule_state
 
     def on_save(self, args, state, control, **kwargs):
         from accelerate import PartialState
@@ -84,4 +92,9 @@ class CompleteMarkerCallback(TrainerCallback):
         PartialState().wait_for_everyone()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            write_json(folder / COMPLETE_MARKER, {"step": state.global_step, "max_steps": state.max_steps})
+            marker = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "schedule": self.schedule_state(state.global_step),
+            }
+            write_json(folder / COMPLETE_MARKER, marker)

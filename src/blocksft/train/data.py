@@ -72,6 +72,18 @@ def steps_for(items: Sequence[Item], samples_per_step: int, total_steps: int | N
     return steps if total_steps is None else min(steps, total_steps)
 
 
+def schedule_state_at(schedule, items: Sequence[Item], consumed: int) -> dict:
+    """The block schedule's state once ``consumed`` items of the plan were trained on."""
+    if consumed >= len(items):
+        epoch = items[-1].epoch
+        position = sum(item.epoch == epoch for item in items)
+    else:
+        epoch = items[consumed].epoch
+        position = consumed - next(k for k, item in enumerate(items) if item.epoch == epoch)
+    schedule.epoch, schedule.position = epoch, position
+    return schedule.state_dict()
+
+
 class ItemDataset(torch.utils.data.Dataset):
     """Item k of the plan as the record's ids, prompt length, block, sample and item index."""
 

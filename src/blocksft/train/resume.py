@@ -54,3 +54,18 @@ def check_output(config: TrainConfig) -> Path | None:
     if found is None:
         say(f"--resume: no complete resumable state under {config.checkpoints_dir}; starting from step 0")
     return found
+
+
+def check_schedule(resume_from: Path, schedule, expected: dict) -> None:
+    """Refuse to resume a state whose block schedule was made for other data or settings."""
+    saved = json.loads((resume_from / COMPLETE_MARKER).read_text()).get("schedule")
+    if saved is None:
+        return
+    schedule.load_state_dict(saved)  # raises, naming what differs
+    if (saved["epoch"], saved["position"]) != (expected["epoch"], expected["position"]):
+        raise BlocksftError(
+            f"{resume_from}: its block schedule stopped at epoch {saved['epoch']} position "
+            f"{saved['position']}, but this run's plan is at epoch {expected['epoch']} position "
+            f"{expected['position']} there; "
+            "resume with the same world size, batch size and gradient accumulation"
+        )

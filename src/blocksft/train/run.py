@@ -23,10 +23,10 @@ from .callbacks import (
     MergedExporter,
 )
 from .config import TrainConfig, resolve_deepspeed_config
-from .data import ItemDataset, PadCollator, plan_items, steps_for
+from .data import ItemDataset, PadCollator, plan_items, schedule_state_at, steps_for
 from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_run_config
 from .metrics import FlopModel, StepMeter
-from .resume import check_output, checkpoint_step
+from .resume import check_output, check_schedule, checkpoint_step
 from .trainer import BlockSFTTrainer, TrainStep
 
 
@@ -82,8 +82,15 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
     if config.max_samples:
         records = records[: config.max_samples]
-    items, steps = plan_run(config, objective, records, world_size)
+    schedule, items, steps = plan_run(config, objective, records, world_size)
     args.max_steps = steps
+    samples_per_step = world_size * config.micro_batch * config.grad_accum
+
+    def schedule_state(step: int) -> dict:
+        return schedule_state_at(schedule, items, step * samples_per_step)
+
+    if resume_from:
+        check_schedule(resume_from, schedule, schedule_state(checkpoint_step(resume_from)))
 
     # ----- LoRA (or full fine-tuning) -----
     from transformers import set_seed
@@ -119,7 +126,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         csv_log=csv_log,
     )
     exporter = MergedExporter(trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer)
-    add_callbacks(trainer, exporter, config.save_every, *callbacks)
+    add_callbacks(trainer, exporter, config.save_every, CompleteMarkerCallback(schedule_state), *callbacks)
 
     # ----- Train, then the last merged checkpoint and the budget -----
     if resume_from:
@@ -210,16 +217,11 @@ def start_distributed(args) -> int:
 
 
 def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> None:
-    """Our progress bar instead of the stock one, resumable-state markers, merged exports, extras."""
+    """Our progress bar instead of the stock one, merged exports, and the other callbacks."""
     from transformers.trainer_callback import ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
-    for callback in (
-        LossProgressCallback(),
-        CompleteMarkerCallback(),
-        ExportCallback(exporter, save_every),
-        *extra,
-    ):
+    for callback in (LossProgressCallback(), ExportCallback(exporter, save_every), *extra):
         trainer.add_callback(callback)
 
 
@@ -296,13 +298,13 @@ def flop_model_of(model, config: TrainConfig) -> FlopModel:
 
 
 def plan_run(config: TrainConfig, objective, records, world_size: int):
-    """The items the run trains on, in order, and its optimizer steps (printed)."""
+    """The block schedule, the items the run trains on (in order) and its optimizer steps (printed)."""
     schedule = block_schedule(config, objective, records)
     samples_per_step = world_size * config.micro_batch * config.grad_accum
     items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
     steps = steps_for(items, samples_per_step, config.total_steps)
     say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
-    return items[: steps * samples_per_step], steps
+    return schedule, items[: steps * samples_per_step], steps
 
 
 def build_objective(config: TrainConfig, mask_id: int):
