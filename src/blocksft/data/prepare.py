@@ -1,0 +1,534 @@
+"""`blocksft prepare`: an instruction dataset -> a record file, as the reference ``pt.py`` makes it.
+
+For each row in dataset order: skip it if its ``type`` contains ``--filter_type``; wrap its query in
+the prompt template; render [user, assistant] with the model's chat template and remove the trailing
+assistant header (checked, see :mod:`blocksft.data.prompts`); ``prompt_len`` is the token count of the
+user-only render; drop (never truncate) samples longer than ``--max_len``; stop after
+``--max_samples`` kept. Every kept sample is checked: ``full_ids[:prompt_len]`` must equal the
+user-only ids.
+
+Rows are rendered and tokenized in batches through ``datasets.map`` with the fast tokenizer, in
+chunks sized so that no more rows are tokenized than ``--max_samples`` needs. Output: the reference
+format plus a sidecar (:mod:`blocksft.data.records`)::
+
+    blocksft prepare --output MathQA_256.pt --model GSAI-ML/LLaDA-8B-Instruct \\
+        --dataset meta-math/MetaMathQA --split train --max_len 256 --max_samples 20000 --filter_type GSM
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from blocksft.data.prompts import (
+    ALPACA_PROMPT,
+    chat_template_appends_header,
+    encode_texts,
+    load_prompt_template,
+    render_conversation_texts,
+    render_prompt_texts,
+)
+from blocksft.errors import BlocksftError
+
+TYPE_FIELD = "type"
+
+
+@dataclass
+class PrepareConfig:
+    """Everything ``blocksft prepare`` does is set here; defaults are the reference ``pt.py``'s."""
+
+    output: str = field(default="MathQA_256.pt", metadata={"help": "record file to write (.pt)"})
+    model: str = field(
+        default="GSAI-ML/LLaDA-8B-Instruct",
+        metadata={"help": "tokenizer (hub id or local folder) whose chat template renders the data"},
+    )
+    dataset: str = field(
+        default="meta-math/MetaMathQA",
+        metadata={"help": "hub dataset id, or a local .jsonl/.json/.parquet file or folder"},
+    )
+    split: str = field(default="train", metadata={"help": "dataset split (hub datasets and folders)"})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "hub dataset configuration, for datasets that have several"}
+    )
+    max_len: int = field(
+        default=256, metadata={"help": "drop (never truncate) samples with more tokens than this"}
+    )
+    max_samples: int = field(
+        default=20000, metadata={"help": "keep at most this many samples, in dataset order (0 = all)"}
+    )
+    filter_type: str = field(
+        default="GSM", metadata={"help": "skip rows whose 'type' field contains this text ('' keeps all)"}
+    )
+    query_field: str = field(default="query", metadata={"help": "field holding the question"})
+    response_field: str = field(default="response", metadata={"help": "field holding the answer"})
+    prompt_template: str = field(
+        default=ALPACA_PROMPT,
+        metadata={"help": "prompt text with {query}, or a path to a text file holding it (the reference's)"},
+    )
+    num_proc: int = field(
+        default=1,
+        metadata={"help": "processes for datasets.map (a fast tokenizer already uses several threads)"},
+    )
+    batch_size: int = field(default=1000, metadata={"help": "rows rendered and tokenized per batch"})
+    on_boundary_mismatch: Literal["error", "skip"] = field(
+        default="error",
+        metadata={
+            "help": "a row whose tokens merge across the prompt/answer boundary: stop with an error, "
+            "or skip it (and count it)"
+        },
+    )
+    block_size: int = field(default=32, metadata={"help": "block size for the blocks-per-answer histogram"})
+    plot: bool = field(default=False, metadata={"help": "also write the histograms to <output>.png"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow the tokenizer's own code from the hub"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
+
+    def __post_init__(self):
+        for name in ("output", "model", "dataset", "query_field", "response_field", "prompt_template"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, not {self.max_len}")
+        for name in ("max_samples",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = all), not {getattr(self, name)}")
+        for name in ("num_proc", "batch_size", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+
+
+@dataclass
+class PrepareCounts:
+    """What happened to the rows, up to the row where ``max_samples`` was reached."""
+
+    rows_read: int = 0
+    skipped_by_type: int = 0
+    dropped_too_long: int = 0
+    skipped_boundary_mismatch: int = 0
+    kept: int = 0
+
+
+@dataclass
+class PrepareResult:
+    """The records (``[{"prompt_len": int, "full_ids": LongTensor}]``), counts and where they went."""
+
+    records: list[dict]
+    counts: PrepareCounts
+    output: Path | None = None
+    sidecar: Path | None = None
+    plot: Path | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Mismatch:
+    row: int
+    prompt_ids: list[int]
+    full_ids: list[int]
+
+
+# ----- one batch of rows (runs inside datasets.map) -----
+
+
+def _row_problem(query, response, query_field: str, response_field: str) -> str:
+    for name, value in ((query_field, query), (response_field, response)):
+        if value is None:
+            return f"field {name!r} is missing"
+        if not isinstance(value, str):
+            return f"field {name!r} is a {type(value).__name__}, not text"
+    if not response.strip():
+        return f"field {response_field!r} is empty; every row needs an answer"
+    return ""
+
+
+def encode_batch(
+    batch: dict[str, list],
+    *,
+    tokenizer,
+    template: str,
+    query_field: str,
+    response_field: str,
+    appends_header: bool,
+) -> dict[str, list]:
+    """Render and tokenize a batch of rows (the ``datasets.map`` function).
+
+    Returns:
+        Columns ``full_ids``, ``prompt_len``, ``boundary_ok`` (``full_ids[:prompt_len]`` equals the
+        user-only ids), ``mismatch_prompt_ids`` (the user-only ids where it does not) and
+        ``problem`` (why a row is unusable, ``""`` for good rows).
+    """
+    queries, responses = batch[query_field], batch[response_field]
+    problems = [_row_problem(q, r, query_field, response_field) for q, r in zip(queries, responses)]
+    good = [i for i, problem in enumerate(problems) if not problem]
+    good_queries = [queries[i] for i in good]
+    prompt_ids = encode_texts(tokenizer, render_prompt_texts(tokenizer, good_queries, template))
+    full_ids = encode_texts(
+        tokenizer,
+        render_conversation_texts(
+            tokenizer, good_queries, [responses[i] for i in good], template, appends_header=appends_header
+        ),
+    )
+    n = len(queries)
+    out = {"full_ids": [[]] * n, "prompt_len": [0] * n, "boundary_ok": [False] * n}
+    out["mismatch_prompt_ids"] = [[]] * n
+    for i, prompt, full in zip(good, prompt_ids, full_ids):
+        ok = full[: len(prompt)] == prompt
+        out["full_ids"][i], out["prompt_len"][i], out["boundary_ok"][i] = full, len(prompt), ok
+        out["mismatch_prompt_ids"][i] = [] if ok else prompt
+    out["problem"] = problems
+    return out
+
+
+def _encoded_features():
+    import datasets
+
+    id_list = getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32"))
+    return datasets.Features(
+        {
+            "full_ids": id_list,
+            "prompt_len": datasets.Value("int32"),
+            "boundary_ok": datasets.Value("bool"),
+            "mismatch_prompt_ids": id_list,
+            "problem": datasets.Value("string"),
+        }
+    )
+
+
+# ----- the whole dataset -----
+
+
+def _candidate_rows(dataset, filter_type: str, source: str) -> list[int]:
+    if not filter_type:
+        return list(range(len(dataset)))
+    if TYPE_FIELD not in dataset.column_names:
+        raise BlocksftError(
+            f"--filter_type {filter_type!r} skips rows by their {TYPE_FIELD!r} field, but {source} has none "
+            f'(its fields: {", ".join(dataset.column_names)}); pass --filter_type "" to keep every row'
+        )
+    types = dataset[TYPE_FIELD]
+    return [i for i, t in enumerate(types) if not (isinstance(t, str) and filter_type in t)]
+
+
+def _next_chunk_size(remaining: int, wanted: int, kept: int, scanned: int) -> int:
+    """How many more candidate rows to tokenize to reach ``wanted`` kept samples (0 = all rows)."""
+    if wanted == 0:
+        return remaining
+    keep_rate = kept / scanned if scanned else 1.0
+    return min(remaining, math.ceil((wanted - kept) / max(keep_rate, 0.05) * 1.1) + 64)
+
+
+def _encode_rows(subset, encode, config: PrepareConfig, chunk_number: int) -> dict[str, list]:
+    num_proc = config.num_proc if config.num_proc > 1 and len(subset) > config.num_proc else None
+    mapped = subset.map(
+        encode,
+        batched=True,
+        batch_size=config.batch_size,
+        num_proc=num_proc,
+        remove_columns=subset.column_names,
+        features=_encoded_features(),
+        keep_in_memory=True,
+        # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
+        new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
+        desc=f"Tokenizing{f' (part {chunk_number})' if chunk_number > 1 else ''}",
+    )
+    return mapped.to_dict()
+
+
+def _boundary_error(mismatches: list[_Mismatch], scanned: int, source: str, tokenizer) -> BlocksftError:
+    examples = []
+    for m in mismatches[:3]:
+        start = next(
+            (k for k, (a, b) in enumerate(zip(m.prompt_ids, m.full_ids)) if a != b),
+            min(len(m.prompt_ids), len(m.full_ids)),
+        )
+        start = max(0, start - 2)
+        prompt_tail = tokenizer.convert_ids_to_tokens(m.prompt_ids[start:])
+        full_there = tokenizer.convert_ids_to_tokens(m.full_ids[start : len(m.prompt_ids) + 2])
+        examples.append(f"row {m.row}: the prompt ends {prompt_tail}, the full text has {full_there}")
+    return BlocksftError(
+        f"{len(mismatches)} of {scanned} rows of {source}: the tokenizer encodes the prompt differently "
+        f"when the answer follows it (tokens merge across the prompt/answer boundary), so prompt_len "
+        f"would not mark where the answer starts; e.g. {'; '.join(examples)}. Use a tokenizer/template "
+        "whose prompt ends at a token boundary, or --on-boundary-mismatch skip to drop such rows"
+    )
+
+
+def _nothing_kept_error(counts, config: PrepareConfig, shortest: int | None, shortest_prompt: int | None):
+    source = config.dataset
+    if counts.rows_read == counts.skipped_by_type:
+        return BlocksftError(
+            f"every row of {source} ({counts.rows_read}) was skipped by --filter_type {config.filter_type!r}; "
+            'choose another filter, or --filter_type "" to keep every row'
+        )
+    if shortest_prompt is not None and shortest_prompt > config.max_len:
+        return BlocksftError(
+            f"--max_len {config.max_len} is smaller than every prompt of {source} (the shortest prompt "
+            f"has {shortest_prompt} tokens); raise --max_len"
+        )
+    if counts.dropped_too_long:
+        return BlocksftError(
+            f"no row of {source} fits --max_len {config.max_len} (the shortest sample has {shortest} "
+            "tokens); raise --max_len"
+        )
+    return BlocksftError(
+        f"no row of {source} was kept ({counts.skipped_boundary_mismatch} skipped for merging tokens "
+        "across the prompt/answer boundary); use another tokenizer or template"
+    )
+
+
+def build_records(dataset, tokenizer, config: PrepareConfig, template: str | None = None) -> PrepareResult:
+    """Turn the rows of ``dataset`` into records (nothing is written).
+
+    Args:
+        dataset: a ``datasets.Dataset`` with the query and response fields (and ``type`` when
+            ``config.filter_type`` is set).
+        tokenizer: the chat tokenizer.
+        config: the settings (fields, filter, ``max_len``, ``max_samples``, batching).
+        template: the prompt template text (default: resolved from ``config.prompt_template``).
+
+    Returns:
+        The records in dataset order, and the counts up to the row where ``max_samples`` was reached.
+
+    Raises:
+        BlocksftError: missing fields, a bad row, a template that does not end as expected, tokens
+            merging across the prompt/answer boundary (unless skipped), or nothing kept.
+    """
+    import datasets
+    import torch
+
+    from blocksft.data.tasks import require_columns
+
+    source = config.dataset
+    template = load_prompt_template(config.prompt_template) if template is None else template
+    require_columns(
+        dataset,
+        [config.query_field, config.response_field],
+        source,
+        flag_hint="; choose the fields with --query-field and --response-field",
+    )
+    candidates = _candidate_rows(dataset, config.filter_type, source)
+    texts = dataset.select_columns([config.query_field, config.response_field])
+    encode = partial(
+        encode_batch,
+        tokenizer=tokenizer,
+        template=template,
+        query_field=config.query_field,
+        response_field=config.response_field,
+        appends_header=chat_template_appends_header(tokenizer),
+    )
+    records: list[dict] = []
+    counts = PrepareCounts()
+    mismatches: list[_Mismatch] = []
+    shortest = shortest_prompt = None
+    scanned, last_row, chunk_number = 0, -1, 0
+    datasets.logging.set_verbosity_error()  # our own summary says what matters
+    while scanned < len(candidates) and not (config.max_samples and len(records) >= config.max_samples):
+        if mismatches and config.on_boundary_mismatch == "error":
+            break
+        size = _next_chunk_size(len(candidates) - scanned, config.max_samples, len(records), scanned)
+        rows = candidates[scanned : scanned + size]
+        chunk_number += 1
+        columns = _encode_rows(texts.select(rows), encode, config, chunk_number)
+        for k, row in enumerate(rows):
+            if columns["problem"][k]:
+                raise BlocksftError(f"row {row} of {source}: {columns['problem'][k]}")
+            full_ids, prompt_len = columns["full_ids"][k], columns["prompt_len"][k]
+            scanned, last_row = scanned + 1, row
+            shortest = len(full_ids) if shortest is None else min(shortest, len(full_ids))
+            shortest_prompt = prompt_len if shortest_prompt is None else min(shortest_prompt, prompt_len)
+            if len(full_ids) > config.max_len:
+                counts.dropped_too_long += 1
+            elif not columns["boundary_ok"][k]:
+                counts.skipped_boundary_mismatch += 1
+                mismatches.append(_Mismatch(row, columns["mismatch_prompt_ids"][k], full_ids))
+            else:
+                records.append(
+                    {"prompt_len": prompt_len, "full_ids": torch.tensor(full_ids, dtype=torch.long)}
+                )
+                if config.max_samples and len(records) >= config.max_samples:
+                    break
+    stopped_early = bool(config.max_samples) and len(records) >= config.max_samples
+    counts.rows_read = last_row + 1 if stopped_early else len(dataset)
+    counts.skipped_by_type = counts.rows_read - scanned
+    counts.kept = len(records)
+    if mismatches and config.on_boundary_mismatch == "error":
+        raise _boundary_error(mismatches, scanned, source, tokenizer)
+    if not records:
+        raise _nothing_kept_error(counts, config, shortest, shortest_prompt)
+    return PrepareResult(records=records, counts=counts)
+
+
+# ----- the command -----
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.is_dir():
+        raise BlocksftError(f"--output {output} is a folder; give a file name such as {output / 'data.pt'}")
+    if output.exists() and not overwrite:
+        raise BlocksftError(f"--output {output} already exists; pass --overwrite to replace it")
+
+
+def _load_tokenizer(config: PrepareConfig):
+    # AutoTokenizer directly: blocksft.model.loading would import the model classes too (seconds).
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    except Exception as err:  # hub, file and tokenizer-class errors alike
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise BlocksftError(
+            f"cannot load the tokenizer of --model {config.model}: {type(err).__name__}: {first_line}; give "
+            "a hub id (with network access) or a local folder with the tokenizer files"
+        ) from err
+
+
+def build_meta(config: PrepareConfig, tokenizer, template: str, counts: PrepareCounts, command: str | None):
+    """The sidecar's contents (see :mod:`blocksft.data.records`)."""
+    from blocksft import __version__
+    from blocksft.config import config_to_dict
+    from blocksft.data.records import tokenizer_fingerprint
+
+    return {
+        "blocksft_version": __version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "prompt_template": template,
+        "chat_template_appends_header": chat_template_appends_header(tokenizer),
+        "counts": vars(counts).copy(),
+        "config": config_to_dict(config),
+    }
+
+
+def run_prepare(config: PrepareConfig, *, tokenizer=None, command: str | None = None) -> PrepareResult:
+    """Preprocess ``config.dataset`` into ``config.output`` (+ sidecar, + PNG with ``config.plot``).
+
+    Args:
+        config: the settings.
+        tokenizer: use this tokenizer instead of loading ``config.model``.
+        command: the command line, recorded in the sidecar.
+
+    Returns:
+        The records, counts and written paths.
+
+    Raises:
+        BlocksftError: any bad input; nothing is written then.
+    """
+    from blocksft.data.records import save_records
+    from blocksft.data.tasks import open_dataset
+
+    started = time.perf_counter()
+    output = Path(config.output)
+    _check_output(output, config.overwrite)
+    template = load_prompt_template(config.prompt_template)
+    tokenizer = _load_tokenizer(config) if tokenizer is None else tokenizer
+    dataset = open_dataset(config.dataset, config.split, config.dataset_config)
+    result = build_records(dataset, tokenizer, config, template)
+    meta = build_meta(config, tokenizer, template, result.counts, command)
+    result.sidecar = save_records(result.records, output, meta)
+    result.output = output
+    if config.plot:
+        result.plot = write_histogram_plot(result.records, config.block_size, Path(f"{output}.png"))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# ----- summary -----
+
+
+def answer_lengths(records: list[dict]) -> list[int]:
+    """Answer tokens per record (``<|eot_id|>`` included)."""
+    return [len(r["full_ids"]) - r["prompt_len"] for r in records]
+
+
+def length_bins(values: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
+    """``(low, high, count)`` for equal-width integer bins covering ``[min, max]``, ends included."""
+    low, high = min(values), max(values)
+    width = max(1, math.ceil((high - low + 1) / bins))
+    counts = Counter((v - low) // width for v in values)
+    n_bins = (high - low) // width + 1
+    return [(low + b * width, low + (b + 1) * width - 1, counts.get(b, 0)) for b in range(n_bins)]
+
+
+def blocks_per_answer(lengths: list[int], block_size: int) -> list[tuple[int, int]]:
+    """``(blocks, count)`` for 1..max blocks, a partial last block counting as one."""
+    counts = Counter(math.ceil(n / block_size) for n in lengths)
+    return [(b, counts.get(b, 0)) for b in range(1, max(counts) + 1)]
+
+
+def format_bars(rows: list[tuple[str, int]], width: int = 40) -> list[str]:
+    """A text bar chart: one ``label  ####  count`` line per row, bars scaled to the largest count."""
+    peak = max((count for _, count in rows), default=0) or 1
+    label_width = max(len(label) for label, _ in rows)
+    return [
+        f"  {label:>{label_width}}  {'#' * round(width * count / peak):<{width}}  {count}"
+        for label, count in rows
+    ]
+
+
+def format_summary(result: PrepareResult, config: PrepareConfig) -> str:
+    """The end-of-run report: counts, then answer-length and blocks-per-answer histograms."""
+    counts = result.counts
+    lines = []
+    if result.output is not None:
+        lines.append(
+            f"wrote {counts.kept} records to {result.output} (+ {result.sidecar}) in {result.seconds:.1f} s"
+        )
+    table = [
+        ("rows read", counts.rows_read, ""),
+        ("skipped by type", counts.skipped_by_type, f"--filter_type {config.filter_type!r}"),
+        ("dropped as too long", counts.dropped_too_long, f"> --max_len {config.max_len} tokens"),
+    ]
+    if counts.skipped_boundary_mismatch:
+        table.append(
+            ("skipped: boundary merge", counts.skipped_boundary_mismatch, "--on-boundary-mismatch skip")
+        )
+    cap = f"--max_samples {config.max_samples}" if config.max_samples else "no --max_samples cap"
+    table.append(("kept", counts.kept, cap))
+    lines += [f"  {name:<24}{value:>9}  {note}".rstrip() for name, value, note in table]
+    lengths = answer_lengths(result.records)
+    ordered = sorted(lengths)
+    lines.append(
+        f"answer length (tokens, <|eot_id|> included): min {ordered[0]}, median "
+        f"{ordered[len(ordered) // 2]}, max {ordered[-1]}"
+    )
+    lines += format_bars([(f"{lo}-{hi}", n) for lo, hi, n in length_bins(lengths)])
+    lines.append(f"blocks per answer (block size {config.block_size}):")
+    lines += format_bars([(str(b), n) for b, n in blocks_per_answer(lengths, config.block_size)])
+    if result.plot is not None:
+        lines.append(f"histograms: {result.plot}")
+    return "\n".join(lines)
+
+
+def write_histogram_plot(records: list[dict], block_size: int, path: Path) -> Path:
+    """Answer-length and blocks-per-answer histograms as a PNG, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lengths = answer_lengths(records)
+    figure = Figure(figsize=(10, 4))
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    left.hist(lengths, bins=min(50, max(lengths) - min(lengths) + 1), color="tab:blue")
+    left.set(xlabel="answer length (tokens)", ylabel="samples", title=f"{len(lengths)} samples")
+    blocks = blocks_per_answer(lengths, block_size)
+    right.bar([b for b, _ in blocks], [n for _, n in blocks], color="tab:orange")
+    right.set(xlabel=f"blocks per answer (block size {block_size})", ylabel="samples")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.partial-{os.getpid()}.png")
+    try:
+        figure.savefig(staged, format="png")
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return path
