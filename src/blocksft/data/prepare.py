@@ -266,8 +266,8 @@ def _nothing_kept_error(counts, config: PrepareConfig, shortest: int | None, sho
     source = config.dataset
     if counts.rows_read == counts.skipped_by_type:
         return BlocksftError(
-            f"every row of {source} ({counts.rows_read}) was skipped by --filter_type {config.filter_type!r}; "
-            'choose another filter, or --filter_type "" to keep every row'
+            f"every row of {source} ({counts.rows_read}) was skipped by --filter_type "
+            f'{config.filter_type!r}; choose another filter, or --filter_type "" to keep every row'
         )
     if shortest_prompt is not None and shortest_prompt > config.max_len:
         return BlocksftError(
