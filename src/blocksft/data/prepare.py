@@ -158,33 +158,43 @@ def encode_batch(
     query_field: str,
     response_field: str,
     appends_header: bool,
+    max_len: int,
 ) -> dict[str, list]:
     """Render and tokenize a batch of rows (the ``datasets.map`` function).
 
+    The full conversations are encoded first; prompts only for the rows that fit ``max_len`` (a
+    dropped row needs no ``prompt_len``), which saves a good part of the work on long data.
+
     Returns:
-        Columns ``full_ids``, ``prompt_len``, ``boundary_ok`` (``full_ids[:prompt_len]`` equals the
-        user-only ids), ``mismatch_prompt_ids`` (the user-only ids where it does not) and
+        Columns ``length`` (tokens of the full conversation), ``full_ids`` and ``prompt_len`` (rows
+        that fit; ``[]`` and ``-1`` otherwise), ``boundary_ok`` (``full_ids[:prompt_len]`` equals
+        the user-only ids), ``mismatch_prompt_ids`` (the user-only ids where it does not) and
         ``problem`` (why a row is unusable, ``""`` for good rows).
     """
     queries, responses = batch[query_field], batch[response_field]
     problems = [_row_problem(q, r, query_field, response_field) for q, r in zip(queries, responses)]
     good = [i for i, problem in enumerate(problems) if not problem]
-    good_queries = [queries[i] for i in good]
-    prompt_ids = encode_texts(tokenizer, render_prompt_texts(tokenizer, good_queries, template))
-    full_ids = encode_texts(
+    full_texts = render_conversation_texts(
         tokenizer,
-        render_conversation_texts(
-            tokenizer, good_queries, [responses[i] for i in good], template, appends_header=appends_header
-        ),
+        [queries[i] for i in good],
+        [responses[i] for i in good],
+        template,
+        appends_header=appends_header,
     )
     n = len(queries)
-    out = {"full_ids": [[]] * n, "prompt_len": [0] * n, "boundary_ok": [False] * n}
-    out["mismatch_prompt_ids"] = [[]] * n
-    for i, prompt, full in zip(good, prompt_ids, full_ids):
-        ok = full[: len(prompt)] == prompt
-        out["full_ids"][i], out["prompt_len"][i], out["boundary_ok"][i] = full, len(prompt), ok
+    out = {"length": [0] * n, "full_ids": [[]] * n, "prompt_len": [-1] * n, "boundary_ok": [False] * n}
+    out["mismatch_prompt_ids"], out["problem"] = [[]] * n, problems
+    fitting = []
+    for i, full in zip(good, encode_texts(tokenizer, full_texts)):
+        out["length"][i] = len(full)
+        if len(full) <= max_len:
+            out["full_ids"][i] = full
+            fitting.append(i)
+    prompts = encode_texts(tokenizer, render_prompt_texts(tokenizer, [queries[i] for i in fitting], template))
+    for i, prompt in zip(fitting, prompts):
+        ok = out["full_ids"][i][: len(prompt)] == prompt
+        out["prompt_len"][i], out["boundary_ok"][i] = len(prompt), ok
         out["mismatch_prompt_ids"][i] = [] if ok else prompt
-    out["problem"] = problems
     return out
 
 
@@ -194,6 +204,7 @@ def _encoded_features():
     id_list = getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32"))
     return datasets.Features(
         {
+            "length": datasets.Value("int32"),
             "full_ids": id_list,
             "prompt_len": datasets.Value("int32"),
             "boundary_ok": datasets.Value("bool"),
@@ -262,21 +273,68 @@ def _boundary_error(mismatches: list[_Mismatch], scanned: int, source: str, toke
     )
 
 
-def _nothing_kept_error(counts, config: PrepareConfig, shortest: int | None, shortest_prompt: int | None):
-    source = config.dataset
+@dataclass
+class _Scan:
+    """Walks the encoded rows in dataset order: drops, skips, keeps, and stops at ``max_samples``."""
+
+    config: PrepareConfig
+    records: list[dict] = field(default_factory=list)
+    counts: PrepareCounts = field(default_factory=PrepareCounts)
+    mismatches: list[_Mismatch] = field(default_factory=list)
+    shortest: int | None = None
+    scanned: int = 0
+    last_row: int = -1
+
+    @property
+    def full(self) -> bool:
+        return bool(self.config.max_samples) and len(self.records) >= self.config.max_samples
+
+    @property
+    def must_stop(self) -> bool:
+        return self.full or bool(self.mismatches and self.config.on_boundary_mismatch == "error")
+
+    def take(self, rows: list[int], columns: dict[str, list]) -> None:
+        import torch
+
+        for k, row in enumerate(rows):
+            if columns["problem"][k]:
+                raise BlocksftError(f"row {row} of {self.config.dataset}: {columns['problem'][k]}")
+            self.scanned, self.last_row = self.scanned + 1, row
+            length, full_ids = columns["length"][k], columns["full_ids"][k]
+            self.shortest = length if self.shortest is None else min(self.shortest, length)
+            if length > self.config.max_len:
+                self.counts.dropped_too_long += 1
+            elif not columns["boundary_ok"][k]:
+                self.counts.skipped_boundary_mismatch += 1
+                self.mismatches.append(_Mismatch(row, columns["mismatch_prompt_ids"][k], full_ids))
+            else:
+                ids = torch.tensor(full_ids, dtype=torch.long)
+                self.records.append({"prompt_len": columns["prompt_len"][k], "full_ids": ids})
+                if self.full:
+                    return
+
+    def finish(self, n_rows: int) -> PrepareCounts:
+        self.counts.rows_read = self.last_row + 1 if self.full else n_rows
+        self.counts.skipped_by_type = self.counts.rows_read - self.scanned
+        self.counts.kept = len(self.records)
+        return self.counts
+
+
+def _nothing_kept_error(scan: _Scan, shortest_prompt) -> BlocksftError:
+    config, counts, source = scan.config, scan.counts, scan.config.dataset
     if counts.rows_read == counts.skipped_by_type:
         return BlocksftError(
             f"every row of {source} ({counts.rows_read}) was skipped by --filter_type "
             f'{config.filter_type!r}; choose another filter, or --filter_type "" to keep every row'
         )
-    if shortest_prompt is not None and shortest_prompt > config.max_len:
+    if counts.dropped_too_long and shortest_prompt() > config.max_len:
         return BlocksftError(
             f"--max_len {config.max_len} is smaller than every prompt of {source} (the shortest prompt "
-            f"has {shortest_prompt} tokens); raise --max_len"
+            f"has {shortest_prompt()} tokens); raise --max_len"
         )
     if counts.dropped_too_long:
         return BlocksftError(
-            f"no row of {source} fits --max_len {config.max_len} (the shortest sample has {shortest} "
+            f"no row of {source} fits --max_len {config.max_len} (the shortest sample has {scan.shortest} "
             "tokens); raise --max_len"
         )
     return BlocksftError(
@@ -303,19 +361,17 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
             merging across the prompt/answer boundary (unless skipped), or nothing kept.
     """
     import datasets
-    import torch
 
     from blocksft.data.tasks import require_columns
 
-    source = config.dataset
     template = load_prompt_template(config.prompt_template) if template is None else template
     require_columns(
         dataset,
         [config.query_field, config.response_field],
-        source,
+        config.dataset,
         flag_hint="; choose the fields with --query-field and --response-field",
     )
-    candidates = _candidate_rows(dataset, config.filter_type, source)
+    candidates = _candidate_rows(dataset, config.filter_type, config.dataset)
     texts = dataset.select_columns([config.query_field, config.response_field])
     encode = partial(
         encode_batch,
@@ -324,47 +380,29 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         query_field=config.query_field,
         response_field=config.response_field,
         appends_header=chat_template_appends_header(tokenizer),
+        max_len=config.max_len,
     )
-    records: list[dict] = []
-    counts = PrepareCounts()
-    mismatches: list[_Mismatch] = []
-    shortest = shortest_prompt = None
-    scanned, last_row, chunk_number = 0, -1, 0
     datasets.logging.set_verbosity_error()  # our own summary says what matters
-    while scanned < len(candidates) and not (config.max_samples and len(records) >= config.max_samples):
-        if mismatches and config.on_boundary_mismatch == "error":
-            break
-        size = _next_chunk_size(len(candidates) - scanned, config.max_samples, len(records), scanned)
-        rows = candidates[scanned : scanned + size]
+    scan = _Scan(config)
+    chunk_number = 0
+    while scan.scanned < len(candidates) and not scan.must_stop:
+        size = _next_chunk_size(
+            len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
+        )
+        rows = candidates[scan.scanned : scan.scanned + size]
         chunk_number += 1
-        columns = _encode_rows(texts.select(rows), encode, config, chunk_number)
-        for k, row in enumerate(rows):
-            if columns["problem"][k]:
-                raise BlocksftError(f"row {row} of {source}: {columns['problem'][k]}")
-            full_ids, prompt_len = columns["full_ids"][k], columns["prompt_len"][k]
-            scanned, last_row = scanned + 1, row
-            shortest = len(full_ids) if shortest is None else min(shortest, len(full_ids))
-            shortest_prompt = prompt_len if shortest_prompt is None else min(shortest_prompt, prompt_len)
-            if len(full_ids) > config.max_len:
-                counts.dropped_too_long += 1
-            elif not columns["boundary_ok"][k]:
-                counts.skipped_boundary_mismatch += 1
-                mismatches.append(_Mismatch(row, columns["mismatch_prompt_ids"][k], full_ids))
-            else:
-                records.append(
-                    {"prompt_len": prompt_len, "full_ids": torch.tensor(full_ids, dtype=torch.long)}
-                )
-                if config.max_samples and len(records) >= config.max_samples:
-                    break
-    stopped_early = bool(config.max_samples) and len(records) >= config.max_samples
-    counts.rows_read = last_row + 1 if stopped_early else len(dataset)
-    counts.skipped_by_type = counts.rows_read - scanned
-    counts.kept = len(records)
-    if mismatches and config.on_boundary_mismatch == "error":
-        raise _boundary_error(mismatches, scanned, source, tokenizer)
-    if not records:
-        raise _nothing_kept_error(counts, config, shortest, shortest_prompt)
-    return PrepareResult(records=records, counts=counts)
+        scan.take(rows, _encode_rows(texts.select(rows), encode, config, chunk_number))
+    counts = scan.finish(len(dataset))
+    if scan.mismatches and config.on_boundary_mismatch == "error":
+        raise _boundary_error(scan.mismatches, scan.scanned, config.dataset, tokenizer)
+    if not scan.records:
+
+        def shortest_prompt() -> int:  # prompts of dropped rows were never encoded: encode a sample
+            queries = texts.select(candidates[: min(scan.scanned, 2000)])[config.query_field]
+            return min(map(len, encode_texts(tokenizer, render_prompt_texts(tokenizer, queries, template))))
+
+        raise _nothing_kept_error(scan, shortest_prompt)
+    return PrepareResult(records=scan.records, counts=counts)
 
 
 # ----- the command -----

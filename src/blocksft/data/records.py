@@ -221,11 +221,12 @@ def check_tokenizer(meta: dict, tokenizer, source: str | Path) -> None:
         if name in saved_ids and saved_ids[name] != token_id:
             differences.append(f"{name} id {saved_ids[name]} vs {token_id}")
     if differences:
+        model = current["name_or_path"] or "<the model you train>"
         raise BlocksftError(
             f"{source} was prepared with tokenizer {saved.get('name_or_path')!r} (vocab size "
             f"{saved.get('vocab_size')}), but the tokenizer in use is {current['name_or_path']!r} (vocab "
             f"size {current['vocab_size']}); they differ in {', '.join(differences)}. Re-run "
-            f"`{_PREPARE_HINT} --model {current['name_or_path']} --output {source} --overwrite` to rebuild it"
+            f"`{_PREPARE_HINT} --model {model} --output {source} --overwrite` to rebuild it"
         )
     saved_template = saved.get("chat_template_sha256")
     if (
