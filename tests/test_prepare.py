@@ -441,3 +441,39 @@ def test_summary_lists_counts_and_both_histograms():
     assert "answer length (tokens, <|eot_id|> included): min 10, median 40, max 70" in text
     assert "blocks per answer (block size 32):" in text
     assert "  1  " in text and "  3  " in text
+
+
+# ----- the rest of the pipeline -----
+
+
+def test_prepared_file_passes_the_training_reader(rows_file, tmp_path, model_dir):
+    from transformers import AutoTokenizer
+
+    from blocksft.data.records import load_records
+
+    result = run_prepare(config_for(rows_file, tmp_path, model_dir, max_samples=0))
+    reloaded = AutoTokenizer.from_pretrained(model_dir)
+    loaded = load_records(tmp_path / "out.pt", tokenizer=reloaded, max_len=120)
+    assert all(a["full_ids"].equal(b["full_ids"]) for a, b in zip(loaded, result.records))
+    with pytest.raises(BlocksftError, match="prepared with tokenizer"):
+        load_records(tmp_path / "out.pt", tokenizer=build_tokenizer(vocab_size=300))
+
+
+def test_settings_from_a_yaml_file(rows_file, tmp_path, model_dir):
+    (tmp_path / "prepare.yaml").write_text("max_len: 120\nmax-samples: 1\n")
+    args = [*flags(rows_file, tmp_path, model_dir), "--config", str(tmp_path / "prepare.yaml")]
+    assert cli_main(["prepare", *args]) == 0
+    assert len(torch.load(tmp_path / "out.pt", weights_only=True)) == 1
+
+
+def test_benchmark_paths_agree_on_real_gsm8k_rows(capsys):
+    from blocksft.bench.prepare import default_data
+    from blocksft.bench.prepare import main as bench_main
+
+    data = default_data()
+    if not data.is_file():
+        pytest.skip("shared/data/gsm8k is not available here")
+    args = ["--data", str(data), "--rows", "60", "--vocab-size", "600", "--tokenizer-rows", "60"]
+    assert bench_main(args) == 0
+    out = capsys.readouterr().out
+    assert "records identical on every path" in out and "no real LLaDA tokenizer" in out

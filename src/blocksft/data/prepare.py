@@ -360,8 +360,6 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         BlocksftError: missing fields, a bad row, a template that does not end as expected, tokens
             merging across the prompt/answer boundary (unless skipped), or nothing kept.
     """
-    import datasets
-
     from blocksft.data.tasks import require_columns
 
     template = load_prompt_template(config.prompt_template) if template is None else template
@@ -382,7 +380,6 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         appends_header=chat_template_appends_header(tokenizer),
         max_len=config.max_len,
     )
-    datasets.logging.set_verbosity_error()  # our own summary says what matters
     scan = _Scan(config)
     chunk_number = 0
     while scan.scanned < len(candidates) and not scan.must_stop:
