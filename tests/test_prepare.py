@@ -10,16 +10,8 @@ import pytest
 import torch
 
 from blocksft.cli import main as cli_main
-from blocksft.data.prepare import (
-    PrepareConfig,
-    PrepareCounts,
-    PrepareResult,
-    blocks_per_answer,
-    build_records,
-    format_summary,
-    length_bins,
-    run_prepare,
-)
+from blocksft.data.prepare import PrepareConfig, PrepareCounts, PrepareResult, build_records, run_prepare
+from blocksft.data.prepare_report import blocks_per_answer, format_summary, length_bins
 from blocksft.data.prompts import (
     ALPACA_PROMPT,
     chat_template_appends_header,

@@ -15,7 +15,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from blocksft.config import build_config
-    from blocksft.data.prepare import PrepareConfig, format_summary, run_prepare
+    from blocksft.data.prepare import PrepareConfig, run_prepare
+    from blocksft.data.prepare_report import format_summary
 
     config = build_config(PrepareConfig, args, args.config)
     invocation = getattr(args, "invocation", None)
