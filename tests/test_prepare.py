@@ -213,6 +213,20 @@ def test_command_line_writes_the_same_records_and_a_summary(rows_file, tmp_path,
     assert (tmp_path / "out.pt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_command_line_failure_exits_nonzero_with_one_line(tmp_path, model_dir):
+    out = subprocess.run(
+        [sys.executable, "-m", "blocksft", "prepare", *flags(tmp_path / "absent.jsonl", tmp_path, model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        f"blocksft prepare: error: --dataset {tmp_path / 'absent.jsonl'}: no such file"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_both_flag_spellings_and_the_reference_defaults():
     from blocksft.cli import build_parser
 
