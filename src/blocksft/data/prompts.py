@@ -101,8 +101,10 @@ def _render(
             conversations, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     except Exception as err:  # jinja2 raises TemplateError and friends from inside the template
+        first_line = (str(err).strip().splitlines() or [""])[0]
         raise BlocksftError(
-            f"the chat template of {_model_name(tokenizer)!r} failed to render: {type(err).__name__}: {err}"
+            f"the chat template of {_model_name(tokenizer)!r} failed to render: "
+            f"{type(err).__name__}: {first_line}"
         ) from err
     return list(texts)
 
