@@ -9,7 +9,9 @@ import torch
 from train_utils import read_rows, safetensors_dtypes, tiny_config, write_tiny_inputs
 from transformers import TrainerCallback
 
+from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.errors import BlocksftError
+from blocksft.testing import tiny_tokenizer
 from blocksft.train.logs import CSV_COLUMNS
 
 
@@ -209,13 +211,23 @@ def test_bad_settings_are_clear_errors(inputs, overrides, message):
 def test_bad_record_files_are_clear_errors(inputs, tmp_path):
     from blocksft.train import run_train
 
-    folder, model_dir, _ = inputs
+    folder, model_dir, data = inputs
     bad = tmp_path / "bad.pt"
     torch.save([{"prompt_len": 50, "full_ids": torch.arange(6, 20)}], bad)
     with pytest.raises(BlocksftError, match="prompt_len"):
         run_train(tiny_config(tmp_path, model_dir, bad))
     with pytest.raises(BlocksftError, match="does not exist"):
         run_train(tiny_config(tmp_path, model_dir, tmp_path / "missing.pt"))
+    other = tmp_path / "other.pt"
+    save_records(
+        torch.load(data), other, {"tokenizer": tokenizer_fingerprint(tiny_tokenizer(vocab_size=300))}
+    )
+    with pytest.raises(BlocksftError, match="was prepared with tokenizer .* differ in vocabulary size"):
+        run_train(tiny_config(tmp_path, model_dir, other))
+    reference_format = tmp_path / "reference.pt"
+    torch.save([{"prompt_len": 3, "full_ids": torch.arange(6, 30)}] * 8, reference_format)
+    result = run_train(tiny_config(tmp_path, model_dir, reference_format, "plain", epochs=1, total_steps=1))
+    assert result.steps == 1  # a file written by the reference's pt.py trains unchanged
 
 
 def test_full_finetuning_saves_the_whole_model_without_an_adapter(inputs):

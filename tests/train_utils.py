@@ -4,13 +4,14 @@ from pathlib import Path
 
 import torch
 
+from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.testing import tiny_llada_model, tiny_tokenizer
 
 PATTERN = list(range(6, 18))  # answers cycle through these ids: easy to learn, so the loss falls
 
 
 def write_tiny_inputs(folder: Path, *, n_samples: int = 64, seed: int = 0) -> tuple[Path, Path]:
-    """Save a tiny LLaDA model + tokenizer and a reference-format record file; return their paths."""
+    """Save a tiny LLaDA model + tokenizer and a record file with its sidecar; return their paths."""
     tokenizer = tiny_tokenizer()
     model_dir = folder / "model"
     tiny_llada_model(tokenizer, seed=0).save_pretrained(model_dir)
@@ -27,7 +28,7 @@ def write_tiny_inputs(folder: Path, *, n_samples: int = 64, seed: int = 0) -> tu
         answer = [PATTERN[(start + k) % len(PATTERN)] for k in range(answer_len)]
         records.append({"prompt_len": prompt_len, "full_ids": torch.tensor(prompt + answer)})
     data = folder / "data.pt"
-    torch.save(records, data)
+    save_records(records, data, {"tokenizer": tokenizer_fingerprint(tokenizer)})
     return model_dir, data
 
 
