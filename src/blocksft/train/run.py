@@ -72,16 +72,16 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     resume_from = check_output(config)
     state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
 
-    # ----- Tokenizer, model, mask id, objective -----
+    # ----- Tokenizer and records (checked before the model is loaded), model, objective -----
     tokenizer = load_tokenizer(config.tokenizer or config.model)
+    records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
+    if config.max_samples:
+        records = records[: config.max_samples]
     model = load_model(config.model, dtype=training_dtype(config))
     pad_id = padding_id(tokenizer, model.config)
     objective = build_objective(config, resolve_mask_id(config.mask_id, model.config, tokenizer, pad_id))
 
-    # ----- Data: records, the block schedule, the item plan, steps -----
-    records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
-    if config.max_samples:
-        records = records[: config.max_samples]
+    # ----- The block schedule, the item plan, steps -----
     schedule, items, steps = plan_run(config, objective, records, world_size)
     args.max_steps = steps
     samples_per_step = world_size * config.micro_batch * config.grad_accum
