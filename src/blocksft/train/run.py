@@ -60,6 +60,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         A :class:`TrainResult` (on every rank; ``exports`` and ``budget`` are filled on rank 0).
     """
     from accelerate import PartialState
+    from transformers import AutoConfig
 
     import blocksft.model  # noqa: F401  (registers LLaDA with the Auto classes)
     from blocksft.data.records import load_records
@@ -72,14 +73,15 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     resume_from = check_output(config)
     state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
 
-    # ----- Tokenizer and records (checked before the model is loaded), model, objective -----
+    # ----- Tokenizer, records, mask id and objective: all checked before the weights load -----
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
     if config.max_samples:
         records = records[: config.max_samples]
+    model_config = AutoConfig.from_pretrained(config.model)
+    pad_id = padding_id(tokenizer, model_config)
+    objective = build_objective(config, resolve_mask_id(config.mask_id, model_config, tokenizer, pad_id))
     model = load_model(config.model, dtype=training_dtype(config))
-    pad_id = padding_id(tokenizer, model.config)
-    objective = build_objective(config, resolve_mask_id(config.mask_id, model.config, tokenizer, pad_id))
 
     # ----- The block schedule, the item plan, steps -----
     schedule, items, steps = plan_run(config, objective, records, world_size)
