@@ -26,7 +26,12 @@ from blocksft.train.metrics import FlopModel, peak_flops_for
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blocksft bench train_step", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model (CPU smoke run)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a small model (CPU run); shape from the next flags"
+    )
+    parser.add_argument("--layers", type=int, default=2, help="with --tiny: blocks")
+    parser.add_argument("--width", type=int, default=64, help="with --tiny: d_model (MLP 2x, 4 heads)")
+    parser.add_argument("--vocab", type=int, default=512, help="with --tiny: vocabulary (LLaDA: 126464)")
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lora-r", type=int, default=256)
@@ -44,13 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_config(tiny: bool, seq_len: int):
+def model_config(args):
     from blocksft.model import LLaDAConfig
     from blocksft.testing import tiny_llada_config
 
-    if tiny:
-        return tiny_llada_config(max_sequence_length=max(1024, seq_len))
-    return LLaDAConfig()  # LLaDA-8B-Instruct's shape
+    if not args.tiny:
+        return LLaDAConfig()  # LLaDA-8B-Instruct's shape
+    return tiny_llada_config(
+        max_sequence_length=max(1024, args.seq_len),
+        n_layers=args.layers,
+        d_model=args.width,
+        mlp_hidden_size=2 * args.width,
+        vocab_size=args.vocab,
+        embedding_size=args.vocab,
+    )
 
 
 def random_batch(config, *, micro_batch: int, seq_len: int, seed: int) -> dict:
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = device.type == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if on_gpu else "fp32")]
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    config = model_config(args.tiny, args.seq_len)
+    config = model_config(args)
     torch.manual_seed(args.seed)
 
     # ----- Model: random weights built on the device, LoRA -----
@@ -148,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         peak = peak_flops_for(torch.cuda.get_device_name(device))
     result = {
         "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
-        "shape": "tiny" if args.tiny else "LLaDA-8B",
+        "shape": f"tiny ({args.layers} layers, width {args.width}, vocab {args.vocab})"
+        if args.tiny
+        else "LLaDA-8B",
         "lora": report.summary(),
         "micro_batch": args.micro_batch,
         "seq_len": args.seq_len,
