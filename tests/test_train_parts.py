@@ -47,7 +47,10 @@ def test_all_targets_adapt_every_block_linear_layer_but_never_the_head(tokenizer
     assert all(re.fullmatch(r"model\.transformer\.blocks\.\d+\.\w+", m) for m in report.modules)
     head = model.get_base_model().model.transformer.ff_out
     assert type(head) is torch.nn.Linear and not head.weight.requires_grad
-    assert "LoRA on 14 modules" in report.summary()
+    assert (
+        "LoRA on 14 modules: model.transformer.blocks.{0..1}.{q_proj,k_proj,v_proj,attn_out,"
+        in report.summary()
+    )
 
 
 def test_a_comma_list_and_names_that_match_nothing(tokenizer):

@@ -32,9 +32,22 @@ class LoraReport:
     def summary(self) -> str:
         share = 100.0 * self.trainable_params / max(1, self.total_params)
         return (
-            f"LoRA on {len(self.modules)} modules ({', '.join(self.targets)} in every block); "
+            f"LoRA on {len(self.modules)} modules: {compact_module_list(self.modules)}; "
             f"trainable parameters {self.trainable_params:,} of {self.total_params:,} ({share:.2f}%)"
         )
+
+
+def compact_module_list(modules: tuple[str, ...]) -> str:
+    """``model.transformer.blocks.{0..31}.{q_proj,v_proj}`` when every block has the same layers."""
+    pattern = re.compile(r"model\.transformer\.blocks\.(\d+)\.([^.]+)")
+    parsed = [pattern.fullmatch(m) for m in modules]
+    if not modules or not all(parsed):
+        return ", ".join(modules)
+    blocks = sorted({int(p[1]) for p in parsed})
+    leaves = list(dict.fromkeys(p[2] for p in parsed))
+    if len(modules) != len(blocks) * len(leaves) or blocks != list(range(blocks[0], blocks[-1] + 1)):
+        return ", ".join(modules)
+    return f"model.transformer.blocks.{{{blocks[0]}..{blocks[-1]}}}.{{{','.join(leaves)}}}"
 
 
 def resolve_lora_targets(spec: str) -> tuple[str, ...]:
