@@ -306,6 +306,7 @@ def plan_run(config: TrainConfig, objective, records, world_size: int):
     items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
     steps = steps_for(items, samples_per_step, config.total_steps)
     say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
+    say(f"logs in {config.logs_dir}/, merged checkpoints in {config.ckpt_dir}_stepNNNN/")
     return schedule, items[: steps * samples_per_step], steps
 
 
