@@ -1,0 +1,289 @@
+"""Every knob of a training run in one dataclass, :class:`TrainConfig`.
+
+Each field is a flag of ``blocksft train`` (``--micro-batch`` and ``--micro_batch``) and a key of a
+YAML recipe (``--config paper_blockwise`` or a path). Defaults are the reference scripts'
+(``train_blockwise.py`` / ``train_fullseq.py``); where a default depends on the objective (sample
+budget, checkpoint folder) it is ``None`` here and resolved in ``__post_init__``, so the resolved
+config saved beside the logs shows the value actually used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from blocksft.errors import BlocksftError
+
+Objective = Literal["blockwise", "fullseq", "blockwise_visible_suffix"]
+
+# The reference's budgets: 200 (blockwise) and 300 (full-seq) steps of 32 samples on one GPU.
+DEFAULT_MAX_SAMPLES = {"blockwise": 200 * 32, "blockwise_visible_suffix": 200 * 32, "fullseq": 300 * 32}
+
+CONFIGS_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """A training run: objective, data, model, LoRA, optimiser, schedule, saving and logging."""
+
+    # ----- What to train -----
+    objective: Objective = field(
+        default="blockwise",
+        metadata=_help(
+            "blockwise (the paper), fullseq (classical masked SFT), or blockwise_visible_suffix "
+            "(blockwise loss with the answer after the active block left visible)"
+        ),
+    )
+    model: str = field(
+        default="GSAI-ML/LLaDA-8B-Instruct", metadata=_help("base model: hub id or local folder")
+    )
+    tokenizer: str | None = field(
+        default=None, metadata=_help("tokenizer hub id or folder (default: the model's)")
+    )
+    data: str = field(
+        default="MathQA_256.pt",
+        metadata=_help(
+            "record file from `blocksft prepare` (or the reference pt.py)", aliases=("--data-file",)
+        ),
+    )
+    max_len: int = field(default=256, metadata=_help("longest record allowed (prompt + answer tokens)"))
+    mask_id: int | None = field(
+        default=None,
+        metadata=_help("mask token id (default: the model config's mask_token_id, 126336 for LLaDA)"),
+    )
+    # ----- Objective -----
+    block_size: int = field(default=32, metadata=_help("answer block size (blockwise objectives)"))
+    prefix_mask_rate: float = field(
+        default=0.0,
+        metadata=_help("mask rate of the answer prefix before the active block (never in the loss)"),
+    )
+    suffix_mask_prob: float | None = field(
+        default=None,
+        metadata=_help(
+            "probability of masking each answer token after the active block (never in the loss); "
+            "default: the objective's, 1.0 for blockwise (the paper), 0.0 for blockwise_visible_suffix"
+        ),
+    )
+    mask_eps: float = field(default=1e-3, metadata=_help("smallest mask rate: p ~ U(mask_eps, 1)"))
+    loss_weighting: Literal["none", "inv_p"] = field(
+        default="none", metadata=_help("per-token loss weight: none (reference) or inv_p (LLaDA's 1/p)")
+    )
+    loss_normalize: Literal["per_sample_masked", "answer_len", "batch_tokens", "batch_masked"] = field(
+        default="per_sample_masked",
+        metadata=_help(
+            "per_sample_masked (reference: mean over each sample's loss tokens, then over samples), "
+            "answer_len (LLaDA SFT, with inv_p), batch_tokens (batch sum / maskable tokens), "
+            "batch_masked (batch sum / loss tokens)"
+        ),
+    )
+    supervise_padding: bool = field(
+        default=False,
+        metadata=_help("treat the EOS padding up to --max-len as answer (noised and trained, LLaDA style)"),
+    )
+    # ----- Batching -----
+    micro_batch: int = field(
+        default=32, metadata=_help("samples per device per forward pass", aliases=("--micro-bsize",))
+    )
+    grad_accum: int = field(default=1, metadata=_help("micro-batches per optimizer step per device"))
+    pad_to_multiple_of: int = field(
+        default=8, metadata=_help("pad each batch to its longest record rounded up to this multiple")
+    )
+    pad_to_max_len: bool = field(
+        default=False, metadata=_help("pad every batch to --max-len, as the reference does")
+    )
+    attend_padding: bool = field(
+        default=False,
+        metadata=_help(
+            "let the model attend to padding (the reference passes no attention mask); the result then "
+            "depends on the padded length, so pair it with --pad-to-max-len to reproduce the reference"
+        ),
+    )
+    sparse_logits: bool = field(
+        default=True,
+        metadata=_help("compute LM-head logits only where loss is taken; --no-sparse-logits = full logits"),
+    )
+    shuffle: bool = field(default=True, metadata=_help("shuffle the samples each epoch (seeded)"))
+    drop_exhausted: bool = field(
+        default=False,
+        metadata=_help(
+            "leave samples whose blocks are all used out of later epochs (the reference keeps them as "
+            "loss-free rows)"
+        ),
+    )
+    num_workers: int = field(default=0, metadata=_help("data-loader worker processes"))
+    # ----- Budget -----
+    epochs: int = field(default=1, metadata=_help("passes over the samples (blockwise: one block each)"))
+    max_samples: int | None = field(
+        default=None,
+        metadata=_help("samples used from the record file (default 6400 blockwise, 9600 fullseq; 0 = all)"),
+    )
+    total_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "optimizer steps (default: max_samples * epochs / (world * micro_batch * grad_accum))"
+        ),
+    )
+    # ----- Optimiser -----
+    lr: float = field(default=1e-5, metadata=_help("peak learning rate (AdamW)"))
+    adam_beta1: float = field(default=0.9, metadata=_help("AdamW beta1"))
+    adam_beta2: float = field(default=0.95, metadata=_help("AdamW beta2"))
+    adam_eps: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    warmup_ratio: float = field(default=0.1, metadata=_help("linear warmup, as a fraction of the steps"))
+    min_lr_ratio: float = field(default=0.01, metadata=_help("cosine decay floor, as a fraction of --lr"))
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping (0 = off)"))
+    seed: int = field(default=42, metadata=_help("seed of data order, block schedule, noise and LoRA init"))
+    # ----- LoRA -----
+    full_finetune: bool = field(default=False, metadata=_help("train every weight instead of LoRA adapters"))
+    lora_r: int = field(default=256, metadata=_help("LoRA rank"))
+    lora_alpha: float = field(default=512.0, metadata=_help("LoRA alpha (scaling = alpha / r)"))
+    lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout"))
+    lora_targets: str = field(
+        default="reference",
+        metadata=_help(
+            "reference (q_proj,k_proj,v_proj,up_proj: what the reference script effectively adapts), all "
+            "(every linear layer of the blocks), or a comma list of block layer names"
+        ),
+    )
+    # ----- Precision and engines -----
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(
+        default="auto",
+        metadata=_help("weights and merged checkpoints: auto = bf16 on a GPU that has it, else fp32"),
+    )
+    deepspeed: str | None = field(
+        default="auto",
+        metadata=_help(
+            "DeepSpeed config: zero2, zero3 (shipped), a JSON path, none; auto = zero2 on GPUs, none on CPU"
+        ),
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("recompute activations in the backward pass (saves memory)")
+    )
+    use_cpu: bool = field(default=False, metadata=_help("train on CPU even when a GPU is present"))
+    # ----- Saving and logging -----
+    ckpt_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "checkpoint root: merged models go to <ckpt_dir>_stepNNNN, logs to <ckpt_dir>_logs "
+            "(default ckpts_stagewise_sft_<block_size> / ckpts_fullseq_sft)"
+        ),
+    )
+    save_every: int = field(
+        default=0, metadata=_help("save a merged checkpoint every N steps (0 = only at the end)")
+    )
+    checkpoint_every: int = field(
+        default=50,
+        metadata=_help("save resumable state (optimizer, scheduler, RNG) every N steps (0 = never)"),
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata=_help("resumable states kept on disk (older ones deleted)")
+    )
+    resume: bool = field(
+        default=False, metadata=_help("continue the run in <ckpt_dir>_logs from its last complete state")
+    )
+    log_every: int = field(default=1, metadata=_help("write a CSV row every N optimizer steps"))
+    report_to: Literal["none", "tensorboard", "wandb"] = field(
+        default="none", metadata=_help("also report metrics to TensorBoard or Weights & Biases")
+    )
+
+    def __post_init__(self):
+        for name in ("max_len", "block_size", "micro_batch", "grad_accum", "epochs", "pad_to_multiple_of"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lora_r", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("save_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("prefix_mask_rate", "suffix_mask_prob", "lora_dropout", "warmup_ratio", "min_lr_ratio"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.mask_eps < 1.0:
+            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.total_steps is not None and self.total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {self.total_steps}")
+        if self.max_samples is None:
+            self.max_samples = DEFAULT_MAX_SAMPLES[self.objective]
+        if self.max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0 (0 = all), got {self.max_samples}")
+        if self.ckpt_dir is None:
+            self.ckpt_dir = (
+                "ckpts_fullseq_sft"
+                if self.objective == "fullseq"
+                else f"ckpts_stagewise_sft_{self.block_size}"
+            )
+        if self.deepspeed is not None and self.deepspeed.lower() == "none":
+            self.deepspeed = None
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(f"{self.ckpt_dir}_logs")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Where the resumable states (Trainer checkpoints) live."""
+        return self.logs_dir / "checkpoints"
+
+
+# Settings a resumed run may change; every other one must equal the interrupted run's.
+RESUMABLE_CHANGES = (
+    "resume",
+    "report_to",
+    "num_workers",
+    "save_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
+
+
+def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
+    """Fields whose values differ between a saved run config and the current one (for --resume)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(RESUMABLE_CHANGES)
+    return {n: (saved.get(n), current.get(n)) for n in sorted(names) if saved.get(n) != current.get(n)}
+
+
+def available_recipes() -> list[str]:
+    """Names of the YAML recipes shipped with blocksft (``--config NAME``)."""
+    return sorted(p.stem for p in CONFIGS_PACKAGE_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A ``--config`` value: an existing YAML path, or the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIGS_PACKAGE_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else name_or_path}.yaml"
+    if shipped.is_file() and path.parent == Path("."):
+        return shipped
+    raise BlocksftError(
+        f"--config {name_or_path}: no such file and no shipped recipe of that name "
+        f"(shipped: {', '.join(available_recipes())})"
+    )
+
+
+def resolve_deepspeed_config(value: str | None, *, cuda_available: bool) -> str | None:
+    """The DeepSpeed JSON path for ``--deepspeed`` (``auto``: ZeRO-2 on GPUs when installed)."""
+    if value is None:
+        return None
+    if value == "auto":
+        if not cuda_available:
+            return None
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            return None
+        value = "zero2"
+    if value in ("zero2", "zero3"):
+        return str(CONFIGS_PACKAGE_DIR / "deepspeed" / f"{value}.json")
+    if not Path(value).is_file():
+        raise BlocksftError(f"--deepspeed {value}: no such file (use zero2, zero3, none or a JSON path)")
+    return value

@@ -1,0 +1,124 @@
+"""Loss curves of several runs in one PNG (``blocksft plot``).
+
+Each run is a logs folder (``<ckpt_dir>_logs``), its checkpoint root (``<ckpt_dir>``) or a
+``train_loss.csv``. The x axis can be steps or a cumulative budget (samples, supervised tokens,
+processed tokens, FLOPs), which is how EQUAL-TOKENS and EQUAL-FLOPS comparisons are read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from blocksft.errors import BlocksftError
+
+from .logs import read_loss_csv
+
+X_AXES = {
+    "step": "optimizer step",
+    "samples": "samples seen",
+    "supervised_tokens": "supervised (loss-bearing) tokens",
+    "tokens": "processed tokens",
+    "flops": "estimated training FLOPs",
+}
+
+
+@dataclass
+class PlotConfig:
+    """How ``blocksft plot`` draws the runs."""
+
+    output: str = field(default="loss.png", metadata={"help": "PNG to write"})
+    metric: str = field(
+        default="loss", metadata={"help": "CSV column on the y axis (loss, lr, grad_norm, ...)"}
+    )
+    x: Literal["step", "samples", "supervised_tokens", "tokens", "flops"] = field(
+        default="step", metadata={"help": "x axis: the step, or a cumulative budget"}
+    )
+    smooth: float = field(
+        default=0.0, metadata={"help": "exponential moving average weight in [0, 1) (0 = raw values)"}
+    )
+    labels: list[str] | None = field(default=None, metadata={"help": "legend labels, one per run"})
+    title: str | None = field(default=None, metadata={"help": "figure title"})
+
+    def __post_init__(self):
+        if not 0.0 <= self.smooth < 1.0:
+            raise ValueError(f"smooth must be in [0, 1), got {self.smooth}")
+
+
+def loss_csv_of(run: str | Path) -> Path:
+    """The ``train_loss.csv`` of a logs folder, checkpoint root or CSV path."""
+    run = Path(run)
+    for candidate in (run, run / "train_loss.csv", Path(f"{run}_logs") / "train_loss.csv"):
+        if candidate.is_file():
+            return candidate
+    raise BlocksftError(f"{run}: no train_loss.csv there (give a <ckpt_dir>_logs folder or a CSV file)")
+
+
+def run_label(csv_path: Path) -> str:
+    folder = csv_path.parent.name
+    return folder.removesuffix("_logs") if csv_path.name == "train_loss.csv" else csv_path.stem
+
+
+def smooth_ema(values: list[float], weight: float) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard draws it); NaNs are skipped."""
+    out, avg, norm = [], 0.0, 0.0
+    for v in values:
+        if not math.isnan(v):
+            avg, norm = weight * avg + (1 - weight) * v, weight * norm + (1 - weight)
+        out.append(avg / norm if norm else math.nan)
+    return out
+
+
+def cumulative(values: list[float]) -> list[float]:
+    total, out = 0.0, []
+    for v in values:
+        total += 0.0 if math.isnan(v) else v
+        out.append(total)
+    return out
+
+
+def plot_runs(runs: list[str | Path], config: PlotConfig) -> Path:
+    """Draw ``config.metric`` of every run against ``config.x`` into ``config.output``.
+
+    Returns:
+        The PNG written (atomically).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise BlocksftError("give at least one run (a <ckpt_dir>_logs folder or a train_loss.csv)")
+    if config.labels is not None and len(config.labels) != len(runs):
+        raise BlocksftError(f"--labels: {len(config.labels)} labels for {len(runs)} runs")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for k, run in enumerate(runs):
+        path = loss_csv_of(run)
+        columns = read_loss_csv(path)
+        if config.metric not in columns or config.x not in columns:
+            missing = config.metric if config.metric not in columns else config.x
+            raise BlocksftError(f"{path} has no column {missing!r}; columns: {', '.join(columns)}")
+        xs = columns["step"] if config.x == "step" else cumulative(columns[config.x])
+        ys = columns[config.metric]
+        label = config.labels[k] if config.labels else run_label(path)
+        if config.smooth:
+            (line,) = ax.plot(xs, ys, alpha=0.25)
+            ax.plot(xs, smooth_ema(ys, config.smooth), color=line.get_color(), label=label)
+        else:
+            ax.plot(xs, ys, label=label)
+    ax.set_xlabel(X_AXES[config.x])
+    ax.set_ylabel(config.metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if config.title:
+        ax.set_title(config.title)
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.tmp{output.suffix or '.png'}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(output)
+    return output

@@ -1,0 +1,357 @@
+"""``run_train(config)``: a whole training run, top to bottom.
+
+Engine and folders -> tokenizer, model, mask id -> records and the item plan -> LoRA -> Trainer ->
+train (or resume) -> final merged checkpoint and the budget. Launch it with ``python``/``blocksft
+train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module blocksft.train`` or
+``accelerate launch``: the Trainer picks the distributed setup up from the launcher.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from blocksft.errors import BlocksftError
+
+from .callbacks import (
+    CompleteMarkerCallback,
+    ExportCallback,
+    LossProgressCallback,
+    MergedExporter,
+)
+from .config import TrainConfig, resolve_deepspeed_config
+from .data import ItemDataset, PadCollator, plan_items, schedule_state_at, steps_for
+from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_run_config
+from .metrics import FlopModel, StepMeter
+from .resume import check_output, check_schedule, checkpoint_step
+from .trainer import BlockSFTTrainer, TrainStep
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (``exports`` and ``budget`` on rank 0 only).
+
+    Attributes:
+        steps: optimizer steps done.
+        exports: merged checkpoint folders written.
+        logs_dir: the run's logs folder.
+        budget: totals for EQUAL-TOKENS / EQUAL-FLOPS comparisons.
+        model: the trained model (the PEFT model under LoRA), unwrapped from any engine.
+    """
+
+    steps: int
+    exports: list[Path]
+    logs_dir: Path
+    budget: dict
+    model: object = None
+
+
+def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
+    """Train a LoRA (or full) fine-tune with the configured objective.
+
+    Args:
+        config: the run's settings.
+        callbacks: extra ``transformers.TrainerCallback`` objects (tests use them to interrupt).
+
+    Returns:
+        A :class:`TrainResult` (on every rank; ``exports`` and ``budget`` are filled on rank 0).
+    """
+    from accelerate import PartialState
+    from transformers import AutoConfig
+
+    import blocksft.model  # noqa: F401  (registers LLaDA with the Auto classes)
+    from blocksft.data.records import load_records
+    from blocksft.model.loading import load_model, load_tokenizer
+
+    # ----- Engine and output folders -----
+    args = training_arguments(config)
+    world_size = start_distributed(args)
+    state = PartialState()
+    resume_from = check_output(config)
+    state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
+
+    # ----- Tokenizer, records, mask id and objective: all checked before the weights load -----
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
+    if config.max_samples:
+        records = records[: config.max_samples]
+    model_config = AutoConfig.from_pretrained(config.model)
+    pad_id = padding_id(tokenizer, model_config)
+    objective = build_objective(config, resolve_mask_id(config.mask_id, model_config, tokenizer, pad_id))
+    model = load_model(config.model, dtype=training_dtype(config))
+
+    # ----- The block schedule, the item plan, steps -----
+    schedule, items, steps = plan_run(config, objective, records, world_size)
+    args.max_steps = steps
+    samples_per_step = world_size * config.micro_batch * config.grad_accum
+
+    def schedule_state(step: int) -> dict:
+        return schedule_state_at(schedule, items, step * samples_per_step)
+
+    if resume_from:
+        check_schedule(resume_from, schedule, schedule_state(checkpoint_step(resume_from)))
+
+    # ----- LoRA (or full fine-tuning) -----
+    from transformers import set_seed
+
+    set_seed(config.seed)
+    model, lora_modules = attach_adapters(model, config)
+
+    # ----- Logs and the Trainer -----
+    resume_step = checkpoint_step(resume_from) if resume_from else 0
+    csv_log = None
+    if state.is_main_process:
+        config.logs_dir.mkdir(parents=True, exist_ok=True)
+        csv_log = CsvLog(config.logs_dir, resume_step=resume_step)
+        write_run_config(config, objective, steps=steps, world_size=world_size, modules=lora_modules)
+    trainer = BlockSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ItemDataset(records, items),
+        data_collator=PadCollator(
+            pad_id=pad_id,
+            multiple_of=config.pad_to_multiple_of,
+            pad_to=config.max_len if (config.pad_to_max_len or config.supervise_padding) else None,
+            supervise_padding=config.supervise_padding,
+        ),
+        processing_class=tokenizer,
+        train_step=TrainStep(
+            objective,
+            seed=config.seed,
+            sparse_logits=config.sparse_logits,
+            attend_padding=config.attend_padding,
+        ),
+        meter=StepMeter(flop_model=flop_model_of(model, config)),
+        csv_log=csv_log,
+    )
+    exporter = MergedExporter(trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer)
+    add_callbacks(trainer, exporter, config.save_every, CompleteMarkerCallback(schedule_state), *callbacks)
+
+    # ----- Train, then the last merged checkpoint and the budget -----
+    if resume_from:
+        say(f"resuming from {resume_from} (step {resume_step} of {steps})")
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if trainer.state.global_step not in exporter.exported_steps:
+        exporter.export(trainer.state.global_step)
+    budget = {}
+    if state.is_main_process:
+        budget = budget_summary(config.logs_dir / "train_loss.csv")
+        write_json(config.logs_dir / "budget.json", budget)
+        say(format_budget(budget))
+    state.wait_for_everyone()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return TrainResult(trainer.state.global_step, exporter.exports, config.logs_dir, budget, model)
+
+
+# ----- Engine -------------------------------------------------------------------------------------
+
+
+def training_dtype(config: TrainConfig) -> str:
+    """``bf16`` on a GPU that supports it (or as asked), ``fp32`` on CPU."""
+    if config.dtype != "auto":
+        return config.dtype
+    on_gpu = torch.cuda.is_available() and not config.use_cpu
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def training_arguments(config: TrainConfig):
+    """The ``TrainingArguments`` for a config (``max_steps`` is set once the data is planned)."""
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available() and not config.use_cpu
+    dtype = training_dtype(config)
+    if not 0.0 <= config.warmup_ratio < 1.0:
+        raise BlocksftError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.report_to != "none" and importlib.util.find_spec(config.report_to) is None:
+        raise BlocksftError(
+            f"--report-to {config.report_to} needs the package: pip install {config.report_to}"
+        )
+    return TrainingArguments(
+        output_dir=str(config.checkpoints_dir),
+        per_device_train_batch_size=config.micro_batch,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_eps,
+        weight_decay=config.weight_decay,
+        optim="adamw_torch",
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        max_steps=1,
+        seed=config.seed,
+        bf16=on_gpu and dtype == "bf16",
+        fp16=on_gpu and dtype == "fp16",
+        use_cpu=not on_gpu,
+        deepspeed=resolve_deepspeed_config(config.deepspeed, cuda_available=on_gpu),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=config.log_every,
+        logging_nan_inf_filter=False,
+        save_strategy="steps" if config.checkpoint_every else "no",
+        save_steps=config.checkpoint_every or 1,
+        save_total_limit=config.keep_checkpoints or None,
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        remove_unused_columns=False,
+        label_names=[],
+        dataloader_num_workers=config.num_workers,
+        dataloader_pin_memory=on_gpu,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+
+
+def start_distributed(args) -> int:
+    """Set the distributed backend up now (ZeRO-3 partitions the model while loading it); the world size."""
+    world_size = args.world_size  # first access initialises the process group
+    if args.deepspeed and args.use_cpu and world_size > 1:
+        # accelerate's CPU path leaves DeepSpeed's own process group uninitialised, which ZeRO-3's
+        # partitioned model loading needs (on GPUs accelerate initialises it).
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    return world_size
+
+
+def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> None:
+    """Our progress bar instead of the stock one, merged exports, and the other callbacks."""
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    for callback in (LossProgressCallback(), ExportCallback(exporter, save_every), *extra):
+        trainer.add_callback(callback)
+
+
+# ----- Model, tokens -----------------------------------------------------------------------------
+
+
+def padding_id(tokenizer, model_config) -> int:
+    """The pad id (the reference falls back to EOS when the tokenizer has no pad token)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, model_config.pad_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise BlocksftError("the tokenizer has neither a pad nor an EOS token: cannot pad batches")
+
+
+def resolve_mask_id(requested: int | None, model_config, tokenizer, pad_id: int) -> int:
+    """``--mask-id`` or the model config's, checked against the vocabulary, the tokenizer and pad."""
+    from blocksft.tokenizer import MASK
+
+    mask_id = requested if requested is not None else getattr(model_config, "mask_token_id", None)
+    if mask_id is None:
+        raise BlocksftError("the model config has no mask_token_id: pass --mask-id")
+    vocab = model_config.vocab_size
+    if not 0 <= mask_id < vocab:
+        raise BlocksftError(f"--mask-id {mask_id} is outside the model's vocabulary [0, {vocab})")
+    if mask_id == pad_id:
+        raise BlocksftError(f"--mask-id {mask_id} equals the padding id: masks and padding must differ")
+    token_id = tokenizer.convert_tokens_to_ids(MASK)
+    if token_id is not None and token_id != tokenizer.unk_token_id and token_id != mask_id:
+        raise BlocksftError(
+            f"--mask-id {mask_id} differs from the tokenizer's {MASK} id {token_id}: "
+            f"pass --mask-id {token_id}"
+        )
+    return int(mask_id)
+
+
+def attach_adapters(model, config: TrainConfig):
+    """LoRA on the configured targets (or every weight trainable); prints what is trained."""
+    from .lora import apply_lora
+
+    if config.full_finetune:
+        model.requires_grad_(True)
+        count = sum(p.numel() for p in model.parameters())
+        say(f"full fine-tuning: {count:,} trainable parameters")
+        return model, ()
+    model, report = apply_lora(
+        model,
+        targets=config.lora_targets,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+    )
+    say(report.summary())
+    return model, report.modules
+
+
+def flop_model_of(model, config: TrainConfig) -> FlopModel:
+    def count(params):
+        return sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
+
+    mc = model.config
+    return FlopModel(
+        body_params=count(p for n, p in model.named_parameters() if ".blocks." in n),
+        trained_params=None
+        if config.full_finetune
+        else count(p for p in model.parameters() if p.requires_grad),
+        head_params=mc.d_model * mc.embedding_size,
+        n_layers=mc.n_layers,
+        d_model=mc.d_model,
+        recompute=config.gradient_checkpointing,
+    )
+
+
+# ----- Data ---------------------------------------------------------------------------------------
+
+
+def plan_run(config: TrainConfig, objective, records, world_size: int):
+    """The block schedule, the items the run trains on (in order) and its optimizer steps (printed)."""
+    schedule = block_schedule(config, objective, records)
+    samples_per_step = world_size * config.micro_batch * config.grad_accum
+    items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
+    steps = steps_for(items, samples_per_step, config.total_steps)
+    say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
+    say(f"logs in {config.logs_dir}/, merged checkpoints in {config.ckpt_dir}_stepNNNN/")
+    return schedule, items[: steps * samples_per_step], steps
+
+
+def build_objective(config: TrainConfig, mask_id: int):
+    """The configured :class:`blocksft.objectives.Objective` (it validates its own options)."""
+    from blocksft.objectives import get_objective
+
+    return get_objective(
+        config.objective,
+        mask_id=mask_id,
+        block_size=config.block_size,
+        eps=config.mask_eps,
+        prefix_mask_rate=config.prefix_mask_rate,
+        suffix_mask_prob=config.suffix_mask_prob,
+        supervise_padding=config.supervise_padding,
+        loss_weighting=config.loss_weighting,
+        loss_normalize=config.loss_normalize,
+    )
+
+
+def block_schedule(config: TrainConfig, objective, records):
+    """The seeded block schedule over the records (one rank: the Trainer's loader shards the items)."""
+    from blocksft.schedule import BlockSchedule
+
+    prompt_lens = [int(r["prompt_len"]) for r in records]
+    answer_lens = [len(r["full_ids"]) - p for r, p in zip(records, prompt_lens)]
+    counts = objective.block_counts(prompt_lens, answer_lens, max_len=config.max_len)
+    return BlockSchedule(
+        counts if counts is not None else [1] * len(records),
+        seed=config.seed,
+        shuffle=config.shuffle,
+        drop_exhausted=config.drop_exhausted,
+    )
+
+
+def describe_plan(config, schedule, items, steps, samples_per_step, world_size) -> str:
+    """What the run will do, and when its budget ends it early."""
+    text = (
+        f"{config.objective}: {schedule.num_samples:,} samples x {config.epochs} epoch(s); "
+        f"{steps} optimizer steps of {samples_per_step} samples (world size {world_size} x micro-batch "
+        f"{config.micro_batch} x grad-accum {config.grad_accum})"
+    )
+    if config.objective != "fullseq":
+        used = sum(item.block >= 0 for item in items[: steps * samples_per_step])
+        text += f"; {used:,} of {schedule.total_pairs:,} (sample, block) pairs"
+        if used == schedule.total_pairs and config.epochs > schedule.epochs_to_cover:
+            text += f": all used after epoch {schedule.epochs_to_cover}, so the run stops early there"
+    return text
