@@ -1,0 +1,233 @@
+"""`blocksft eval` end to end on the tiny random model: rows, summary, resume, errors, grid, shards."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blocksft.errors import BlocksftError
+from blocksft.evaluate import results
+from blocksft.evaluate.config import EvalConfig
+from blocksft.evaluate.runner import run_eval
+from blocksft.generate import SamplerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K_TEST = next(
+    (
+        p / "shared/data/gsm8k/test.jsonl"
+        for p in ROOT.parents
+        if (p / "shared/data/gsm8k/test.jsonl").is_file()
+    ),
+    None,
+)
+needs_gsm8k = pytest.mark.skipif(GSM8K_TEST is None, reason="shared/data/gsm8k/test.jsonl is absent")
+
+SAMPLER = SamplerConfig(gen_length=16, block_length=8, steps=16)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
+
+
+def evaluate(checkpoint, output, **overrides):
+    values = dict(
+        model=[checkpoint], data=str(GSM8K_TEST), limit=8, batch_size=4, output=str(output), device="cpu"
+    )
+    sampler = overrides.pop("sampler", SAMPLER)
+    values.update(overrides)
+    return run_eval(EvalConfig(**values), sampler, progress=False)
+
+
+def strip_seconds(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def full_run(checkpoint, tmp_path_factory):
+    """An uninterrupted run over 8 GSM8K problems."""
+    if GSM8K_TEST is None:
+        pytest.skip("shared/data/gsm8k/test.jsonl is absent")
+    output = tmp_path_factory.mktemp("full") / "res.jsonl"
+    cells = evaluate(checkpoint, output)
+    return output, cells
+
+
+@needs_gsm8k
+def test_rows_and_summary(full_run, checkpoint):
+    output, cells = full_run
+    rows = results.read_rows(output)
+    assert [r["index"] for r in rows] == list(range(8))
+    assert len({r["id"] for r in rows}) == 8
+    first = json.loads(GSM8K_TEST.read_text().splitlines()[0])
+    assert rows[0]["question"] == first["question"]
+    assert rows[0]["gold"] == first["answer"].split("####")[-1].strip().replace(",", "")
+    for row in rows:
+        assert set(row["extracted"]) == set(row["correct"]) == {"strict", "flexible"}
+        assert all(isinstance(v, bool) for v in row["correct"].values())
+        assert row["prompt"].count("<|startoftext|>") == 1  # one BOS, from the chat template
+        assert "### Instruction:" in row["prompt"] and row["prompt"].endswith("<|end_header_id|>\n\n")
+        assert row["nfe"] == 16 and row["seconds"] >= 0
+    assert not results.part_paths(output)
+
+    summary = json.loads(results.summary_path(output).read_text())
+    assert summary["problems"] == 8 and summary["model"] == checkpoint
+    for metric in ("strict", "flexible"):
+        m = summary["metrics"][metric]
+        assert m["total"] == 8 and m["correct"] == sum(r["correct"][metric] for r in rows)
+        assert m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
+    assert summary["settings"]["gen_length"] == 16 and summary["settings"]["block_length"] == 8
+    assert summary["settings"]["steps"] == 16 and summary["settings"]["remasking"] == "low_confidence"
+    assert summary["settings"]["prompt_style"] == "alpaca" and summary["seed"] == 42
+    assert {"torch", "transformers", "blocksft", "math-verify"} <= set(summary["versions"])
+    assert summary["device"] == "cpu" and summary["nfe_total"] == 8 * 16
+    assert cells[0]["metrics"] == summary["metrics"]
+
+
+@needs_gsm8k
+def test_resume_after_four_rows_gives_the_same_file(full_run, checkpoint, tmp_path):
+    output = tmp_path / "res.jsonl"
+    evaluate(checkpoint, output, limit=4)
+    first_four = output.read_text()
+    evaluate(checkpoint, output)  # resumes: generates only problems 4..7
+    text = output.read_text()
+    assert text.startswith(first_four)  # the existing rows are kept byte for byte
+    assert strip_seconds(results.read_rows(output)) == strip_seconds(results.read_rows(full_run[0]))
+
+
+@needs_gsm8k
+def test_interrupted_run_resumes_from_its_part_file(full_run, checkpoint, tmp_path, monkeypatch):
+    import blocksft.evaluate.runner as runner
+
+    output = tmp_path / "res.jsonl"
+    real = runner.generate_rows
+    calls = []
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "generate_rows", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(checkpoint, output)
+    assert not output.exists()
+    assert len(results.read_rows(results.part_path(output, 0))) == 4
+    monkeypatch.setattr(runner, "generate_rows", real)
+    evaluate(checkpoint, output)
+    assert strip_seconds(results.read_rows(output)) == strip_seconds(results.read_rows(full_run[0]))
+    assert not results.part_paths(output)
+
+
+@needs_gsm8k
+def test_other_settings_are_refused_and_nothing_is_lost(full_run, checkpoint, tmp_path):
+    output = tmp_path / "res.jsonl"
+    shutil.copy(full_run[0], output)
+    shutil.copy(results.summary_path(full_run[0]), results.summary_path(output))
+    before = output.read_text()
+    with pytest.raises(BlocksftError, match=r"other settings.*steps: 16 -> 8"):
+        evaluate(checkpoint, output, sampler=SamplerConfig(gen_length=16, block_length=8, steps=8))
+    with pytest.raises(BlocksftError, match="other settings"):
+        evaluate(checkpoint, output, prompt_style="chat")
+    assert output.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "no gsm8k problems|empty|no rows"),
+        ('{"question": "How many?"}\n', "answer"),
+        ('{"answer": "#### 3"}\n', "question"),
+    ],
+)
+def test_bad_data_file_gives_one_clear_error(checkpoint, tmp_path, content, message, capsys):
+    from blocksft.cli import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text(content)
+    code = main(["eval", "--model", checkpoint, "--data", str(data), "--output", str(tmp_path / "o.jsonl"),
+                 "--gen-length", "8", "--block-length", "8", "--steps", "8", "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("blocksft eval: error:") and err.count("\n") == 1
+    assert str(data) in err or "bad.jsonl" in err
+    assert re.search(message, err, flags=re.IGNORECASE)
+
+
+def test_math_task_on_a_local_file(checkpoint, tmp_path):
+    data = tmp_path / "math.jsonl"
+    rows = [
+        {
+            "problem": "What is $1+1$?",
+            "solution": "It is $\\boxed{2}$.",
+            "level": "Level 1",
+            "type": "Algebra",
+        },
+        {
+            "problem": "Half of 1?",
+            "solution": "$\\boxed{\\frac{1}{2}}$",
+            "level": "Level 1",
+            "type": "Algebra",
+        },
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "math.jsonl.out.jsonl"
+    evaluate(checkpoint, output, task="math", data=str(data), limit=None)
+    got = results.read_rows(output)
+    assert [r["gold"] for r in got] == ["2", "\\frac{1}{2}"]
+    assert all(set(r["correct"]) == {"math_verify", "exact"} for r in got)
+
+
+@needs_gsm8k
+def test_grid_writes_table_and_heatmap(checkpoint, tmp_path):
+    cells = evaluate(checkpoint, tmp_path / "grid.jsonl", limit=2, block_length="4,8",
+                     sampler=SamplerConfig(gen_length=8, block_length=4, steps=8))  # fmt: skip
+    assert [(c["block_length"], Path(c["output"]).name) for c in cells] == [
+        (4, "grid.tiny-llada.b4.jsonl"),
+        (8, "grid.tiny-llada.b8.jsonl"),
+    ]
+    for name in ("grid.grid.md", "grid.grid.csv", "grid.grid.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| tiny-llada |" in (tmp_path / "grid.grid.md").read_text()
+
+
+def test_grid_refuses_block_lengths_the_sampler_cannot_take(checkpoint, tmp_path):
+    with pytest.raises(BlocksftError):
+        evaluate(checkpoint, tmp_path / "g.jsonl", block_length="8,5", data="unused.jsonl")
+
+
+@needs_gsm8k
+def test_compare_command(full_run, tmp_path, capsys):
+    from blocksft.cli import main
+
+    assert main(["eval", "--compare", str(full_run[0]), str(full_run[0])]) == 0
+    out = capsys.readouterr().out
+    assert "shared problems: 8" in out and "McNemar" in out
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({**results.read_rows(full_run[0])[0], "id": "elsewhere"}) + "\n")
+    assert main(["eval", "--compare", str(full_run[0]), str(other)]) == 2
+    assert "share no problem id" in capsys.readouterr().err
+
+
+@needs_gsm8k
+@pytest.mark.slow
+def test_two_processes_shard_and_merge(full_run, checkpoint, tmp_path):
+    output = tmp_path / "res.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "blocksft", "eval", "--model", checkpoint, "--data", str(GSM8K_TEST), "--limit", "8",
+           "--batch-size", "4", "--gen-length", "16", "--block-length", "8", "--steps", "16",
+           "--device", "cpu", "--output", str(output)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = results.read_rows(output)
+    assert [r["index"] for r in rows] == list(range(8))
+    assert strip_seconds(rows) == strip_seconds(results.read_rows(full_run[0]))
+    assert not results.part_paths(output)
+    assert json.loads(results.summary_path(output).read_text())["world_size"] == 2
