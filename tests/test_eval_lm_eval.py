@@ -30,7 +30,8 @@ def masked_ce(lm, ids, masked_positions, targets):
     """Sum of the cross-entropies at ``masked_positions`` with those positions masked (one forward)."""
     noised = torch.tensor([ids])
     noised[0, list(masked_positions)] = lm._mask_id
-    logits = lm.model(noised).logits[0].float()
+    with torch.no_grad():
+        logits = lm.model(noised).logits[0].float()
     return sum(
         float(torch.nn.functional.cross_entropy(logits[p], torch.tensor(t)))
         for p, t in zip(masked_positions, targets)
