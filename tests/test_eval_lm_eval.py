@@ -18,8 +18,16 @@ def lm(tokenizer):
     from blocksft.testing import tiny_llada_model
 
     model = tiny_llada_model(tokenizer, seed=0)
-    return BlocksftLM(pretrained=model, tokenizer=tokenizer, gen_length=8, block_length=4, steps=8, mc_num=64,
-                      mc_batch_size=32, greedy_check=False)  # fmt: skip
+    return BlocksftLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        gen_length=8,
+        block_length=4,
+        steps=8,
+        mc_num=64,
+        mc_batch_size=32,
+        greedy_check=False,
+    )
 
 
 def request(kind, args, idx=0):
@@ -55,8 +63,10 @@ def test_monte_carlo_estimate_matches_the_enumerated_bound(lm):
     exact = 0.0
     for k in range(1, length + 1):
         subsets = list(itertools.combinations(range(length), k))
-        mean = sum(masked_ce(lm, context_ids + cont_ids, [start + i for i in s], [cont_ids[i] for i in s])
-                   for s in subsets) / len(subsets)  # fmt: skip
+        mean = sum(
+            masked_ce(lm, context_ids + cont_ids, [start + i for i in s], [cont_ids[i] for i in s])
+            for s in subsets
+        ) / len(subsets)
         exact += (length / k) * mean / length
     estimate = lm.continuation_nll(context_ids, cont_ids, torch.Generator().manual_seed(1))
     assert estimate == pytest.approx(exact, rel=0.02)
@@ -116,8 +126,12 @@ def test_simple_evaluate_with_a_tiny_task(tiny_checkpoint, tmp_path):
     from lm_eval.tasks import TaskManager
 
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "answer": a, "choices": [a, "9"]}) + "\n"
-                            for q, a in [("1+1?", "2"), ("2+2?", "4")]))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a, "choices": [a, "9"]}) + "\n"
+            for q, a in [("1+1?", "2"), ("2+2?", "4")]
+        )
+    )
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
     (tmp_path / "gen.yaml").write_text(
         "task: blocksft_tiny_gen\n" + common + "output_type: generate_until\n"

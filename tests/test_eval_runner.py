@@ -135,6 +135,27 @@ def test_other_settings_are_refused_and_nothing_is_lost(full_run, checkpoint, tm
     assert output.read_text() == before
 
 
+def test_prompt_styles(tokenizer, tmp_path):
+    from blocksft.evaluate.runner import build_prompt_ids, prompt_template
+    from blocksft.tokenizer import ASSISTANT_HEADER
+
+    def text(style, question="How many?"):
+        return tokenizer.decode(build_prompt_ids(tokenizer, question, prompt_template(style)))
+
+    user = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
+    alpaca = text("alpaca")
+    assert alpaca.startswith(user + "Below is an instruction") and alpaca.endswith(ASSISTANT_HEADER)
+    assert "### Instruction:\nHow many?\n\n### Response: Let's think step by step.<|eot_id|>" in alpaca
+    assert text("chat") == user + "How many?<|eot_id|>" + ASSISTANT_HEADER
+    assert text("plain") == "<|startoftext|>How many?"
+    assert text("Q: {query}\nA:") == user + "Q: How many?\nA:<|eot_id|>" + ASSISTANT_HEADER
+    template_file = tmp_path / "wrapper.txt"
+    template_file.write_text("Question: {query}\n")
+    assert text(str(template_file)) == user + "Question: How many?<|eot_id|>" + ASSISTANT_HEADER
+    with pytest.raises(BlocksftError, match="two BOS"):
+        text("plain", "<|startoftext|>How many?")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -148,8 +169,25 @@ def test_bad_data_file_gives_one_clear_error(checkpoint, tmp_path, content, mess
 
     data = tmp_path / "bad.jsonl"
     data.write_text(content)
-    code = main(["eval", "--model", checkpoint, "--data", str(data), "--output", str(tmp_path / "o.jsonl"),
-                 "--gen-length", "8", "--block-length", "8", "--steps", "8", "--device", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--model",
+            checkpoint,
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--gen-length",
+            "8",
+            "--block-length",
+            "8",
+            "--steps",
+            "8",
+            "--device",
+            "cpu",
+        ]
+    )
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # (datasets may draw progress bars first)
     assert code == 2
     assert last_line.startswith("blocksft eval: error:")
@@ -183,8 +221,13 @@ def test_math_task_on_a_local_file(checkpoint, tmp_path):
 
 @needs_gsm8k
 def test_grid_writes_table_and_heatmap(checkpoint, tmp_path):
-    cells = evaluate(checkpoint, tmp_path / "grid.jsonl", limit=2, block_length="4,8",
-                     sampler=SamplerConfig(gen_length=8, block_length=4, steps=8))  # fmt: skip
+    cells = evaluate(
+        checkpoint,
+        tmp_path / "grid.jsonl",
+        limit=2,
+        block_length="4,8",
+        sampler=SamplerConfig(gen_length=8, block_length=4, steps=8),
+    )
     assert [(c["block_length"], Path(c["output"]).name) for c in cells] == [
         (4, "grid.tiny-llada.b4.jsonl"),
         (8, "grid.tiny-llada.b8.jsonl"),
@@ -217,10 +260,36 @@ def test_compare_command(full_run, tmp_path, capsys):
 def test_two_processes_shard_and_merge(full_run, checkpoint, tmp_path):
     output = tmp_path / "res.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "blocksft", "eval", "--model", checkpoint, "--data", str(GSM8K_TEST), "--limit", "8",
-           "--batch-size", "4", "--gen-length", "16", "--block-length", "8", "--steps", "16",
-           "--device", "cpu", "--output", str(output)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "blocksft",
+        "eval",
+        "--model",
+        checkpoint,
+        "--data",
+        str(GSM8K_TEST),
+        "--limit",
+        "8",
+        "--batch-size",
+        "4",
+        "--gen-length",
+        "16",
+        "--block-length",
+        "8",
+        "--steps",
+        "16",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = results.read_rows(output)

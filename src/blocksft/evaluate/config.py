@@ -43,7 +43,8 @@ class EvalConfig:
         default="alpaca",
         metadata={
             "help": "alpaca (training's wrapper in the chat template), chat (question in the chat template), "
-            "plain (no template), or a template text containing {query} (put in the chat template)"
+            "plain (no template), or a wrapper text containing {query} (or a file holding one), put in "
+            "the chat template"
         },
     )
     seed: int = field(default=42, metadata={"help": "seeds sampling (temperature > 0, random remasking)"})
@@ -68,10 +69,11 @@ class EvalConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.prompt_style not in PROMPT_STYLES and "{query}" not in self.prompt_style:
+        style = self.prompt_style
+        if style not in PROMPT_STYLES and "{query}" not in style and not Path(style).is_file():
             raise ValueError(
-                f"--prompt-style must be one of {', '.join(PROMPT_STYLES)} or a template containing "
-                f"{{query}}, got {self.prompt_style!r}"
+                f"--prompt-style must be one of {', '.join(PROMPT_STYLES)}, a template text containing "
+                f"{{query}} or a file holding one; got {style!r}"
             )
 
     @property

@@ -57,9 +57,17 @@ def grid_csv(cells: list[dict]) -> str:
     for cell in cells:
         for metric, m in cell["metrics"].items():
             writer.writerow(
-                [cell["model"], cell["block_length"], metric, m["correct"], m["total"],
-                 f"{m['accuracy']:.6f}", f"{m['ci95'][0]:.6f}", f"{m['ci95'][1]:.6f}"]
-            )  # fmt: skip
+                [
+                    cell["model"],
+                    cell["block_length"],
+                    metric,
+                    m["correct"],
+                    m["total"],
+                    f"{m['accuracy']:.6f}",
+                    f"{m['ci95'][0]:.6f}",
+                    f"{m['ci95'][1]:.6f}",
+                ]
+            )
     return buf.getvalue()
 
 
@@ -91,8 +99,15 @@ def grid_heatmap(cells: list[dict], path: str | Path, title: str = "") -> Path:
         for i in range(len(models)):
             for j in range(len(blocks)):
                 if not np.isnan(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center",
-                            color="white" if values[i, j] < 50 else "black", fontsize=9)  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{values[i, j]:.1f}",
+                        ha="center",
+                        va="center",
+                        color="white" if values[i, j] < 50 else "black",
+                        fontsize=9,
+                    )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title)

@@ -98,11 +98,15 @@ class BlocksftLM(LM):
         self.tokenizer = tokenizer
         self.model.eval()
         self.sampler = SamplerConfig(
-            gen_length=int(gen_length), block_length=int(block_length), steps=int(steps),
-            temperature=float(temperature), remasking=remasking, cfg_scale=float(cfg_scale),
+            gen_length=int(gen_length),
+            block_length=int(block_length),
+            steps=int(steps),
+            temperature=float(temperature),
+            remasking=remasking,
+            cfg_scale=float(cfg_scale),
             threshold=None if threshold in (None, "None", "none") else float(threshold),
             cache=None if cache in (None, "None", "none") else cache,
-        )  # fmt: skip
+        )
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1
         if mc_num < 1 or mc_batch_size < 1:
             raise BlocksftError(f"mc_num and mc_batch_size must be >= 1, got {mc_num} and {mc_batch_size}")

@@ -80,26 +80,38 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 # --- prompts and problems -----------------------------------------------------------------------
 
 
-def build_prompt_ids(tokenizer, question: str, style: str) -> list[int]:
-    """Token ids of the prompt for ``question`` in ``style``.
+def prompt_template(style: str) -> str | None:
+    """The wrapper text for ``--prompt-style`` (None for ``plain``: no template at all).
 
-    ``alpaca``: training's instruction wrapper in the chat template (what a fine-tuned checkpoint saw);
-    ``chat``: the bare question in the chat template; ``plain``: the bare question with the
-    tokenizer's own special tokens (BOS) and no template; any text containing ``{query}``: that
-    wrapper in the chat template. Refuses a prompt that starts with two BOS tokens.
+    ``alpaca``: training's instruction wrapper; ``chat``: the bare question; a text containing
+    ``{query}`` or a path to a file holding one: that wrapper.
     """
-    from blocksft.data.prompts import ALPACA_PROMPT, render_prompt_ids
+    from blocksft.data.prompts import ALPACA_PROMPT, load_prompt_template
 
     if style == "plain":
+        return None
+    return {"alpaca": ALPACA_PROMPT, "chat": "{query}"}.get(style) or load_prompt_template(style)
+
+
+def build_prompt_ids(tokenizer, question: str, template: str | None) -> list[int]:
+    """Token ids of the prompt for ``question``.
+
+    With a ``template``, the wrapped question is the user turn of the chat template (ending with
+    the assistant header): exactly the prompt part of training records. Without one, the bare
+    question with the tokenizer's own special tokens (BOS). Refuses a prompt that starts with two
+    BOS tokens (the double-BOS pitfall of chat-templated evaluation).
+    """
+    from blocksft.data.prompts import render_prompt_ids
+
+    if template is None:
         ids = list(tokenizer(question)["input_ids"])
     else:
-        template = {"alpaca": ALPACA_PROMPT, "chat": "{query}"}.get(style, style)
         ids = list(render_prompt_ids(tokenizer, question, template=template))
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
         raise BlocksftError(
-            f"prompt style {style!r} gives a prompt that starts with two BOS tokens; the chat template "
-            "already adds BOS, so a template text must not contain it"
+            f"the prompt of {question[:40]!r} starts with two BOS tokens; BOS must come from the "
+            "tokenizer or the chat template only, not from the question or the --prompt-style text"
         )
     return ids
 
@@ -133,6 +145,7 @@ def run_settings(config: EvalConfig, sampler, model: str) -> dict:
         "data": config.data,
         "split": config.split,
         "prompt_style": config.prompt_style,
+        "prompt_template": prompt_template(config.prompt_style),
         "seed": config.seed,
         "dtype": config.dtype,
         "trust_remote_code": config.trust_remote_code,
@@ -176,15 +189,22 @@ def _batch_seed(seed: int, first_index: int) -> int:
 
 
 def generate_rows(
-    model, tokenizer, batch: list[tuple[int, object]], *, task: str, sampler, prompt_style: str, seed: int,
+    model,
+    tokenizer,
+    batch: list[tuple[int, object]],
+    *,
+    task: str,
+    sampler,
+    template: str | None,
+    seed: int,
     settings_id: str,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """Decode one batch of ``(index, problem)`` pairs and score the answers."""
     from blocksft.generate import decode_answer, generate, left_pad, stop_token_ids
     from blocksft.tokenizer import mask_token_id
 
     device = next(model.parameters()).device
-    prompts = [build_prompt_ids(tokenizer, problem.question, prompt_style) for _, problem in batch]
+    prompts = [build_prompt_ids(tokenizer, problem.question, template) for _, problem in batch]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention_mask = left_pad(prompts, pad_id)
     stops = stop_token_ids(tokenizer)
@@ -269,12 +289,24 @@ def evaluate_problems(
     metrics = SCORERS[config.task]("", "0")["correct"].keys()
     tally = {m: sum(1 for r in mine_done if r["correct"].get(m)) for m in metrics}
     count = len(mine_done)
-    bar = tqdm(total=len(todo), desc=f"{config.task} {model_tag(model_name)} B={sampler.block_length}",
-               disable=not progress or dist.rank != 0, unit="problem")  # fmt: skip
+    bar = tqdm(
+        total=len(todo),
+        desc=f"{config.task} {model_tag(model_name)} B={sampler.block_length}",
+        disable=not progress or dist.rank != 0,
+        unit="problem",
+    )
     for start in range(0, len(todo), config.batch_size):
         batch = todo[start : start + config.batch_size]
-        rows = generate_rows(model, tokenizer, batch, task=config.task, sampler=sampler,
-                             prompt_style=config.prompt_style, seed=config.seed, settings_id=sid)  # fmt: skip
+        rows = generate_rows(
+            model,
+            tokenizer,
+            batch,
+            task=config.task,
+            sampler=sampler,
+            template=settings["prompt_template"],
+            seed=config.seed,
+            settings_id=sid,
+        )
         results.append_rows(own_part, rows)
         for row in rows:
             count += 1
@@ -342,18 +374,30 @@ def run_eval(config: EvalConfig, sampler, *, progress: bool = True) -> list[dict
         cells = []
         for model_name in config.model:
             tokenizer = load_tokenizer(model_name, trust_remote_code=config.trust_remote_code)
-            model = load_model(model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
-                               device=device)  # fmt: skip
+            model = load_model(
+                model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code, device=device
+            )
             for block_length, cell_sampler in samplers.items():
                 output = output_path(config, model_name, block_length, sampler.gen_length, sampler.steps)
                 summary = evaluate_problems(
-                    model, tokenizer, problems, config=config, sampler=cell_sampler,
-                    model_name=model_name, output=output, dist=dist, progress=progress,
-                )  # fmt: skip
+                    model,
+                    tokenizer,
+                    problems,
+                    config=config,
+                    sampler=cell_sampler,
+                    model_name=model_name,
+                    output=output,
+                    dist=dist,
+                    progress=progress,
+                )
                 cells.append(
-                    {"model": model_tag(model_name), "block_length": block_length, "output": str(output),
-                     "metrics": summary["metrics"] if summary else None}
-                )  # fmt: skip
+                    {
+                        "model": model_tag(model_name),
+                        "block_length": block_length,
+                        "output": str(output),
+                        "metrics": summary["metrics"] if summary else None,
+                    }
+                )
                 if summary and dist.rank == 0:
                     print(f"{output}: {results.format_accuracy(summary['metrics'])}", flush=True)
             del model
