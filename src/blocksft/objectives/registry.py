@@ -1,0 +1,245 @@
+"""Objectives by name (what the trainer selects with ``--objective``) and their options."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+
+import torch
+
+from blocksft.errors import BlocksftError
+from blocksft.objectives.loss import LossNormalize, LossWeighting, check_loss_options, masked_ce_loss
+from blocksft.objectives.noise import (
+    Lengths,
+    NoisedBatch,
+    as_lengths,
+    check_noise_options,
+    noise_blockwise,
+    noise_fullseq,
+    num_blocks,
+    supervised_span_lens,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveOptions:
+    """The knobs of an objective (see :func:`get_objective` for which apply to which)."""
+
+    mask_id: int = dataclasses.field(metadata={"help": "mask token id (LLaDA: 126336)"})
+    block_size: int = dataclasses.field(default=32, metadata={"help": "answer tokens per block"})
+    eps: float = dataclasses.field(default=1e-3, metadata={"help": "mask rate p ~ U(eps, 1)"})
+    prefix_mask_rate: float = dataclasses.field(
+        default=0.0, metadata={"help": "mask rate of the answer before the active block (no loss)"}
+    )
+    suffix_mask_prob: float = dataclasses.field(
+        default=1.0, metadata={"help": "probability of masking each answer token after the block (no loss)"}
+    )
+    supervise_padding: bool = dataclasses.field(
+        default=False, metadata={"help": "padding after the answer is noised and trained as answer"}
+    )
+    loss_weighting: LossWeighting = dataclasses.field(default="none", metadata={"help": "none | inv_p"})
+    loss_normalize: LossNormalize = dataclasses.field(
+        default="per_sample_masked",
+        metadata={"help": "per_sample_masked | answer_len | batch_tokens | batch_masked"},
+    )
+
+    def __post_init__(self):
+        if self.mask_id < 0:
+            raise BlocksftError(f"--mask-id must be a token id >= 0, got {self.mask_id}")
+        if self.block_size < 1:
+            raise BlocksftError(f"--block-size must be at least 1, got {self.block_size}")
+        check_noise_options(
+            eps=self.eps, prefix_mask_rate=self.prefix_mask_rate, suffix_mask_prob=self.suffix_mask_prob
+        )
+        check_loss_options(self.loss_weighting, self.loss_normalize)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A named objective with its options: what the trainer calls once per batch.
+
+    ``blockwise`` objectives need a block per row (from :class:`blocksft.schedule.BlockSchedule`,
+    whose block counts are :meth:`block_counts`); the full-sequence one ignores blocks, except that
+    a row with block -1 (schedule padding) is left clean with no loss.
+    """
+
+    name: str
+    blockwise: bool
+    options: ObjectiveOptions
+
+    def block_counts(self, prompt_lens: Lengths, answer_lens: Lengths, *, max_len: int | None = None):
+        """Blocks of each sample, for the schedule (``None`` for the full-sequence objective).
+
+        With ``supervise_padding`` the answer runs to ``max_len`` (required), so every batch must
+        then be padded to ``max_len``.
+        """
+        if not self.blockwise:
+            return None
+        answer = torch.as_tensor(answer_lens, dtype=torch.long)
+        if self.options.supervise_padding:
+            if max_len is None:
+                raise BlocksftError("--supervise-padding with a blockwise objective needs --max-len")
+            answer = max_len - torch.as_tensor(prompt_lens, dtype=torch.long)
+        return num_blocks(answer, self.options.block_size).tolist()
+
+    def noise(
+        self,
+        input_ids: torch.Tensor,
+        prompt_lens: Lengths,
+        answer_lens: Lengths,
+        block_index: Lengths | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> NoisedBatch:
+        """Noise a right-padded batch ``[B, L]``; ``block_index`` ``[B]`` is required when blockwise."""
+        o = self.options
+        common = dict(
+            mask_id=o.mask_id, eps=o.eps, supervise_padding=o.supervise_padding, generator=generator
+        )
+        if self.blockwise:
+            if block_index is None:
+                raise ValueError(f"objective {self.name!r} needs a block_index per row (from the schedule)")
+            return noise_blockwise(
+                input_ids,
+                prompt_lens,
+                answer_lens,
+                block_index,
+                block_size=o.block_size,
+                prefix_mask_rate=o.prefix_mask_rate,
+                suffix_mask_prob=o.suffix_mask_prob,
+                **common,
+            )
+        active = None
+        if block_index is not None:
+            active = as_lengths(block_index, input_ids.shape[0], input_ids.device, "block_index") >= 0
+        return noise_fullseq(input_ids, prompt_lens, answer_lens, active=active, **common)
+
+    def span_lens(self, prompt_lens: Lengths, answer_lens: Lengths, *, seq_len: int, block_index=None):
+        """``[B]`` maskable span of each row (see :func:`supervised_span_lens`)."""
+        blockwise = self.blockwise and block_index is not None
+        lens = supervised_span_lens(
+            prompt_lens,
+            answer_lens,
+            seq_len=seq_len,
+            supervise_padding=self.options.supervise_padding,
+            block_index=block_index if blockwise else None,
+            block_size=self.options.block_size,
+        )
+        if block_index is not None and not self.blockwise:
+            active = as_lengths(block_index, lens.numel(), lens.device, "block_index") >= 0
+            lens = torch.where(active, lens, 0)
+        return lens
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        noised: NoisedBatch,
+        *,
+        prompt_lens: Lengths,
+        answer_lens: Lengths,
+        block_index: Lengths | None = None,
+    ) -> torch.Tensor:
+        """:func:`masked_ce_loss` with this objective's weighting and normalisation.
+
+        ``logits`` dense ``[B, L, V]`` or selected ``[N, V]`` at ``noised.loss_mask``.
+        """
+        o = self.options
+        spans = None
+        if o.loss_normalize in ("answer_len", "batch_tokens"):
+            seq_len = noised.loss_mask.shape[1]
+            spans = self.span_lens(prompt_lens, answer_lens, seq_len=seq_len, block_index=block_index)
+        return masked_ce_loss(
+            logits,
+            targets,
+            noised.loss_mask,
+            p=noised.p,
+            weighting=o.loss_weighting,
+            normalize=o.loss_normalize,
+            answer_lens=spans,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSpec:
+    """A registry entry: ``suffix_mask_prob`` is the objective's fixed value, or its default if free."""
+
+    name: str
+    blockwise: bool
+    description: str
+    suffix_mask_prob: float | None = 1.0
+    suffix_fixed: bool = False
+
+
+OBJECTIVES = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            ObjectiveSpec(
+                "blockwise", True, "Blockwise SFT (the paper): one block, clean prefix, hidden suffix"
+            ),
+            ObjectiveSpec(
+                "fullseq", False, "classical masked SFT over the whole answer", suffix_mask_prob=None
+            ),
+            ObjectiveSpec(
+                "blockwise_visible_suffix",
+                True,
+                "blockwise loss with the future visible (suffix_mask_prob 0)",
+                suffix_mask_prob=0.0,
+                suffix_fixed=True,
+            ),
+        )
+    }
+)
+
+
+def available_objectives() -> list[str]:
+    return list(OBJECTIVES)
+
+
+def get_objective(
+    name: str,
+    *,
+    mask_id: int,
+    block_size: int = 32,
+    eps: float = 1e-3,
+    prefix_mask_rate: float = 0.0,
+    suffix_mask_prob: float | None = None,
+    supervise_padding: bool = False,
+    loss_weighting: LossWeighting = "none",
+    loss_normalize: LossNormalize = "per_sample_masked",
+) -> Objective:
+    """Build the objective ``name`` (``blockwise``, ``fullseq``, ``blockwise_visible_suffix``).
+
+    ``suffix_mask_prob=None`` takes the objective's value (1.0 for ``blockwise``, 0.0 for
+    ``blockwise_visible_suffix``). Options that cannot apply are errors: a prefix or suffix setting
+    with ``fullseq``, a non-zero suffix probability with ``blockwise_visible_suffix``.
+    """
+    if name not in OBJECTIVES:
+        raise BlocksftError(f"unknown --objective {name!r}; available: {', '.join(OBJECTIVES)}")
+    spec = OBJECTIVES[name]
+    if not spec.blockwise:
+        if prefix_mask_rate != 0.0 or suffix_mask_prob is not None:
+            raise BlocksftError(
+                f"--prefix-mask-rate and --suffix-mask-prob apply to blockwise objectives, "
+                f"not to --objective {name}"
+            )
+        suffix_mask_prob = 1.0
+    elif suffix_mask_prob is None:
+        suffix_mask_prob = spec.suffix_mask_prob
+    elif spec.suffix_fixed and suffix_mask_prob != spec.suffix_mask_prob:
+        raise BlocksftError(
+            f"--objective {name} fixes --suffix-mask-prob {spec.suffix_mask_prob}; for another value use "
+            f"--objective blockwise --suffix-mask-prob {suffix_mask_prob}"
+        )
+    options = ObjectiveOptions(
+        mask_id=mask_id,
+        block_size=block_size,
+        eps=eps,
+        prefix_mask_rate=prefix_mask_rate,
+        suffix_mask_prob=suffix_mask_prob,
+        supervise_padding=supervise_padding,
+        loss_weighting=loss_weighting,
+        loss_normalize=loss_normalize,
+    )
+    return Objective(name, spec.blockwise, options)
