@@ -1,0 +1,200 @@
+"""Benchmark the block sampler: tokens/s and NFE, plain vs prefix/dual cache vs threshold vs both.
+
+    PYTHONPATH=src python -m blocksft bench generate     # small random LLaDA on CPU (one to two minutes)
+    blocksft bench generate --gpu-8b                      # LLaDA-8B shape, random bf16 weights, on CUDA
+
+Every mode is timed in the same process as the plain sampler and reported as a ratio to it, on two
+random models of one shape. "random" is the usual initialisation (std 0.02): every masked position
+predicts nearly the same flat distribution (top probability about 0.003 to 0.5), so a 0.9 threshold is
+never crossed and threshold decoding degenerates to the schedule's one token per step. "confident" is
+initialised with std 0.1 and its LM head rescaled until logits have standard deviation
+``--logit-std``: its predictions differ between positions and many are above 0.9, as a trained
+model's are, so the threshold acts. ``agree`` is the share of generated tokens equal to the plain
+sampler's on the same model (caches are approximations; threshold decoding commits early).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+MODES = {
+    "plain": {},
+    "prefix": {"cache": "prefix"},
+    "dual": {"cache": "dual"},
+    "threshold": {"threshold": True},
+    "prefix + threshold": {"cache": "prefix", "threshold": True},
+    "dual + threshold": {"cache": "dual", "threshold": True},
+}
+
+# The CPU default: small enough that all twelve runs take about a minute on two cores.
+SMALL_SHAPE = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, vocab_size=8192)
+TINY_SHAPE = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128, vocab_size=512)
+SPECIAL_IDS = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, mask_token_id=2)  # as the tiny tokenizer's
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="blocksft bench generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--gen-length", type=int, default=256)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=None, help="default: gen_length (one token per step)")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--prompt-length", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per mode (the fastest counts)")
+    parser.add_argument(
+        "--logit-std",
+        type=float,
+        default=10.0,
+        help="the confident model's logit spread (LM head rescaled to it)",
+    )
+    parser.add_argument("--gpu-8b", action="store_true", help="LLaDA-8B shape, bf16, on CUDA")
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer, width-64 shape (smoke test)")
+    parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (CPU time is measured)")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or args.gen_length
+    args.device = args.device or ("cuda" if args.gpu_8b else "cpu")
+    args.dtype = args.dtype or ("bf16" if args.gpu_8b else "fp32")
+    return args
+
+
+def random_llada(shape: dict, *, device: str, dtype, seed: int, init_std: float = 0.02):
+    """A randomly initialised LLaDAModelLM built straight on ``device`` in ``dtype`` (no float32 copy
+    of an 8B model ever exists): parameters on the meta device, then allocated and filled."""
+    import torch
+
+    from blocksft.model import LLaDAConfig, LLaDAModelLM
+
+    special = SPECIAL_IDS if shape else {}  # the 8B shape keeps LLaDA's own ids
+    config = LLaDAConfig(
+        **shape, **special, embedding_size=shape.get("vocab_size", 126464), init_std=init_std
+    )
+    with torch.device("meta"):
+        model = LLaDAModelLM(config)
+    model = model.to(dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, config.init_std, generator=generator)
+    return model.eval()
+
+
+def sharpen(model, prompt, gen_length: int, logit_std: float) -> float:
+    """Scale the LM head so that logits over a masked canvas have standard deviation ``logit_std``
+    (a random model's are ~0.3: every prediction is unsure); returns the factor."""
+    import torch
+
+    canvas = torch.cat(
+        [prompt, torch.full_like(prompt[:, :1], model.config.mask_token_id).expand(-1, gen_length)], 1
+    )
+    with torch.no_grad():
+        factor = logit_std / model(canvas).logits.float().std().item()
+        model.model.transformer.ff_out.weight.mul_(factor)
+    return factor
+
+
+def time_generate(model, prompt, settings: dict, repeats: int):
+    import torch
+
+    from blocksft.generate import generate
+
+    # CUDA: wall time after a synchronize. CPU: this process's CPU time, which other jobs on a
+    # shared machine do not inflate (wall time there varied 2x between identical runs).
+    clock = time.perf_counter if prompt.is_cuda else time.process_time
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        if prompt.is_cuda:
+            torch.cuda.synchronize()
+        start = clock()
+        out = generate(model, prompt, mask_id=model.config.mask_token_id, **settings)
+        if prompt.is_cuda:
+            torch.cuda.synchronize()
+        best = min(best, clock() - start)
+    return out, best
+
+
+def bench_model(name: str, model, prompt, args) -> list[str]:
+    base = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps)
+    num_blocks = args.gen_length // args.block_length
+    warm_up = {**base, "gen_length": args.block_length, "steps": args.steps // num_blocks}
+    time_generate(model, prompt, warm_up, 1)
+    rows, plain = [], None
+    for mode, options in MODES.items():
+        settings = {**base, **options}
+        if options.get("threshold"):
+            settings["threshold"] = args.threshold
+        out, seconds = time_generate(model, prompt, settings, args.repeats)
+        tokens_per_s = prompt.shape[0] * args.gen_length / seconds
+        if plain is None:
+            plain = (out, tokens_per_s)
+        agree = (out.generated == plain[0].generated).float().mean().item()
+        label = mode.replace("threshold", f"threshold {args.threshold:g}")
+        rows.append(
+            f"| {name} | {label} | {out.nfe} | {out.forward_tokens} | {seconds:.2f} | {tokens_per_s:.1f} | "
+            f"{tokens_per_s / plain[1]:.2f}x | {plain[0].nfe / out.nfe:.2f}x | {agree:.0%} |"
+        )
+    return rows
+
+
+def describe(model, args) -> str:
+    import torch
+
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    on_cuda = args.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name(args.device) if on_cuda else platform.processor() or "cpu"
+    return (
+        f"blocksft bench generate: {n_params / 1e6:.1f}M-parameter random LLaDA ({config.n_layers} layers, "
+        f"d_model {config.d_model}, vocab {config.vocab_size}), {args.dtype} on {args.device} "
+        f"({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+        f"gen_length {args.gen_length}, block_length {args.block_length}, steps {args.steps}, "
+        f"batch {args.batch}, prompt {args.prompt_length} tokens, best of {args.repeats}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from blocksft.model.loading import resolve_dtype
+
+    args = parse_args(argv)
+    if not args.device.startswith("cuda"):
+        torch.set_num_threads(args.threads)
+    shape = TINY_SHAPE if args.tiny else ({} if args.gpu_8b else SMALL_SHAPE)
+    build = dict(device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    for name, init_std, logit_std in (("random", 0.02, None), ("confident", 0.1, args.logit_std)):
+        model = random_llada(shape, init_std=init_std, **build)
+        prompt = torch.randint(
+            6,
+            model.config.vocab_size,
+            (args.batch, args.prompt_length),
+            generator=generator,
+            device=args.device,
+        )
+        if name == "random":
+            print(describe(model, args))
+            clock = "wall s" if args.device.startswith("cuda") else "CPU s"
+            print(
+                f"| model | mode | NFE | forward tokens | {clock} | tokens/s | speed-up | NFE ratio | agree |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|")
+        else:
+            sharpen(model, prompt, args.gen_length, logit_std)
+        for row in bench_model(name, model, prompt, args):
+            print(row, flush=True)
+        del model
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The sampler's knobs as a dataclass, and the checks that ``generate`` and the config share (no torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from blocksft.errors import BlocksftError
+
+REMASKING = ("low_confidence", "random")
+CACHES = ("prefix", "dual")
+
+
+def check_sampler_options(
+    *,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
+    eos_token_ids: tuple[int, ...] = (),
+    min_new_tokens: int = 0,
+    stop_at_eos: bool = False,
+    defer_eos: bool = False,
+) -> tuple[int, int]:
+    """Check the sampler's options; return ``(num_blocks, steps_per_block)``.
+
+    Raises:
+        BlocksftError: naming the option and the fix.
+    """
+    if gen_length <= 0:
+        raise BlocksftError(f"gen_length must be a positive number of tokens, got {gen_length}")
+    if block_length <= 0:
+        raise BlocksftError(f"block_length must be positive, got {block_length}")
+    if gen_length % block_length:
+        raise BlocksftError(
+            f"gen_length {gen_length} is not a multiple of block_length {block_length}: "
+            "choose lengths such that gen_length % block_length == 0"
+        )
+    num_blocks = gen_length // block_length
+    if steps <= 0:
+        raise BlocksftError(f"steps must be positive, got {steps}")
+    if steps % num_blocks:
+        raise BlocksftError(
+            f"steps {steps} cannot be split evenly over the {num_blocks} blocks of gen_length {gen_length} / "
+            f"block_length {block_length}: use a multiple of {num_blocks}"
+        )
+    if temperature < 0:
+        raise BlocksftError(f"temperature must be >= 0, got {temperature}")
+    if remasking not in REMASKING:
+        raise BlocksftError(f"unknown remasking {remasking!r}; choose one of {', '.join(REMASKING)}")
+    if cfg_scale < 0:
+        raise BlocksftError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise BlocksftError(f"threshold must lie in [0, 1], got {threshold}")
+        if remasking != "low_confidence":
+            raise BlocksftError(
+                "threshold decoding needs remasking='low_confidence' (it thresholds probabilities)"
+            )
+    if cache is not None and cache not in CACHES:
+        raise BlocksftError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)} or none")
+    if cache_refresh is not None:
+        if cache is None:
+            raise BlocksftError("cache_refresh needs a cache ('prefix' or 'dual')")
+        if cache_refresh < 1:
+            raise BlocksftError(f"cache_refresh must be >= 1 step, got {cache_refresh}")
+    if min_new_tokens < 0:
+        raise BlocksftError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
+    for name, wanted in (
+        ("min_new_tokens", min_new_tokens > 0),
+        ("stop_at_eos", stop_at_eos),
+        ("defer_eos", defer_eos),
+    ):
+        if wanted and not eos_token_ids:
+            raise BlocksftError(f"{name} needs eos_token_ids (e.g. the tokenizer's EOS and <|eot_id|> ids)")
+    return num_blocks, steps // num_blocks
+
+
+@dataclass
+class SamplerConfig:
+    """How to decode: the keyword arguments of :func:`blocksft.generate.generate` (except the ids)."""
+
+    gen_length: int = field(default=256, metadata={"help": "number of tokens to generate"})
+    block_length: int = field(default=32, metadata={"help": "tokens per semi-autoregressive block"})
+    steps: int = field(default=256, metadata={"help": "denoising steps in all, split evenly over the blocks"})
+    temperature: float = field(default=0.0, metadata={"help": "Gumbel-max sampling temperature (0: argmax)"})
+    remasking: Literal["low_confidence", "random"] = field(
+        default="low_confidence", metadata={"help": "which predictions to commit at each step"}
+    )
+    cfg_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance scale (0: off)"})
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "also commit every prediction above this probability (Fast-dLLM parallel decoding)"
+        },
+    )
+    cache: Literal["prefix", "dual"] | None = field(
+        default=None, metadata={"help": "key/value cache per block (approximate; see README)"}
+    )
+    cache_refresh: int | None = field(
+        default=None,
+        metadata={"help": "recompute the whole cache every N steps of a block (none: at block start)"},
+    )
+    min_new_tokens: int = field(default=0, metadata={"help": "no EOS/EoT among the first N generated tokens"})
+    stop_at_eos: bool = field(
+        default=False, metadata={"help": "stop a row after the block in which it produced EOS/EoT"}
+    )
+    defer_eos: bool = field(
+        default=False, metadata={"help": "commit EOS/EoT predictions only after a block's other predictions"}
+    )
+
+    def __post_init__(self):
+        # eos ids come from the tokenizer at run time; assume they exist for the check here.
+        check_sampler_options(**self.generate_kwargs(), eos_token_ids=(0,))
+
+    def generate_kwargs(self) -> dict:
+        """The fields as keyword arguments for :func:`blocksft.generate.generate`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)}

@@ -1,0 +1,394 @@
+"""LLaDA's semi-autoregressive block sampler (arXiv 2502.09992), with Fast-dLLM's options (arXiv 2505.22618).
+
+The algorithm, at the defaults exactly as in LLaDA's published ``generate``:
+
+1. canvas = prompt + ``gen_length`` mask tokens; blocks of ``block_length`` are decoded left to right,
+   each with ``steps / num_blocks`` steps;
+2. at each step the model predicts every position of the current block; the predicted token is the
+   argmax (or float64 Gumbel-max sample) of the logits, its confidence the float64 softmax probability
+   of that token (``low_confidence``) or a uniform random number (``random``);
+3. the ``n`` most confident still-masked positions of the block are committed, with ``n`` from
+   :func:`~blocksft.generation.schedule.transfer_schedule`; a committed token is never masked again and
+   nothing outside the current block is committed;
+4. classifier-free guidance: ``un + (cfg_scale + 1) * (cond - un)``, ``un`` = the canvas with the
+   prompt replaced by masks.
+
+Options, all off by default: ``threshold`` (also commit every prediction above it; blocks may finish
+early), ``cache`` (``prefix``: one full forward per block, later steps recompute only the block and
+what follows, with the prefix's keys/values from the cache; ``dual``: they recompute only the block),
+EOS handling (``min_new_tokens``, ``defer_eos``, ``stop_at_eos``).
+
+What stays exact (token for token): ``threshold=1.0`` equals no threshold; a cache equals no cache
+when every step of a block is a full forward (``steps == num_blocks`` or ``cache_refresh=1``);
+``stop_at_eos`` leaves every token up to the end of the block that produced EOS/EoT unchanged (later
+blocks never influence earlier ones; at temperature 0 with ``low_confidence``, since dropping finished
+rows changes which random numbers the other rows draw). Otherwise a cache is an approximation: the
+cached keys/values were computed when the current block was still all masks.
+
+NFE counts model evaluations: one per forward, two per step with classifier-free guidance (the
+conditional and unconditional halves of one batched call).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from blocksft.errors import BlocksftError
+from blocksft.generation.options import check_sampler_options
+from blocksft.generation.schedule import (
+    positions_from_mask,
+    predict_block,
+    select_transfer,
+    transfer_schedule,
+)
+from blocksft.tokenizer import LLADA_8B_MASK_ID
+
+
+@dataclass
+class GenerateStep:
+    """What a ``callback`` sees after every step.
+
+    Attributes:
+        block: index of the block being decoded; step: index of the step within the block;
+            step_index: index of the step in the whole run (as in ``GenerateOutput.commit_step``).
+        canvas: ``[B, P + G]`` the live canvas (read it, clone it to keep it, never modify it).
+        committed: ``[B, P + G]`` bool, positions committed at this step.
+        block_done: the current block has no mask left in any row being decoded.
+        nfe: model evaluations so far.
+    """
+
+    block: int
+    step: int
+    step_index: int
+    canvas: torch.Tensor
+    committed: torch.Tensor
+    block_done: bool
+    nfe: int
+
+
+@dataclass
+class GenerateOutput:
+    """Result of :func:`generate`.
+
+    Attributes:
+        sequences: ``[B, P + G]`` long, the prompt (as given, left padding kept) and the generation.
+        nfe: model evaluations (forward passes; classifier-free guidance counts 2 per step).
+        prompt_length: ``P``, where the generation starts in every row.
+        num_tokens: ``[B]`` generated tokens before the first EOS/EoT (``G`` when none).
+        commit_step: ``[B, G]`` the 0-based step (counted over the whole run) that committed each
+            generated token; -1 for tokens filled with EOS by ``stop_at_eos``.
+        forward_tokens: (row, position) pairs run through the model, summed over forwards: the
+            compute that caches save (their NFE equals the plain sampler's).
+    """
+
+    sequences: torch.Tensor
+    nfe: int
+    prompt_length: int
+    num_tokens: torch.Tensor
+    commit_step: torch.Tensor
+    forward_tokens: int
+
+    @property
+    def generated(self) -> torch.Tensor:
+        """``[B, G]`` the generated part of every row."""
+        return self.sequences[:, self.prompt_length :]
+
+
+def _our_llada(model):
+    """The :class:`LLaDAModelLM` behind ``model`` (a PEFT wrapper is looked through), else None."""
+    from blocksft.model import LLaDAModelLM
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base if isinstance(base, LLaDAModelLM) else None
+
+
+class _BlockLogits:
+    """Logits at the current block's positions, from full or cached forwards; counts the cost."""
+
+    def __init__(self, model, *, cache, cache_refresh, cfg_scale, mask_id):
+        self.model, self.llada = model, _our_llada(model)
+        if cache is not None and self.llada is None:
+            raise BlocksftError(
+                f"cache={cache!r} needs blocksft's own LLaDA model (it passes a key/value cache and "
+                f"positions); {type(model).__name__} was loaded from remote code: load it without "
+                "--trust-remote-code or decode without a cache"
+            )
+        self.cache, self.cache_refresh = cache, cache_refresh
+        self.cfg_scale, self.mask_id = cfg_scale, mask_id
+        self.kv_cache = None
+        self.nfe = self.forward_tokens = 0
+
+    def _full_step(self, step: int) -> bool:
+        if self.cache is None or step == 0:
+            return True
+        return self.cache_refresh is not None and step % self.cache_refresh == 0
+
+    def __call__(self, x, key_mask, positions, prompt_cols, start: int, end: int, step: int) -> torch.Tensor:
+        """``[b, K, V]`` logits at canvas columns ``[start, end)`` of the rows ``x`` ``[b, L]``."""
+        guided = self.cfg_scale > 0
+        if guided:  # one batched call: conditional rows, then the prompt-masked unconditional rows
+            x = torch.cat([x, x.masked_fill(prompt_cols, self.mask_id)])
+            key_mask = None if key_mask is None else key_mask.repeat(2, 1)
+            positions = positions.repeat(2, 1)
+        if self.llada is None:
+            logits = self._remote(x, key_mask, start, end)
+        elif self._full_step(step):
+            logits = self._full(x, key_mask, positions, start, end)
+        else:
+            logits = self._cached(x, key_mask, positions, start, end)
+        self.nfe += 2 if guided else 1
+        if guided:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
+        return logits
+
+    def _remote(self, x, key_mask, start, end):
+        self.forward_tokens += x.numel()
+        kwargs = {} if key_mask is None else {"attention_mask": key_mask}
+        out = self.model(input_ids=x, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return logits[:, start:end]
+
+    def _full(self, x, key_mask, positions, start, end):
+        self.forward_tokens += x.numel()
+        at = torch.zeros_like(x, dtype=torch.bool)  # [b, L]
+        at[:, start:end] = True
+        out = self.llada(
+            x,
+            attention_mask=key_mask,
+            position_ids=positions,
+            use_cache=self.cache is not None,
+            logits_at=at,
+        )
+        self.kv_cache = out.kv_cache
+        return out.logits.view(x.shape[0], end - start, -1)  # [b, K, V]
+
+    def _cached(self, x, key_mask, positions, start, end):
+        stop = x.shape[1] if self.cache == "prefix" else end  # prefix: recompute block + suffix
+        fresh = x[:, start:stop]  # [b, stop - start]
+        self.forward_tokens += fresh.numel()
+        at = torch.zeros_like(fresh, dtype=torch.bool)
+        at[:, : end - start] = True
+        out = self.llada(
+            fresh,
+            attention_mask=key_mask,
+            position_ids=positions[:, start:stop],
+            kv_cache=self.kv_cache,
+            cache_span=(start, stop),
+            logits_at=at,
+        )
+        return out.logits.view(x.shape[0], end - start, -1)  # [b, K, V]
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_prompt(prompt_ids, attention_mask, mask_id: int, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated ``(prompt_ids, attention_mask)``, both ``[B, P]`` long on the model's device."""
+    if not torch.is_tensor(prompt_ids):
+        raise BlocksftError(
+            "prompt_ids must be a LongTensor [B, P]; stack id lists with left_pad(ids, pad_id)"
+        )
+    if prompt_ids.dim() == 1:
+        prompt_ids = prompt_ids[None]
+        attention_mask = None if attention_mask is None else torch.as_tensor(attention_mask).reshape(1, -1)
+    if prompt_ids.dim() != 2 or prompt_ids.dtype.is_floating_point or prompt_ids.dtype == torch.bool:
+        raise BlocksftError(
+            f"prompt_ids must be integer ids [B, P], got {prompt_ids.dtype} {list(prompt_ids.shape)}"
+        )
+    device = _model_device(model)
+    prompt_ids = prompt_ids.to(device=device, dtype=torch.long)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(prompt_ids)
+    attention_mask = torch.as_tensor(attention_mask).to(device=device, dtype=torch.long)
+    if attention_mask.shape != prompt_ids.shape:
+        raise BlocksftError(
+            f"attention_mask {list(attention_mask.shape)} does not match prompt_ids {list(prompt_ids.shape)}"
+        )
+    if (attention_mask[:, 1:] < attention_mask[:, :-1]).any():
+        raise BlocksftError(
+            "attention_mask must be left padding (zeros, then ones): use left_pad(ids, pad_id)"
+        )
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
+    if vocab is not None and not 0 <= mask_id < vocab:
+        raise BlocksftError(f"mask_id {mask_id} is outside the model's vocabulary [0, {vocab})")
+    if (prompt_ids == mask_id).any():
+        row, col = (prompt_ids == mask_id).nonzero()[0].tolist()
+        raise BlocksftError(
+            f"the prompt contains the mask id {mask_id} (row {row}, position {col}): prompts cannot hold "
+            "masks, and padding must use another id (LLaDA pads with EOS)"
+        )
+    if (
+        vocab is not None
+        and prompt_ids.numel()
+        and not 0 <= int(prompt_ids.min()) <= int(prompt_ids.max()) < vocab
+    ):
+        raise BlocksftError(f"prompt ids must lie in the model's vocabulary [0, {vocab})")
+    return prompt_ids, attention_mask
+
+
+def _check_generator(generator, device: torch.device) -> None:
+    if generator is not None and generator.device.type != device.type:
+        raise BlocksftError(
+            f"the generator is on {generator.device} but the model is on {device}: "
+            f"use torch.Generator(device={str(device)!r}).manual_seed(seed)"
+        )
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    *,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    mask_id: int = LLADA_8B_MASK_ID,
+    attention_mask: torch.Tensor | None = None,
+    threshold: float | None = None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
+    eos_token_ids: Sequence[int] = (),
+    min_new_tokens: int = 0,
+    stop_at_eos: bool = False,
+    defer_eos: bool = False,
+    generator: torch.Generator | None = None,
+    callback: Callable[[GenerateStep], None] | None = None,
+) -> GenerateOutput:
+    """Decode ``gen_length`` tokens after each prompt with LLaDA's semi-autoregressive sampler.
+
+    Args:
+        model: our :class:`~blocksft.model.LLaDAModelLM` (or a PEFT wrapper of it), or any model
+            whose forward takes ``input_ids``/``attention_mask`` and returns ``.logits`` (remote
+            code: no caches, and no position ids, so left-padded rows shift their positions).
+        prompt_ids: ``[B, P]`` (or ``[P]``) ids, left padded (see :func:`left_pad`).
+        gen_length: tokens to generate; a multiple of ``block_length``.
+        block_length: tokens per block.
+        steps: steps in all; a multiple of the number of blocks.
+        temperature: 0 for argmax; otherwise Gumbel-max sampling in float64.
+        remasking: ``"low_confidence"`` or ``"random"``.
+        cfg_scale: classifier-free guidance scale (0: off).
+        mask_id: the mask token id (LLaDA-8B: 126336).
+        attention_mask: ``[B, P]`` 1 on real prompt tokens, 0 on left padding; positions are
+            derived from it so that each row decodes as its prompt alone would.
+        threshold: also commit every masked in-block prediction whose probability is strictly
+            above it, and at least one per step; the schedule's count stays the minimum, so
+            ``steps == gen_length`` gives Fast-dLLM's rule (one token per step at least).
+        cache: None, ``"prefix"`` or ``"dual"`` (see the module docstring).
+        cache_refresh: with a cache, also run a full forward every this many steps of a block.
+        eos_token_ids: ids that end an answer (LLaDA: EOS 126081 and EoT 126348); the first one
+            fills the rest of a row stopped by ``stop_at_eos``.
+        min_new_tokens: EOS/EoT logits are set to -inf at the first this many generated positions
+            before sampling and before the confidence is computed (so neither is ever predicted
+            there; LLaDA's ``confidence_eos_eot_inf`` edits the logits after sampling, issue #137).
+        stop_at_eos: stop a row after the block in which it committed an EOS/EoT (everything
+            before that position is filled by then); the rest of the row is filled with
+            ``eos_token_ids[0]``. Saves forwards; changes no token up to that block's end.
+        defer_eos: rank EOS/EoT predictions below every other prediction of the block (they are
+            committed last), the intent of LLaDA's ``confidence_eos_eot_inf``.
+        generator: random source for Gumbel noise and random confidences, on the model's device.
+            Per step, the draws are ``[b, block_length, V]`` float64 noise (temperature > 0),
+            then ``[b, block_length]`` float64 confidences (``random``), b = rows being decoded.
+        callback: called with a :class:`GenerateStep` after every step.
+
+    Returns:
+        :class:`GenerateOutput`.
+    """
+    eos_token_ids = tuple(int(i) for i in eos_token_ids)
+    num_blocks, steps_per_block = check_sampler_options(
+        gen_length=gen_length,
+        block_length=block_length,
+        steps=steps,
+        temperature=temperature,
+        remasking=remasking,
+        cfg_scale=cfg_scale,
+        threshold=threshold,
+        cache=cache,
+        cache_refresh=cache_refresh,
+        eos_token_ids=eos_token_ids,
+        min_new_tokens=min_new_tokens,
+        stop_at_eos=stop_at_eos,
+        defer_eos=defer_eos,
+    )
+    block_logits = _BlockLogits(
+        model, cache=cache, cache_refresh=cache_refresh, cfg_scale=cfg_scale, mask_id=mask_id
+    )
+    prompt_ids, prompt_mask = _check_prompt(prompt_ids, attention_mask, mask_id, model)
+    device = prompt_ids.device
+    _check_generator(generator, device)
+    batch, prompt_len = prompt_ids.shape
+
+    # === 1. Canvas: prompt + gen_length masks; key mask and RoPE positions from the padding ===
+    canvas = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1)  # [B, L]
+    key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, gen_length)], dim=1)  # [B, L]
+    positions = positions_from_mask(key_mask)  # [B, L]
+    prompt_cols = torch.cat([prompt_mask.bool(), key_mask.new_zeros(batch, gen_length, dtype=torch.bool)], 1)
+    padded = not bool(key_mask.all())
+    if padded and block_logits.llada is None:
+        warnings.warn(
+            "left-padded prompts with a remote-code model: it takes no position ids, so padded rows "
+            "are decoded at shifted positions and may differ from decoding them alone",
+            stacklevel=2,
+        )
+    eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
+    commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
+    per_step = transfer_schedule(block_length, steps_per_block)
+    active = torch.arange(batch, device=device)
+    step_index = 0
+
+    for block in range(num_blocks):
+        start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
+        rows = active
+        rows_key_mask = key_mask[rows] if padded else None
+        suppress = min(max(min_new_tokens - block * block_length, 0), block_length)
+        for step in range(steps_per_block):
+            x = canvas[rows]  # [b, L]
+            masked = x[:, start:end] == mask_id  # [b, K]
+            if not masked.any():  # threshold decoding finished the block early
+                break
+            # === 2. Predict the block, commit the most confident masked positions ===
+            logits = block_logits(x, rows_key_mask, positions[rows], prompt_cols[rows], start, end, step)
+            tokens, confidence = predict_block(
+                logits, temperature, remasking, generator, eos=eos, suppress_eos=suppress, defer_eos=defer_eos
+            )  # [b, K] each
+            counts = torch.full((len(rows),), per_step[step], dtype=torch.long, device=device)
+            transfer = select_transfer(confidence, masked, counts, threshold)  # [b, K]
+            canvas[rows, start:end] = torch.where(transfer, tokens, x[:, start:end])
+            gen_cols = slice(start - prompt_len, end - prompt_len)
+            commit_step[rows, gen_cols] = torch.where(transfer, step_index, commit_step[rows, gen_cols])
+            if callback is not None:
+                committed = torch.zeros_like(canvas, dtype=torch.bool)
+                committed[rows, start:end] = transfer
+                block_done = not bool((canvas[rows, start:end] == mask_id).any())
+                callback(
+                    GenerateStep(block, step, step_index, canvas, committed, block_done, block_logits.nfe)
+                )
+            step_index += 1
+        # === 3. Rows that produced EOS/EoT stop after this block ===
+        if stop_at_eos:
+            finished = torch.isin(canvas[rows, prompt_len:end], eos).any(-1)  # [b]
+            canvas[rows[finished], end:] = eos_token_ids[0]
+            active = rows[~finished]
+            if len(active) == 0:
+                break
+
+    generated = canvas[:, prompt_len:]
+    is_stop = torch.isin(generated, eos)  # [B, G]
+    num_tokens = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), gen_length)
+    return GenerateOutput(
+        sequences=canvas,
+        nfe=block_logits.nfe,
+        prompt_length=prompt_len,
+        num_tokens=num_tokens,
+        commit_step=commit_step,
+        forward_tokens=block_logits.forward_tokens,
+    )
