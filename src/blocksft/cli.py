@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line as given, for commands that record it next to their outputs.
+    args.invocation = ["blocksft", *(sys.argv[1:] if argv is None else argv)]
     try:
         return int(_command_module(args.command).run(args) or 0)
     except BlocksftError as err:

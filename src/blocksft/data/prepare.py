@@ -1,0 +1,475 @@
+"""`blocksft prepare`: an instruction dataset -> a record file, as the reference ``pt.py`` makes it.
+
+For each row in dataset order: skip it if its ``type`` contains ``--filter_type``; wrap its query in
+the prompt template; render [user, assistant] with the model's chat template and remove the trailing
+assistant header (checked, see :mod:`blocksft.data.prompts`); ``prompt_len`` is the token count of the
+user-only render; drop (never truncate) samples longer than ``--max_len``; stop after
+``--max_samples`` kept. Every kept sample is checked: ``full_ids[:prompt_len]`` must equal the
+user-only ids.
+
+Rows are rendered and tokenized in batches through ``datasets.map`` with the fast tokenizer, in
+chunks sized so that no more rows are tokenized than ``--max_samples`` needs. Output: the reference
+format plus a sidecar (:mod:`blocksft.data.records`)::
+
+    blocksft prepare --output MathQA_256.pt --model GSAI-ML/LLaDA-8B-Instruct \\
+        --dataset meta-math/MetaMathQA --split train --max_len 256 --max_samples 20000 --filter_type GSM
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from blocksft.data.prompts import (
+    ALPACA_PROMPT,
+    chat_template_appends_header,
+    encode_texts,
+    load_prompt_template,
+    render_conversation_texts,
+    render_prompt_texts,
+)
+from blocksft.errors import BlocksftError
+
+TYPE_FIELD = "type"
+
+
+@dataclass
+class PrepareConfig:
+    """Everything ``blocksft prepare`` does is set here; defaults are the reference ``pt.py``'s."""
+
+    output: str = field(default="MathQA_256.pt", metadata={"help": "record file to write (.pt)"})
+    model: str = field(
+        default="GSAI-ML/LLaDA-8B-Instruct",
+        metadata={"help": "tokenizer (hub id or local folder) whose chat template renders the data"},
+    )
+    dataset: str = field(
+        default="meta-math/MetaMathQA",
+        metadata={"help": "hub dataset id, or a local .jsonl/.json/.parquet file or folder"},
+    )
+    split: str = field(default="train", metadata={"help": "dataset split (hub datasets and folders)"})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "hub dataset configuration, for datasets that have several"}
+    )
+    max_len: int = field(
+        default=256, metadata={"help": "drop (never truncate) samples with more tokens than this"}
+    )
+    max_samples: int = field(
+        default=20000, metadata={"help": "keep at most this many samples, in dataset order (0 = all)"}
+    )
+    filter_type: str = field(
+        default="GSM", metadata={"help": "skip rows whose 'type' field contains this text ('' keeps all)"}
+    )
+    query_field: str = field(default="query", metadata={"help": "field holding the question"})
+    response_field: str = field(default="response", metadata={"help": "field holding the answer"})
+    prompt_template: str = field(
+        default=ALPACA_PROMPT,
+        metadata={"help": "prompt text with {query}, or a path to a text file holding it (the reference's)"},
+    )
+    num_proc: int = field(
+        default=1,
+        metadata={"help": "processes for datasets.map (a fast tokenizer already uses several threads)"},
+    )
+    batch_size: int = field(default=1000, metadata={"help": "rows rendered and tokenized per batch"})
+    on_boundary_mismatch: Literal["error", "skip"] = field(
+        default="error",
+        metadata={
+            "help": "a row whose tokens merge across the prompt/answer boundary: stop with an error, "
+            "or skip it (and count it)"
+        },
+    )
+    block_size: int = field(default=32, metadata={"help": "block size for the blocks-per-answer histogram"})
+    plot: bool = field(default=False, metadata={"help": "also write the histograms to <output>.png"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow the tokenizer's own code from the hub"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
+
+    def __post_init__(self):
+        for name in ("output", "model", "dataset", "query_field", "response_field", "prompt_template"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, not {self.max_len}")
+        if self.max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0 (0 = all), not {self.max_samples}")
+        for name in ("num_proc", "batch_size", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+
+
+@dataclass
+class PrepareCounts:
+    """What happened to the rows, up to the row where ``max_samples`` was reached."""
+
+    rows_read: int = 0
+    skipped_by_type: int = 0
+    dropped_too_long: int = 0
+    skipped_boundary_mismatch: int = 0
+    kept: int = 0
+
+
+@dataclass
+class PrepareResult:
+    """The records (``[{"prompt_len": int, "full_ids": LongTensor}]``), counts and where they went."""
+
+    records: list[dict]
+    counts: PrepareCounts
+    output: Path | None = None
+    sidecar: Path | None = None
+    plot: Path | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Mismatch:
+    row: int
+    prompt_ids: list[int]
+    full_ids: list[int]
+
+
+# ----- one batch of rows (runs inside datasets.map) -----
+
+
+def _row_problem(query, response, query_field: str, response_field: str) -> str:
+    for name, value in ((query_field, query), (response_field, response)):
+        if value is None:
+            return f"field {name!r} is missing"
+        if not isinstance(value, str):
+            return f"field {name!r} is a {type(value).__name__}, not text"
+    if not response.strip():
+        return f"field {response_field!r} is empty; every row needs an answer"
+    return ""
+
+
+def encode_batch(
+    batch: dict[str, list],
+    *,
+    tokenizer,
+    template: str,
+    query_field: str,
+    response_field: str,
+    appends_header: bool,
+    max_len: int,
+) -> dict[str, list]:
+    """Render and tokenize a batch of rows (the ``datasets.map`` function).
+
+    The full conversations are encoded first; prompts only for the rows that fit ``max_len`` (a
+    dropped row needs no ``prompt_len``), which saves a good part of the work on long data.
+
+    Returns:
+        Columns ``length`` (tokens of the full conversation), ``full_ids`` and ``prompt_len`` (rows
+        that fit; ``[]`` and ``-1`` otherwise), ``boundary_ok`` (``full_ids[:prompt_len]`` equals
+        the user-only ids), ``mismatch_prompt_ids`` (the user-only ids where it does not) and
+        ``problem`` (why a row is unusable, ``""`` for good rows).
+    """
+    queries, responses = batch[query_field], batch[response_field]
+    problems = [_row_problem(q, r, query_field, response_field) for q, r in zip(queries, responses)]
+    good = [i for i, problem in enumerate(problems) if not problem]
+    full_texts = render_conversation_texts(
+        tokenizer,
+        [queries[i] for i in good],
+        [responses[i] for i in good],
+        template,
+        appends_header=appends_header,
+    )
+    n = len(queries)
+    out = {"length": [0] * n, "full_ids": [[]] * n, "prompt_len": [-1] * n, "boundary_ok": [False] * n}
+    out["mismatch_prompt_ids"], out["problem"] = [[]] * n, problems
+    fitting = []
+    for i, full in zip(good, encode_texts(tokenizer, full_texts)):
+        out["length"][i] = len(full)
+        if len(full) <= max_len:
+            out["full_ids"][i] = full
+            fitting.append(i)
+    prompts = encode_texts(tokenizer, render_prompt_texts(tokenizer, [queries[i] for i in fitting], template))
+    for i, prompt in zip(fitting, prompts):
+        ok = out["full_ids"][i][: len(prompt)] == prompt
+        out["prompt_len"][i], out["boundary_ok"][i] = len(prompt), ok
+        out["mismatch_prompt_ids"][i] = [] if ok else prompt
+    return out
+
+
+def _encoded_features():
+    import datasets
+
+    id_list = getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32"))
+    return datasets.Features(
+        {
+            "length": datasets.Value("int32"),
+            "full_ids": id_list,
+            "prompt_len": datasets.Value("int32"),
+            "boundary_ok": datasets.Value("bool"),
+            "mismatch_prompt_ids": id_list,
+            "problem": datasets.Value("string"),
+        }
+    )
+
+
+# ----- the whole dataset -----
+
+
+def _candidate_rows(dataset, filter_type: str, source: str) -> list[int]:
+    if not filter_type:
+        return list(range(len(dataset)))
+    if TYPE_FIELD not in dataset.column_names:
+        raise BlocksftError(
+            f"--filter_type {filter_type!r} skips rows by their {TYPE_FIELD!r} field, but {source} has none "
+            f'(its fields: {", ".join(dataset.column_names)}); pass --filter_type "" to keep every row'
+        )
+    types = dataset[TYPE_FIELD]
+    return [i for i, t in enumerate(types) if not (isinstance(t, str) and filter_type in t)]
+
+
+def _next_chunk_size(remaining: int, wanted: int, kept: int, scanned: int) -> int:
+    """How many more candidate rows to tokenize to reach ``wanted`` kept samples (0 = all rows)."""
+    if wanted == 0:
+        return remaining
+    keep_rate = kept / scanned if scanned else 1.0
+    return min(remaining, math.ceil((wanted - kept) / max(keep_rate, 0.05) * 1.1) + 64)
+
+
+def _encode_rows(subset, encode, config: PrepareConfig, chunk_number: int) -> dict[str, list]:
+    num_proc = config.num_proc if config.num_proc > 1 and len(subset) > config.num_proc else None
+    mapped = subset.map(
+        encode,
+        batched=True,
+        batch_size=config.batch_size,
+        num_proc=num_proc,
+        remove_columns=subset.column_names,
+        features=_encoded_features(),
+        keep_in_memory=True,
+        # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
+        new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
+        desc=f"Tokenizing{f' (part {chunk_number})' if chunk_number > 1 else ''}",
+    )
+    return mapped.to_dict()
+
+
+def _boundary_error(mismatches: list[_Mismatch], scanned: int, source: str, tokenizer) -> BlocksftError:
+    examples = []
+    for m in mismatches[:3]:
+        start = next(
+            (k for k, (a, b) in enumerate(zip(m.prompt_ids, m.full_ids)) if a != b),
+            min(len(m.prompt_ids), len(m.full_ids)),
+        )
+        start = max(0, start - 2)
+        prompt_tail = tokenizer.convert_ids_to_tokens(m.prompt_ids[start:])
+        full_there = tokenizer.convert_ids_to_tokens(m.full_ids[start : len(m.prompt_ids) + 2])
+        examples.append(f"row {m.row}: the prompt ends {prompt_tail}, the full text has {full_there}")
+    return BlocksftError(
+        f"{len(mismatches)} of {scanned} rows of {source}: the tokenizer encodes the prompt differently "
+        f"when the answer follows it (tokens merge across the prompt/answer boundary), so prompt_len "
+        f"would not mark where the answer starts; e.g. {'; '.join(examples)}. Use a tokenizer/template "
+        "whose prompt ends at a token boundary, or --on-boundary-mismatch skip to drop such rows"
+    )
+
+
+@dataclass
+class _Scan:
+    """Walks the encoded rows in dataset order: drops, skips, keeps, and stops at ``max_samples``."""
+
+    config: PrepareConfig
+    records: list[dict] = field(default_factory=list)
+    counts: PrepareCounts = field(default_factory=PrepareCounts)
+    mismatches: list[_Mismatch] = field(default_factory=list)
+    shortest: int | None = None
+    scanned: int = 0
+    last_row: int = -1
+
+    @property
+    def full(self) -> bool:
+        return bool(self.config.max_samples) and len(self.records) >= self.config.max_samples
+
+    @property
+    def must_stop(self) -> bool:
+        return self.full or bool(self.mismatches and self.config.on_boundary_mismatch == "error")
+
+    def take(self, rows: list[int], columns: dict[str, list]) -> None:
+        import torch
+
+        for k, row in enumerate(rows):
+            if columns["problem"][k]:
+                raise BlocksftError(f"row {row} of {self.config.dataset}: {columns['problem'][k]}")
+            self.scanned, self.last_row = self.scanned + 1, row
+            length, full_ids = columns["length"][k], columns["full_ids"][k]
+            self.shortest = length if self.shortest is None else min(self.shortest, length)
+            if length > self.config.max_len:
+                self.counts.dropped_too_long += 1
+            elif not columns["boundary_ok"][k]:
+                self.counts.skipped_boundary_mismatch += 1
+                self.mismatches.append(_Mismatch(row, columns["mismatch_prompt_ids"][k], full_ids))
+            else:
+                ids = torch.tensor(full_ids, dtype=torch.long)
+                self.records.append({"prompt_len": columns["prompt_len"][k], "full_ids": ids})
+                if self.full:
+                    return
+
+    def finish(self, n_rows: int) -> PrepareCounts:
+        self.counts.rows_read = self.last_row + 1 if self.full else n_rows
+        self.counts.skipped_by_type = self.counts.rows_read - self.scanned
+        self.counts.kept = len(self.records)
+        return self.counts
+
+
+def _nothing_kept_error(scan: _Scan, shortest_prompt) -> BlocksftError:
+    config, counts, source = scan.config, scan.counts, scan.config.dataset
+    if counts.rows_read == counts.skipped_by_type:
+        return BlocksftError(
+            f"every row of {source} ({counts.rows_read}) was skipped by --filter_type "
+            f'{config.filter_type!r}; choose another filter, or --filter_type "" to keep every row'
+        )
+    if counts.dropped_too_long and shortest_prompt() > config.max_len:
+        return BlocksftError(
+            f"--max_len {config.max_len} is smaller than every prompt of {source} (the shortest prompt "
+            f"has {shortest_prompt()} tokens); raise --max_len"
+        )
+    if counts.dropped_too_long:
+        return BlocksftError(
+            f"no row of {source} fits --max_len {config.max_len} (the shortest sample has {scan.shortest} "
+            "tokens); raise --max_len"
+        )
+    return BlocksftError(
+        f"no row of {source} was kept ({counts.skipped_boundary_mismatch} skipped for merging tokens "
+        "across the prompt/answer boundary); use another tokenizer or template"
+    )
+
+
+def build_records(dataset, tokenizer, config: PrepareConfig, template: str | None = None) -> PrepareResult:
+    """Turn the rows of ``dataset`` into records (nothing is written).
+
+    Args:
+        dataset: a ``datasets.Dataset`` with the query and response fields (and ``type`` when
+            ``config.filter_type`` is set).
+        tokenizer: the chat tokenizer.
+        config: the settings (fields, filter, ``max_len``, ``max_samples``, batching).
+        template: the prompt template text (default: resolved from ``config.prompt_template``).
+
+    Returns:
+        The records in dataset order, and the counts up to the row where ``max_samples`` was reached.
+
+    Raises:
+        BlocksftError: missing fields, a bad row, a template that does not end as expected, tokens
+            merging across the prompt/answer boundary (unless skipped), or nothing kept.
+    """
+    from blocksft.data.tasks import require_columns
+
+    template = load_prompt_template(config.prompt_template) if template is None else template
+    require_columns(
+        dataset,
+        [config.query_field, config.response_field],
+        config.dataset,
+        flag_hint="; choose the fields with --query-field and --response-field",
+    )
+    candidates = _candidate_rows(dataset, config.filter_type, config.dataset)
+    texts = dataset.select_columns([config.query_field, config.response_field])
+    encode = partial(
+        encode_batch,
+        tokenizer=tokenizer,
+        template=template,
+        query_field=config.query_field,
+        response_field=config.response_field,
+        appends_header=chat_template_appends_header(tokenizer),
+        max_len=config.max_len,
+    )
+    scan = _Scan(config)
+    chunk_number = 0
+    while scan.scanned < len(candidates) and not scan.must_stop:
+        size = _next_chunk_size(
+            len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
+        )
+        rows = candidates[scan.scanned : scan.scanned + size]
+        chunk_number += 1
+        scan.take(rows, _encode_rows(texts.select(rows), encode, config, chunk_number))
+    counts = scan.finish(len(dataset))
+    if scan.mismatches and config.on_boundary_mismatch == "error":
+        raise _boundary_error(scan.mismatches, scan.scanned, config.dataset, tokenizer)
+    if not scan.records:
+
+        def shortest_prompt() -> int:  # prompts of dropped rows were never encoded: encode a sample
+            queries = texts.select(candidates[: min(scan.scanned, 2000)])[config.query_field]
+            return min(map(len, encode_texts(tokenizer, render_prompt_texts(tokenizer, queries, template))))
+
+        raise _nothing_kept_error(scan, shortest_prompt)
+    return PrepareResult(records=scan.records, counts=counts)
+
+
+# ----- the command -----
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.is_dir():
+        raise BlocksftError(f"--output {output} is a folder; give a file name such as {output / 'data.pt'}")
+    if output.exists() and not overwrite:
+        raise BlocksftError(f"--output {output} already exists; pass --overwrite to replace it")
+
+
+def _load_tokenizer(config: PrepareConfig):
+    # AutoTokenizer directly: blocksft.model.loading would import the model classes too (seconds).
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    except Exception as err:  # hub, file and tokenizer-class errors alike
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise BlocksftError(
+            f"cannot load the tokenizer of --model {config.model}: {type(err).__name__}: {first_line}; give "
+            "a hub id (with network access) or a local folder with the tokenizer files"
+        ) from err
+
+
+def build_meta(config: PrepareConfig, tokenizer, template: str, counts: PrepareCounts, command: str | None):
+    """The sidecar's contents (see :mod:`blocksft.data.records`)."""
+    from blocksft import __version__
+    from blocksft.config import config_to_dict
+    from blocksft.data.records import tokenizer_fingerprint
+
+    return {
+        "blocksft_version": __version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "prompt_template": template,
+        "chat_template_appends_header": chat_template_appends_header(tokenizer),
+        "counts": vars(counts).copy(),
+        "config": config_to_dict(config),
+    }
+
+
+def run_prepare(config: PrepareConfig, *, tokenizer=None, command: str | None = None) -> PrepareResult:
+    """Preprocess ``config.dataset`` into ``config.output`` (+ sidecar, + PNG with ``config.plot``).
+
+    Args:
+        config: the settings.
+        tokenizer: use this tokenizer instead of loading ``config.model``.
+        command: the command line, recorded in the sidecar.
+
+    Returns:
+        The records, counts and written paths.
+
+    Raises:
+        BlocksftError: any bad input; nothing is written then.
+    """
+    from blocksft.data.prepare_report import write_histogram_plot
+    from blocksft.data.records import save_records
+    from blocksft.data.tasks import open_dataset
+
+    started = time.perf_counter()
+    output = Path(config.output)
+    _check_output(output, config.overwrite)
+    template = load_prompt_template(config.prompt_template)
+    tokenizer = _load_tokenizer(config) if tokenizer is None else tokenizer
+    dataset = open_dataset(config.dataset, config.split, config.dataset_config)
+    result = build_records(dataset, tokenizer, config, template)
+    meta = build_meta(config, tokenizer, template, result.counts, command)
+    result.sidecar = save_records(result.records, output, meta)
+    result.output = output
+    if config.plot:
+        result.plot = write_histogram_plot(result.records, config.block_size, Path(f"{output}.png"))
+    result.seconds = time.perf_counter() - started
+    return result
