@@ -23,7 +23,7 @@ _CANDIDATES += [p / "shared/data/gsm8k/test.jsonl" for p in ROOT.parents]
 GSM8K_TEST = next((p for p in _CANDIDATES if p.is_file()), None)
 needs_gsm8k = pytest.mark.skipif(GSM8K_TEST is None, reason="shared/data/gsm8k/test.jsonl is absent")
 
-SAMPLER = SamplerConfig(gen_length=16, block_length=8, steps=16)
+SAMPLER = SamplerConfig(gen_length=16, block_length=8, steps=8)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_rows_and_summary(full_run, checkpoint):
         assert all(isinstance(v, bool) for v in row["correct"].values())
         assert row["prompt"].count("<|startoftext|>") == 1  # one BOS, from the chat template
         assert "### Instruction:" in row["prompt"] and row["prompt"].endswith("<|end_header_id|>\n\n")
-        assert row["nfe"] == 16 and row["seconds"] >= 0
+        assert row["nfe"] == 8 and row["seconds"] >= 0
     assert not results.part_paths(output)
 
     summary = json.loads(results.summary_path(output).read_text())
@@ -79,21 +79,22 @@ def test_rows_and_summary(full_run, checkpoint):
         assert m["total"] == 8 and m["correct"] == sum(r["correct"][metric] for r in rows)
         assert m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
     assert summary["settings"]["gen_length"] == 16 and summary["settings"]["block_length"] == 8
-    assert summary["settings"]["steps"] == 16 and summary["settings"]["remasking"] == "low_confidence"
+    assert summary["settings"]["steps"] == 8 and summary["settings"]["remasking"] == "low_confidence"
     assert summary["settings"]["prompt_style"] == "alpaca" and summary["seed"] == 42
     assert {"torch", "transformers", "blocksft", "math-verify"} <= set(summary["versions"])
-    assert summary["device"] == "cpu" and summary["nfe_total"] == 8 * 16
+    assert summary["device"] == "cpu" and summary["nfe_total"] == 8 * 8
     assert cells[0]["metrics"] == summary["metrics"]
 
 
 @needs_gsm8k
-def test_resume_after_four_rows_gives_the_same_file(full_run, checkpoint, tmp_path):
+def test_existing_output_is_extended_never_overwritten(full_run, checkpoint, tmp_path):
+    # A finished run over the first 4 problems (its file and summary), then a run over 8.
     output = tmp_path / "res.jsonl"
-    evaluate(checkpoint, output, limit=4)
-    first_four = output.read_text()
+    first_four = "".join(full_run[0].read_text().splitlines(keepends=True)[:4])
+    output.write_text(first_four)
+    shutil.copy(results.summary_path(full_run[0]), results.summary_path(output))
     evaluate(checkpoint, output)  # resumes: generates only problems 4..7
-    text = output.read_text()
-    assert text.startswith(first_four)  # the existing rows are kept byte for byte
+    assert output.read_text().startswith(first_four)  # the existing rows are kept byte for byte
     assert strip_seconds(results.read_rows(output)) == strip_seconds(results.read_rows(full_run[0]))
 
 
@@ -128,8 +129,8 @@ def test_other_settings_are_refused_and_nothing_is_lost(full_run, checkpoint, tm
     shutil.copy(full_run[0], output)
     shutil.copy(results.summary_path(full_run[0]), results.summary_path(output))
     before = output.read_text()
-    with pytest.raises(BlocksftError, match=r"other settings.*steps: 16 -> 8"):
-        evaluate(checkpoint, output, sampler=SamplerConfig(gen_length=16, block_length=8, steps=8))
+    with pytest.raises(BlocksftError, match=r"other settings.*steps: 8 -> 16"):
+        evaluate(checkpoint, output, sampler=SamplerConfig(gen_length=16, block_length=8, steps=16))
     with pytest.raises(BlocksftError, match="other settings"):
         evaluate(checkpoint, output, prompt_style="chat")
     assert output.read_text() == before
@@ -226,7 +227,7 @@ def test_grid_writes_table_and_heatmap(checkpoint, tmp_path):
         tmp_path / "grid.jsonl",
         limit=2,
         block_length="4,8",
-        sampler=SamplerConfig(gen_length=8, block_length=4, steps=8),
+        sampler=SamplerConfig(gen_length=8, block_length=4, steps=4),
     )
     assert [(c["block_length"], Path(c["output"]).name) for c in cells] == [
         (4, "grid.tiny-llada.b4.jsonl"),
@@ -256,44 +257,42 @@ def test_compare_command(full_run, tmp_path, capsys):
 
 
 @needs_gsm8k
+def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, tmp_path):
+    from blocksft.data.tasks import load_gsm8k
+    from blocksft.evaluate.runner import DistContext, evaluate_problems
+    from blocksft.model.loading import load_model, load_tokenizer
+
+    output = tmp_path / "res.jsonl"
+    config = EvalConfig(model=[checkpoint], data=str(GSM8K_TEST), limit=8, batch_size=4, output=str(output))
+    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+    problems = load_gsm8k(str(GSM8K_TEST), limit=8)
+    kwargs = dict(config=config, sampler=SAMPLER, model_name=checkpoint, output=output, progress=False)
+    # Rank 1 finishes first: it writes its part file and leaves the merge to rank 0.
+    assert (
+        evaluate_problems(model, tokenizer, problems, dist=DistContext(rank=1, world_size=2), **kwargs)
+        is None
+    )
+    assert [r["index"] for r in results.read_rows(results.part_path(output, 1))] == [1, 3, 5, 7]
+    assert not output.exists()
+    summary = evaluate_problems(model, tokenizer, problems, dist=DistContext(rank=0, world_size=2), **kwargs)
+    assert summary["world_size"] == 2 and summary["metrics"]["strict"]["total"] == 8
+    assert strip_seconds(results.read_rows(output)) == strip_seconds(results.read_rows(full_run[0]))
+    assert not results.part_paths(output)
+
+
+@needs_gsm8k
 @pytest.mark.slow
-def test_two_processes_shard_and_merge(full_run, checkpoint, tmp_path):
+def test_torchrun_two_processes(full_run, checkpoint, tmp_path):
     output = tmp_path / "res.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "-m",
-        "blocksft",
-        "eval",
-        "--model",
-        checkpoint,
-        "--data",
-        str(GSM8K_TEST),
-        "--limit",
-        "8",
-        "--batch-size",
-        "4",
-        "--gen-length",
-        "16",
-        "--block-length",
-        "8",
-        "--steps",
-        "16",
-        "--device",
-        "cpu",
-        "--output",
-        str(output),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    args = (
+        "-m torch.distributed.run --nproc_per_node 2 --master_port 29517 -m blocksft eval --limit 4 "
+        "--batch-size 4 --gen-length 16 --block-length 8 --steps 8 --device cpu"
+    ).split()
+    args += ["--model", checkpoint, "--data", str(GSM8K_TEST), "--output", str(output)]
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = results.read_rows(output)
-    assert [r["index"] for r in rows] == list(range(8))
-    assert strip_seconds(rows) == strip_seconds(results.read_rows(full_run[0]))
+    assert strip_seconds(rows) == strip_seconds(results.read_rows(full_run[0])[:4])
     assert not results.part_paths(output)
     assert json.loads(results.summary_path(output).read_text())["world_size"] == 2

@@ -1,6 +1,7 @@
 """GSM8K answer extraction and scoring: strings in, strings out (no torch).
 
-Gold: the number after ``####`` in the reference solution (commas removed).
+Gold: the number after ``####`` in the reference solution, commas removed (read by the task loader,
+:func:`blocksft.data.tasks.gsm8k_gold`).
 
 Prediction, two metrics, both reported:
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from blocksft.data.tasks import last_boxed
+
 METRICS = ("strict", "flexible")
 
 # A number: thousands-grouped or plain digits, optional decimals, or a bare ".5". A minus sign only
@@ -36,7 +39,6 @@ _PLAIN = re.compile(
 
 _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?", re.IGNORECASE)
 _HASHES = re.compile(r"####")
-_BOXED = re.compile(r"\\boxed\s*\{")
 
 
 def _to_fraction(text: str) -> Fraction | None:
@@ -99,19 +101,6 @@ def normalize_number(text: str | None) -> str | None:
     return format_number(spans[0][1]) if spans else None
 
 
-def _balanced_brace_end(text: str, open_index: int) -> int | None:
-    """Index just past the ``}`` that closes the ``{`` at ``open_index``; None if unbalanced."""
-    depth = 0
-    for i in range(open_index, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
-
-
 def _after_marker(text: str, marker: re.Pattern) -> str | None:
     """The answer text after the last occurrence of ``marker``: up to the end of that line."""
     matches = list(marker.finditer(text))
@@ -123,14 +112,8 @@ def _after_marker(text: str, marker: re.Pattern) -> str | None:
 
 
 def _last_boxed_number_text(text: str) -> str | None:
-    for m in reversed(list(_BOXED.finditer(text))):
-        end = _balanced_brace_end(text, m.end() - 1)
-        if end is None:
-            continue
-        inner = text[m.end() : end - 1]
-        if _number_spans(inner):
-            return inner
-    return None
+    inner = last_boxed(text)
+    return inner if inner is not None and _number_spans(inner) else None
 
 
 def extract_strict(text: str) -> str | None:
@@ -155,11 +138,6 @@ def extract_answer(text: str) -> dict[str, str | None]:
     """Both predictions of a model output: ``{"strict": ..., "flexible": ...}``."""
     strict = extract_strict(text)
     return {"strict": strict, "flexible": strict if strict is not None else extract_last_number(text)}
-
-
-def extract_gold(solution: str) -> str | None:
-    """The gold answer of a GSM8K reference solution: the number after the last ``####``."""
-    return normalize_number(_after_marker(solution, _HASHES))
 
 
 def is_equivalent(prediction: str | None, gold: str | None) -> bool:

@@ -17,29 +17,11 @@ import logging
 import re
 import threading
 
+from blocksft.data.tasks import last_boxed
+
 METRICS = ("math_verify", "exact")
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
 _ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?", re.IGNORECASE)
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\boxed 5``) in ``text``.
-
-    Nested braces are matched; an unclosed last box falls back to the box before it.
-    """
-    for m in reversed(list(_BOXED.finditer(text))):
-        if m.group(1) is None:  # "\boxed 5": the argument is the next token
-            arg = re.match(r"\s*([^\s$.,;]+)", text[m.end() :])
-            if arg:
-                return arg.group(1)
-            continue
-        depth = 0
-        for i in range(m.end() - 1, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return text[m.end() : i].strip()
-    return None
 
 
 def _answer_is(text: str) -> str | None:
