@@ -29,6 +29,7 @@ def test_wilson_interval_known_values(correct, total, low, high):
 
 def test_wilson_interval_edges():
     assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+    assert stats.wilson_interval(0, 6)[0] == 0.0 and stats.wilson_interval(6, 6)[1] == 1.0
     with pytest.raises(ValueError):
         stats.wilson_interval(3, 2)
 

@@ -117,6 +117,13 @@ def build_prompt_ids(tokenizer, question: str, template: str | None) -> list[int
     return ids
 
 
+def source_name(name: str | None) -> str | None:
+    """A local path made absolute (so a resume from another folder matches); hub ids unchanged."""
+    if name is None or not Path(name).exists():
+        return name
+    return str(Path(name).resolve())
+
+
 def load_problems(config: EvalConfig) -> list:
     """The task's problems (``Problem(id, question, solution, gold)``), checked for emptiness and ids."""
     from blocksft.data.tasks import load_gsm8k, load_math
@@ -141,9 +148,9 @@ def load_problems(config: EvalConfig) -> list:
 def run_settings(config: EvalConfig, sampler, model: str) -> dict:
     """Everything that changes what a row contains: the fingerprint a resumed file must match."""
     return {
-        "model": model,
+        "model": source_name(model),
         "task": config.task,
-        "data": config.data,
+        "data": source_name(config.data),
         "split": config.split,
         "prompt_style": config.prompt_style,
         "prompt_template": prompt_template(config.prompt_style),

@@ -32,7 +32,10 @@ def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, f
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes the bound is exactly 0 or 1 (the formula leaves rounding noise there).
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return low, high
 
 
 def mcnemar_exact(b: int, c: int) -> float:
