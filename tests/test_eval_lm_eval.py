@@ -121,32 +121,36 @@ def test_one_bos_with_and_without_chat_template(lm):
         assert ids[0] == bos and ids[1] != bos
 
 
-def test_simple_evaluate_with_a_tiny_task(tiny_checkpoint, tmp_path):
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    data = tmp_path / "data.jsonl"
+def write_tiny_tasks(folder):
+    """Two harness tasks over a local two-row JSONL: one generate_until, one multiple_choice."""
+    data = folder / "data.jsonl"
+    rows = [("1+1?", "2"), ("2+2?", "4")]
     data.write_text(
-        "".join(
-            json.dumps({"question": q, "answer": a, "choices": [a, "9"]}) + "\n"
-            for q, a in [("1+1?", "2"), ("2+2?", "4")]
-        )
+        "".join(json.dumps({"question": q, "answer": a, "choices": [a, "9"]}) + "\n" for q, a in rows)
     )
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-    (tmp_path / "gen.yaml").write_text(
+    (folder / "gen.yaml").write_text(
         "task: blocksft_tiny_gen\n" + common + "output_type: generate_until\n"
         'doc_to_text: "Q: {{question}}\\nA:"\ndoc_to_target: "{{answer}}"\n'
         'generation_kwargs:\n  until: ["\\n"]\nmetric_list:\n  - metric: exact_match\n'
         "    aggregation: mean\n    higher_is_better: true\n"
     )
-    (tmp_path / "mc.yaml").write_text(
+    (folder / "mc.yaml").write_text(
         "task: blocksft_tiny_mc\n" + common + "output_type: multiple_choice\n"
         'doc_to_text: "Q: {{question}}\\nA:"\ndoc_to_target: 0\ndoc_to_choice: "{{choices}}"\n'
         "metric_list:\n  - metric: acc\n"
     )
+
+
+def test_simple_evaluate_with_a_tiny_task(tiny_checkpoint, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    write_tiny_tasks(tmp_path)
     out = lm_eval.simple_evaluate(
         model="blocksft",
-        model_args=f"pretrained={tiny_checkpoint},gen_length=8,block_length=8,steps=8,mc_num=4,device=cpu",
+        model_args=f"pretrained={tiny_checkpoint},gen_length=8,block_length=8,steps=8,mc_num=4",
+        device="cpu",
         tasks=["blocksft_tiny_gen", "blocksft_tiny_mc"],
         task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
     )

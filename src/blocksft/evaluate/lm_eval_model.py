@@ -2,13 +2,14 @@
 
 Needs the optional extra: ``pip install "blocksft[lm-eval]"``. Run any harness task with::
 
-    python -m blocksft.evaluate.lm_eval_model run --model blocksft \\
+    python -m blocksft.evaluate.harness run --model blocksft \\
         --model_args pretrained=CKPT,gen_length=256,block_length=32,steps=256 \\
         --tasks gsm8k --apply_chat_template
 
-(``python -m blocksft.evaluate.lm_eval_model`` is the harness's own command line with this class
-registered; ``accelerate launch -m blocksft.evaluate.lm_eval_model ...`` splits requests over GPUs.)
-From Python: ``lm_eval.simple_evaluate(model=BlocksftLM(pretrained=CKPT), tasks=[...])``.
+(:mod:`blocksft.evaluate.harness` is the harness's own command line with this class registered;
+``accelerate launch -m blocksft.evaluate.harness ...`` splits the requests over GPUs.) From Python:
+``lm_eval.simple_evaluate(model=BlocksftLM(pretrained=CKPT), tasks=[...])``, or ``model="blocksft"``
+after importing this module.
 
 * ``generate_until``: blocksft's semi-autoregressive sampler with the model arguments' decoding
   settings (``gen_length`` etc.; the task's ``max_gen_toks`` is not used); the answer is cut at
@@ -81,7 +82,14 @@ class BlocksftLM(LM):
         if isinstance(pretrained, str):
             from blocksft.model.loading import load_model
 
-            self._device = resolve_device(device or "auto", self._dist.local_rank)
+            device = device or "auto"
+            if device.startswith("cuda") and self._world_size > 1:
+                device = f"cuda:{self._dist.local_rank}"  # the harness passes one device to every rank
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise BlocksftError(
+                    f"device {device!r} asked for, but CUDA is not available; pass --device cpu"
+                )
+            self._device = resolve_device(device, self._dist.local_rank)
             self.model = load_model(
                 pretrained, dtype=dtype, trust_remote_code=trust_remote_code, device=self._device
             )
@@ -314,14 +322,3 @@ def cut_at_strings(text: str, until) -> str:
         if stop:
             text = text.split(stop, 1)[0]
     return text
-
-
-def main() -> None:
-    """The harness's command line, with ``blocksft`` registered."""
-    from lm_eval.__main__ import cli_evaluate
-
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()
