@@ -27,7 +27,7 @@ from blocksft.evaluate import gsm8k, results
 from blocksft.evaluate import math as math_task
 from blocksft.evaluate.config import EvalConfig, grid_stem, model_tag, output_path
 
-SCORERS = {"gsm8k": gsm8k.score, "math": math_task.score}
+TASK_MODULES = {"gsm8k": gsm8k, "math": math_task}  # each has score(output, gold) and METRICS
 
 
 # --- processes and devices ----------------------------------------------------------------------
@@ -190,6 +190,25 @@ def device_description(device: torch.device) -> dict:
     return {"device": str(device), "gpu": None}
 
 
+def run_record(config: EvalConfig, rows: list[dict], dist: DistContext, device: torch.device) -> dict:
+    """The summary's record of how the rows were made: run options, cost, machine, versions."""
+    nfe = [int(r["nfe"]) for r in rows]
+    return {
+        "prompt_style": config.prompt_style,
+        "seed": config.seed,
+        "data": config.data,
+        "limit": config.limit,
+        "batch_size": config.batch_size,
+        "nfe_total": sum(nfe),
+        "nfe_mean": sum(nfe) / max(1, len(nfe)),
+        "generation_seconds": round(sum(float(r["seconds"]) for r in rows), 3),
+        "world_size": dist.world_size,
+        **device_description(device),
+        "versions": software_versions(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def _batch_seed(seed: int, first_index: int) -> int:
     # One seed per batch, from the run seed and the batch's first problem: the same batch gets the
     # same noise whether the run was resumed or not.
@@ -232,7 +251,7 @@ def generate_rows(
     seconds = (time.perf_counter() - start) / len(batch)
     rows = []
     for (index, problem), prompt_ids, text in zip(batch, prompts, texts):
-        scored = SCORERS[task](text, problem.gold)
+        scored = TASK_MODULES[task].score(text, problem.gold)
         rows.append(
             {
                 "id": str(problem.id),
@@ -294,7 +313,7 @@ def evaluate_problems(
 
     # === 2. Generate batch by batch, appending finished rows to this rank's part file ===
     model.eval()
-    metrics = SCORERS[config.task]("", "0")["correct"].keys()
+    metrics = TASK_MODULES[config.task].METRICS
     tally = {m: sum(1 for r in mine_done if r["correct"].get(m)) for m in metrics}
     count = len(mine_done)
     bar = tqdm(
@@ -340,19 +359,8 @@ def evaluate_problems(
             "rows_in_file": len(all_rows),
             "settings": settings,
             "settings_id": sid,
-            "prompt_style": config.prompt_style,
-            "seed": config.seed,
-            "data": config.data,
-            "limit": config.limit,
-            "batch_size": config.batch_size,
-            "nfe_total": sum(int(r["nfe"]) for r in rows),
-            "nfe_mean": sum(int(r["nfe"]) for r in rows) / max(1, len(rows)),
-            "generation_seconds": round(sum(float(r["seconds"]) for r in rows), 3),
+            **run_record(config, rows, dist, next(model.parameters()).device),
             "wall_seconds_this_run": round(time.perf_counter() - wall_start, 3),
-            "world_size": dist.world_size,
-            **device_description(next(model.parameters()).device),
-            "versions": software_versions(),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         results.write_summary(output, summary)
     dist.barrier()
@@ -409,6 +417,8 @@ def run_eval(config: EvalConfig, sampler, *, progress: bool = True) -> list[dict
                 if summary and dist.rank == 0:
                     print(f"{output}: {results.format_accuracy(summary['metrics'])}", flush=True)
             del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         if config.is_grid and dist.rank == 0:
             paths = results_grid(cells, config, sampler)
             print(f"grid: {', '.join(str(p) for p in paths.values())}", flush=True)
