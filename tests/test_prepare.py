@@ -183,6 +183,7 @@ def test_sidecar_records_tokenizer_template_counts_and_command(rows_file, tmp_pa
         "skipped_by_type": 1,
         "dropped_too_long": 1,
         "skipped_boundary_mismatch": 0,
+        "split_at_boundary": 0,
         "kept": 2,
     }
     assert meta["command"].startswith("blocksft prepare --output")
@@ -422,7 +423,16 @@ def test_tokens_merging_across_the_boundary_are_reported_or_skipped(tmp_path, mo
     ]
     rows_file = write_jsonl(tmp_path / "rows.jsonl", rows)
     with pytest.raises(BlocksftError, match=r"2 of 4 rows .* merge across .* e\.g\. row 1: .*row 3"):
-        build_records_from(rows_file, merging, filter_type="", max_len=4096)
+        build_records_from(rows_file, merging, filter_type="", max_len=4096, on_boundary_mismatch="error")
+    # Default: those rows are encoded prompt-then-answer, so the prompt has its inference-time ids.
+    split = build_records_from(rows_file, merging, filter_type="", max_len=4096)
+    assert split.counts.kept == 4 and split.counts.split_at_boundary == 2
+    for row, record in zip(rows, split.records):
+        prompt = render_prompt_ids(merging, row["query"])
+        answer = merging(row["response"] + EOT, add_special_tokens=False)["input_ids"]
+        assert record["prompt_len"] == len(prompt)
+        assert record["full_ids"].tolist() == prompt + answer
+    assert "kept, split at boundary" in format_summary(split, PrepareConfig())
     skipped = build_records_from(
         rows_file, merging, filter_type="", max_len=4096, on_boundary_mismatch="skip"
     )

@@ -76,11 +76,12 @@ class PrepareConfig:
         metadata={"help": "processes for datasets.map (a fast tokenizer already uses several threads)"},
     )
     batch_size: int = field(default=1000, metadata={"help": "rows rendered and tokenized per batch"})
-    on_boundary_mismatch: Literal["error", "skip"] = field(
-        default="error",
+    on_boundary_mismatch: Literal["split", "error", "skip"] = field(
+        default="split",
         metadata={
-            "help": "a row whose tokens merge across the prompt/answer boundary: stop with an error, "
-            "or skip it (and count it)"
+            "help": "a row whose tokens merge across the prompt/answer boundary: 'split' encodes its "
+            "prompt and answer apart, so the prompt has the ids it has at inference (counted and "
+            "reported); 'error' stops; 'skip' drops the row (counted)"
         },
     )
     block_size: int = field(default=32, metadata={"help": "block size for the blocks-per-answer histogram"})
@@ -111,6 +112,7 @@ class PrepareCounts:
     skipped_by_type: int = 0
     dropped_too_long: int = 0
     skipped_boundary_mismatch: int = 0
+    split_at_boundary: int = 0
     kept: int = 0
 
 
@@ -181,17 +183,24 @@ def encode_batch(
     n = len(queries)
     out = {"length": [0] * n, "full_ids": [[]] * n, "prompt_len": [-1] * n, "boundary_ok": [False] * n}
     out["mismatch_prompt_ids"], out["problem"] = [[]] * n, problems
-    fitting = []
+    fitting, full_text_of = [], dict(zip(good, full_texts))
     for i, full in zip(good, encode_texts(tokenizer, full_texts)):
         out["length"][i] = len(full)
         if len(full) <= max_len:
             out["full_ids"][i] = full
             fitting.append(i)
-    prompts = encode_texts(tokenizer, render_prompt_texts(tokenizer, [queries[i] for i in fitting], template))
-    for i, prompt in zip(fitting, prompts):
+    prompt_texts = render_prompt_texts(tokenizer, [queries[i] for i in fitting], template)
+    out["split_full_ids"] = [[]] * n
+    tails = {}  # row -> answer text after its prompt, for rows whose tokens merge across the boundary
+    for i, prompt_text, prompt in zip(fitting, prompt_texts, encode_texts(tokenizer, prompt_texts)):
         ok = out["full_ids"][i][: len(prompt)] == prompt
         out["prompt_len"][i], out["boundary_ok"][i] = len(prompt), ok
         out["mismatch_prompt_ids"][i] = [] if ok else prompt
+        if not ok and full_text_of[i].startswith(prompt_text):
+            tails[i] = full_text_of[i][len(prompt_text) :]
+    # The prompt encoded alone, then the answer: the prompt gets exactly the ids it has at inference.
+    for (i, _), answer in zip(tails.items(), encode_texts(tokenizer, list(tails.values()))):
+        out["split_full_ids"][i] = out["mismatch_prompt_ids"][i] + answer
     return out
 
 
@@ -206,6 +215,7 @@ def _encoded_features():
             "prompt_len": datasets.Value("int32"),
             "boundary_ok": datasets.Value("bool"),
             "mismatch_prompt_ids": id_list,
+            "split_full_ids": id_list,
             "problem": datasets.Value("string"),
         }
     )
@@ -266,7 +276,8 @@ def _boundary_error(mismatches: list[_Mismatch], scanned: int, source: str, toke
         f"{len(mismatches)} of {scanned} rows of {source}: the tokenizer encodes the prompt differently "
         f"when the answer follows it (tokens merge across the prompt/answer boundary), so prompt_len "
         f"would not mark where the answer starts; e.g. {'; '.join(examples)}. Use a tokenizer/template "
-        "whose prompt ends at a token boundary, or --on-boundary-mismatch skip to drop such rows"
+        "whose prompt ends at a token boundary, --on-boundary-mismatch split to encode prompt and answer "
+        "apart, or --on-boundary-mismatch skip to drop such rows"
     )
 
 
@@ -299,16 +310,24 @@ class _Scan:
             self.scanned, self.last_row = self.scanned + 1, row
             length, full_ids = columns["length"][k], columns["full_ids"][k]
             self.shortest = length if self.shortest is None else min(self.shortest, length)
+            split_ids = columns["split_full_ids"][k]
             if length > self.config.max_len:
                 self.counts.dropped_too_long += 1
-            elif not columns["boundary_ok"][k]:
-                self.counts.skipped_boundary_mismatch += 1
-                self.mismatches.append(_Mismatch(row, columns["mismatch_prompt_ids"][k], full_ids))
-            else:
-                ids = torch.tensor(full_ids, dtype=torch.long)
-                self.records.append({"prompt_len": columns["prompt_len"][k], "full_ids": ids})
-                if self.full:
-                    return
+                continue
+            if not columns["boundary_ok"][k]:
+                if self.config.on_boundary_mismatch != "split" or not split_ids:
+                    self.counts.skipped_boundary_mismatch += 1
+                    self.mismatches.append(_Mismatch(row, columns["mismatch_prompt_ids"][k], full_ids))
+                    continue
+                if len(split_ids) > self.config.max_len:
+                    self.counts.dropped_too_long += 1
+                    continue
+                self.counts.split_at_boundary += 1
+                full_ids = split_ids
+            ids = torch.tensor(full_ids, dtype=torch.long)
+            self.records.append({"prompt_len": columns["prompt_len"][k], "full_ids": ids})
+            if self.full:
+                return
 
     def finish(self, n_rows: int) -> PrepareCounts:
         self.counts.rows_read = self.last_row + 1 if self.full else n_rows

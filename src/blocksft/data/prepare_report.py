@@ -63,6 +63,14 @@ def format_summary(result: PrepareResult, config: PrepareConfig) -> str:
         table.append(
             ("skipped: boundary merge", counts.skipped_boundary_mismatch, "--on-boundary-mismatch skip")
         )
+    if counts.split_at_boundary:
+        table.append(
+            (
+                "kept, split at boundary",
+                counts.split_at_boundary,
+                "prompt and answer encoded apart: tokens merged across the boundary",
+            )
+        )
     cap = f"--max_samples {config.max_samples}" if config.max_samples else "no --max_samples cap"
     table.append(("kept", counts.kept, cap))
     lines += [f"  {name:<24}{value:>9}  {note}".rstrip() for name, value, note in table]
