@@ -20,3 +20,12 @@ def tiny_model(tokenizer):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tokenizer):
+    """The tiny random model and its tokenizer saved as a checkpoint folder (a path string)."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-llada"
+    tiny_llada_model(tokenizer, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
