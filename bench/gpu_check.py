@@ -13,7 +13,9 @@ start after ``--budget-s`` is skipped):
 2. our step without gradient checkpointing (whether it fits, and what it gains);
 3. training step, full-sequence objective: reference, ours, ours with the chunked head + CE;
 4. generation at gen 256 / block 32: plain against prefix/dual caches and threshold 0.9
-   (``blocksft bench generate --gpu-8b``).
+   (``blocksft bench generate --gpu-8b``);
+5. our step with compiled blocks (``--torch-compile``) against eager, if time is left (compiling
+   takes a minute or two).
 
 Prints each section's table as it finishes and a compact summary at the end; writes everything to
 ``$OUT/gpu_check.json`` when ``OUT`` is set (or ``--json``).
@@ -34,39 +36,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def sections(tiny: bool) -> list[tuple[str, str, list[str]]]:
-    """(key, benchmark, argv) of each section."""
+    """(key, benchmark, argv) of each section (``--tiny`` skips compiling: minutes on CPU)."""
     if tiny:
-        shape = [
-            "--gpu-8b",
-            "--tiny",
-            "--device",
-            "cpu",
-            "--micro-batch",
-            "4",
-            "--max-len",
-            "64",
-            "--lora-r",
-            "8",
-        ]
-        timing = ["--steps", "1", "--warmup", "0"]
-        generate = ["--gpu-8b", "--tiny", "--device", "cpu", "--gen-length", "16", "--block-length", "8"]
+        shape = "--gpu-8b --tiny --device cpu --micro-batch 4 --max-len 64 --lora-r 8 --steps 1 --warmup 0"
+        generate = "--gpu-8b --tiny --device cpu --gen-length 16 --block-length 8"
     else:
-        shape, timing = ["--gpu-8b"], ["--steps", "4", "--warmup", "1"]
-        generate = ["--gpu-8b", "--gen-length", "256", "--block-length", "32", "--threshold", "0.9"]
-    return [
-        ("train", "train", shape + timing + ["--paths", "reference", "ours", "ours+chunked+grouped"]),
-        (
-            "train_without_checkpointing",
-            "train",
-            shape + timing + ["--paths", "ours", "--no-gradient-checkpointing"],
-        ),
-        (
-            "train_fullseq",
-            "train",
-            shape + timing + ["--objective", "fullseq", "--paths", "reference", "ours", "chunked-ce"],
-        ),
+        shape = "--gpu-8b --steps 4 --warmup 1"
+        generate = "--gpu-8b --gen-length 256 --block-length 32 --threshold 0.9"
+    chosen = [
+        ("train", "train", f"{shape} --paths reference ours ours+chunked+grouped"),
+        ("train_without_checkpointing", "train", f"{shape} --paths ours --no-gradient-checkpointing"),
+        ("train_fullseq", "train", f"{shape} --objective fullseq --paths reference ours chunked-ce"),
         ("generate", "generate", generate),
     ]
+    if not tiny:
+        chosen.append(("train_compiled", "train", "--gpu-8b --steps 3 --warmup 2 --paths ours compiled"))
+    return [(key, benchmark, argv.split()) for key, benchmark, argv in chosen]
 
 
 def run_section(benchmark: str, argv: list[str]) -> dict:
@@ -84,7 +69,7 @@ def run_section(benchmark: str, argv: list[str]) -> dict:
 
 def summary(results: dict) -> str:
     lines = ["", "=== summary ==="]
-    for key in ("train", "train_without_checkpointing", "train_fullseq"):
+    for key in ("train", "train_without_checkpointing", "train_fullseq", "train_compiled"):
         result = results.get(key)
         if not isinstance(result, dict) or "paths" not in result:
             lines.append(f"{key}: {result}")

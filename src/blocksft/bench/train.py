@@ -22,10 +22,23 @@ to ``--max-len``; :func:`blocksft.bench.noise.synthetic_examples`) or a record f
 A step is timed from building the batch to the optimizer step: data pipeline, copy to the device,
 forward, backward, gradient clipping, AdamW. ``tokens/s`` counts real (prompt + answer) tokens,
 the same currency for every path, and ``samples/s`` rows; both are given at the median and the best
-step, and the speed-up also in tokens per second of the process's CPU time (all its threads), which
-other jobs on a shared machine do not inflate. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each step); on CPU the
+step, and the speed-up also in tokens per second of the process's CPU time (with ``--threads 1``
+other jobs on a shared machine do not inflate it; with several threads, OpenMP's spin-waiting for a
+preempted thread counts as CPU time too, and such runs are slow and erratic on a busy machine).
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each step); on CPU the
 process's resident-set high-water mark (``VmHWM`` of ``/proc/self/status``, reset before each step
 through ``/proc/self/clear_refs``), where ``step`` is that peak minus the resident set before it.
+
+MFU (GPUs): the step's model FLOPs over its time and the GPU's dense bf16 peak, counted by
+:class:`blocksft.train.metrics.FlopModel` (one multiply-add = 2 FLOPs). Forward: ``2 * N_body``
+per processed token (every block weight, LoRA adapters included; padding is processed, so it
+counts), ``2 * d_model * V`` per position whose logits are computed (all ``B x max_len`` for the
+reference, the loss positions for ours) and attention ``4 * n_layers * d_model * L`` per token.
+Backward: the forward again for activation gradients (attention twice), plus ``2 * N_trainable``
+per token for the weight gradients of the adapters (frozen weights get none). Gradient
+checkpointing's recomputed forward is not counted. The reference's padding and full logits are
+FLOPs it really computes, so its MFU can be the higher one while its tokens/s is lower: compare
+tokens/s.
 
 Loss check, before the timing, with dropout off and one batch noised once (the reference dataset's
 draw): the reference's loss and ours on the reference's inputs (padded to ``--max-len``, padding
@@ -281,6 +294,7 @@ def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flo
         compiled_forwards = [block.__dict__.pop("forward") for block in blocks]
     probe = MemoryProbe(device)
     records = {name: [] for name in paths}
+    warmup_seconds = {name: [] for name in paths}  # compiling happens here
     names = list(paths)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     for round_ in range(args.warmup + args.steps):
@@ -299,7 +313,9 @@ def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flo
             sync()
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             peak = probe.peak()
-            if round_ >= args.warmup:
+            if round_ < args.warmup:
+                warmup_seconds[name].append(seconds)
+            else:
                 positions = int(shape.logit_positions)
                 flops = float(flop_model.step_flops(shape.samples * shape.seq_len, shape.seq_len, positions))
                 records[name].append(
@@ -316,7 +332,10 @@ def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flo
                     )
                 )
     set_compiled(blocks, None)
-    return {name: summarise(steps, peak_flops) for name, steps in records.items()} | {"memory": probe.kind}
+    summaries = {name: summarise(steps, peak_flops) for name, steps in records.items()}
+    for name, seconds in warmup_seconds.items():
+        summaries[name]["warmup_s"] = seconds
+    return summaries | {"memory": probe.kind}
 
 
 def summarise(steps: list[dict], peak_flops: float | None) -> dict:
