@@ -9,8 +9,11 @@ different batches of it, so no two ranks ever see the same item, and N GPUs proc
 items as one. The list is a pure function of the config, which is what makes data order
 resumable.
 
-The collator pads a batch to its longest record rounded up to a multiple (8 by default), not to
-``--max-len``; noising happens later, on the device, inside the Trainer's ``compute_loss``.
+With ``--group-by-length`` the list is reordered within windows of an epoch so that each
+micro-batch holds records of similar length (:func:`group_by_length`); it stays a pure function of
+the config. The collator pads a batch to its longest record rounded up to a multiple (8 by
+default), not to ``--max-len``; noising happens later, on the device, inside the Trainer's
+``compute_loss``.
 """
 
 from __future__ import annotations
