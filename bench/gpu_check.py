@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU, tiny shape (a smoke test of this script)")
     parser.add_argument(
-        "--budget-s", type=float, default=420.0, help="start no section after this many seconds"
+        "--budget-s", type=float, default=330.0, help="start no section after this many seconds"
     )
     parser.add_argument("--json", default=None, help="default: $OUT/gpu_check.json when OUT is set")
     args = parser.parse_args(argv)

@@ -80,6 +80,28 @@ def test_chunked_head_and_ce_equal_the_plain_head_then_ce(chunk_size):
         linear_cross_entropy(hidden, head, targets, weights, chunk_size=0)
 
 
+def test_chunked_head_keeps_no_logits_for_the_backward_pass():
+    hidden = torch.randn(64, 8, generator=gen(13), requires_grad=True)  # [N, D]
+    head, targets, weights = (
+        torch.randn(1000, 8, generator=gen(14)),
+        torch.zeros(64, dtype=torch.long),
+        torch.ones(64),
+    )
+
+    def saved_elements(loss_fn) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            loss_fn()
+        return sum(sizes)
+
+    plain = saved_elements(
+        lambda: (F.cross_entropy(hidden @ head.t(), targets, reduction="none") * weights).sum()
+    )
+    chunked = saved_elements(lambda: linear_cross_entropy(hidden, head, targets, weights, chunk_size=16))
+    assert plain >= 64 * 1000  # the plain path keeps [N, V] for its backward pass
+    assert chunked <= 64 * 8  # the chunked one only the [N, D] gradient it already computed
+
+
 def test_chunked_head_under_bf16_autocast_stays_close_to_the_plain_path():
     hidden = torch.randn(40, 32, generator=gen(9), requires_grad=True)
     head = torch.randn(100, 32, generator=gen(10)) * 0.2

@@ -184,7 +184,9 @@ class TrainConfig:
     )
     torch_compile: bool = field(
         default=False,
-        metadata=_help("compile each transformer block with torch.compile (dynamic shapes); off on CPU"),
+        metadata=_help(
+            "compile each transformer block with torch.compile (dynamic shapes; the first steps compile)"
+        ),
     )
     use_cpu: bool = field(default=False, metadata=_help("train on CPU even when a GPU is present"))
     # ----- Saving and logging -----
