@@ -56,12 +56,16 @@ def _is_local(source: str) -> bool:
 
 
 @contextmanager
-def _quiet_progress(datasets):
-    was_enabled = datasets.is_progress_bar_enabled()
+def _quiet(datasets):
+    """No progress bar and no log lines from ``datasets`` while a local file loads: it takes moments,
+    and a parse failure must surface as our one-line error, not a logged traceback before it."""
+    was_enabled, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if was_enabled:
             datasets.enable_progress_bars()
 
@@ -93,7 +97,7 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
                 builder = LOCAL_FORMATS.get(path.suffix.lower())
                 if builder is None:
                     raise BlocksftError(f"{flag} {source}: unknown file type; use .jsonl, .json or .parquet")
-                with _quiet_progress(datasets):  # a local file loads in moments: no "Generating" bar
+                with _quiet(datasets):
                     dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             dataset = datasets.load_dataset(source, config, split=split)
