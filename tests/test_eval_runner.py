@@ -20,8 +20,32 @@ ROOT = Path(__file__).resolve().parents[1]
 # The shared GSM8K test file sits in a "shared" folder beside the checkout (or is named by the env).
 _CANDIDATES = [Path(os.environ["BLOCKSFT_GSM8K_TEST"])] if "BLOCKSFT_GSM8K_TEST" in os.environ else []
 _CANDIDATES += [p / "shared/data/gsm8k/test.jsonl" for p in ROOT.parents]
-GSM8K_TEST = next((p for p in _CANDIDATES if p.is_file()), None)
-needs_gsm8k = pytest.mark.skipif(GSM8K_TEST is None, reason="shared/data/gsm8k/test.jsonl is absent")
+SHARED_GSM8K_TEST = next((p for p in _CANDIDATES if p.is_file()), None)
+
+# Where the shared file is absent (a fresh CI machine), eight GSM8K-style rows written here stand in
+# for it, so that every runner test runs everywhere; with the file present they use real rows.
+_STAND_IN_ROWS = [
+    ("A farmer has 12 cows and buys 7 more. How many cows does he have?", "12 + 7 = 19\n#### 19"),
+    ("Mia reads 15 pages a day for 4 days. How many pages does she read?", "15 * 4 = 60\n#### 60"),
+    ("A box holds 48 pens. 1,250 pens are packed. How many full boxes?", "1250 / 48 = 26\n#### 26"),
+    ("Tom had $30 and spent $12.50. How much is left?", "30 - 12.5 = 17.5\n#### 17.5"),
+    ("A train goes 60 miles an hour for 3 hours. How far does it go?", "60 * 3 = 180\n#### 180"),
+    ("Sara has 5 bags of 9 apples and eats 6. How many are left?", "5 * 9 - 6 = 39\n#### 39"),
+    ("A class of 28 splits into teams of 4. How many teams?", "28 / 4 = 7\n#### 7"),
+    ("The temperature is 3 degrees and drops by 8. What is it now?", "3 - 8 = -5\n#### -5"),
+]
+
+
+def _stand_in_file() -> Path:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="blocksft-gsm8k-"))
+    lines = [json.dumps({"question": q, "answer": a}) for q, a in _STAND_IN_ROWS]
+    (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "test.jsonl"
+
+
+GSM8K_TEST = SHARED_GSM8K_TEST or _stand_in_file()
 
 SAMPLER = SamplerConfig(gen_length=16, block_length=8, steps=8)
 
@@ -48,14 +72,11 @@ def strip_seconds(rows):
 @pytest.fixture(scope="module")
 def full_run(checkpoint, tmp_path_factory):
     """An uninterrupted run over 8 GSM8K problems."""
-    if GSM8K_TEST is None:
-        pytest.skip("shared/data/gsm8k/test.jsonl is absent")
     output = tmp_path_factory.mktemp("full") / "res.jsonl"
     cells = evaluate(checkpoint, output)
     return output, cells
 
 
-@needs_gsm8k
 def test_rows_and_summary(full_run, checkpoint):
     output, cells = full_run
     rows = results.read_rows(output)
@@ -86,7 +107,6 @@ def test_rows_and_summary(full_run, checkpoint):
     assert cells[0]["metrics"] == summary["metrics"]
 
 
-@needs_gsm8k
 def test_existing_output_is_extended_never_overwritten(full_run, checkpoint, tmp_path):
     # A finished run over the first 4 problems (its file and summary), then a run over 8.
     output = tmp_path / "res.jsonl"
@@ -98,7 +118,6 @@ def test_existing_output_is_extended_never_overwritten(full_run, checkpoint, tmp
     assert strip_seconds(results.read_rows(output)) == strip_seconds(results.read_rows(full_run[0]))
 
 
-@needs_gsm8k
 def test_interrupted_run_resumes_from_its_part_file(full_run, checkpoint, tmp_path, monkeypatch):
     import blocksft.evaluate.runner as runner
 
@@ -123,7 +142,6 @@ def test_interrupted_run_resumes_from_its_part_file(full_run, checkpoint, tmp_pa
     assert not results.part_paths(output)
 
 
-@needs_gsm8k
 def test_other_settings_are_refused_and_nothing_is_lost(full_run, checkpoint, tmp_path):
     output = tmp_path / "res.jsonl"
     shutil.copy(full_run[0], output)
@@ -220,7 +238,6 @@ def test_math_task_on_a_local_file(checkpoint, tmp_path):
     assert all(set(r["correct"]) == {"math_verify", "exact"} for r in got)
 
 
-@needs_gsm8k
 def test_grid_writes_table_and_heatmap(checkpoint, tmp_path):
     cells = evaluate(
         checkpoint,
@@ -243,7 +260,6 @@ def test_grid_refuses_block_lengths_the_sampler_cannot_take(checkpoint, tmp_path
         evaluate(checkpoint, tmp_path / "g.jsonl", block_length="8,5", data="unused.jsonl")
 
 
-@needs_gsm8k
 def test_compare_command(full_run, tmp_path, capsys):
     from blocksft.cli import main
 
@@ -256,7 +272,6 @@ def test_compare_command(full_run, tmp_path, capsys):
     assert "share no problem id" in capsys.readouterr().err
 
 
-@needs_gsm8k
 def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, tmp_path):
     from blocksft.data.tasks import load_gsm8k
     from blocksft.evaluate.runner import DistContext, evaluate_problems
@@ -280,7 +295,6 @@ def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, t
     assert not results.part_paths(output)
 
 
-@needs_gsm8k
 @pytest.mark.slow
 def test_torchrun_two_processes(full_run, checkpoint, tmp_path):
     output = tmp_path / "res.jsonl"

@@ -291,3 +291,16 @@ def test_load_model_refuses_other_architectures(tmp_path):
 def test_forward_rejects_unknown_arguments(tiny_model):
     with pytest.raises(TypeError, match="labels"):
         tiny_model(torch.zeros(1, 3, dtype=torch.long), labels=torch.zeros(1, 3))
+
+
+def test_load_errors_are_one_clear_line(tmp_path):
+    from blocksft.errors import BlocksftError
+    from blocksft.model.loading import load_tokenizer
+
+    with pytest.raises(BlocksftError, match="no such checkpoint folder"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(BlocksftError, match="no such checkpoint folder"):
+        load_tokenizer(str(tmp_path / "missing"))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(BlocksftError, match="cannot load the model"):
+        load_model(str(tmp_path))

@@ -110,3 +110,39 @@ def mask_token_id(tokenizer) -> int:
     if token_id is None or token_id == tokenizer.unk_token_id:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no {MASK} token")
     return int(token_id)
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, flag: str = "--model"):
+    """Load a checkpoint's tokenizer (hub id or folder); a failure is one clear ``BlocksftError``.
+
+    Lives here rather than beside the model loader so that commands needing only a tokenizer
+    (``prepare``) do not import the model classes.
+    """
+    from transformers import AutoTokenizer
+
+    check_model_source(name_or_path, flag=flag)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # hub, file and tokenizer-class errors alike
+        raise source_error("the tokenizer of", name_or_path, err, flag=flag) from err
+
+
+def check_model_source(name_or_path: str, *, flag: str = "--model") -> None:
+    """Refuse a local-looking path (``/x``, ``./x``, ``~/x``) that is not a folder, before any hub lookup."""
+    from pathlib import Path
+
+    from blocksft.errors import BlocksftError
+
+    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
+        raise BlocksftError(f"{flag} {name_or_path}: no such checkpoint folder")
+
+
+def source_error(what: str, name_or_path: str, err: Exception, *, flag: str = "--model"):
+    """A one-line ``BlocksftError`` for a checkpoint or tokenizer that failed to load."""
+    from blocksft.errors import BlocksftError
+
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return BlocksftError(
+        f"cannot load {what} {flag} {name_or_path}: {type(err).__name__}: {first_line}; give a local "
+        "checkpoint folder, or a hub id with network access"
+    )

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 from blocksft.config import add_dataclass_arguments, build_config
-from blocksft.errors import BlocksftError
 from blocksft.generation.options import SamplerConfig
 
 
@@ -109,15 +108,9 @@ def run(args) -> int:
     from blocksft.model.loading import load_model, load_tokenizer
 
     source = str(Path(cfg.model).expanduser()) if cfg.model.startswith("~") else cfg.model
-    if source.startswith((".", "/")) and not Path(source).is_dir():
-        raise BlocksftError(f"--model {cfg.model}: no such checkpoint folder")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
-        model = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=device)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BlocksftError(f"cannot load --model {cfg.model}: {first_line}") from err
+    tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    model = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=device)
     model.eval()
     mask_id = resolve_mask_id(model.config, tokenizer, cfg.mask_id)
     prompt_ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt, chat=cfg.chat)])

@@ -429,17 +429,9 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 
 def _load_tokenizer(config: PrepareConfig):
-    # AutoTokenizer directly: blocksft.model.loading would import the model classes too (seconds).
-    from transformers import AutoTokenizer
+    from blocksft.tokenizer import load_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
-    except Exception as err:  # hub, file and tokenizer-class errors alike
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise BlocksftError(
-            f"cannot load the tokenizer of --model {config.model}: {type(err).__name__}: {first_line}; give "
-            "a hub id (with network access) or a local folder with the tokenizer files"
-        ) from err
+    return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
 
 
 def build_meta(config: PrepareConfig, tokenizer, template: str, counts: PrepareCounts, command: str | None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def _is_local(source: str) -> bool:
     return Path(source).suffix.lower() in LOCAL_FORMATS or Path(source).exists()
 
 
+@contextmanager
+def _quiet(datasets):
+    """No progress bar and no log lines from ``datasets`` while a local file loads: it takes moments,
+    and a parse failure must surface as our one-line error, not a logged traceback before it."""
+    was_enabled, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def open_dataset(source: str, split: str = "train", config: str | None = None, *, flag: str = "--dataset"):
     """Load a ``datasets.Dataset`` from a hub id or a local file/folder.
 
@@ -81,7 +97,8 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
                 builder = LOCAL_FORMATS.get(path.suffix.lower())
                 if builder is None:
                     raise BlocksftError(f"{flag} {source}: unknown file type; use .jsonl, .json or .parquet")
-                dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+                with _quiet(datasets):
+                    dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             dataset = datasets.load_dataset(source, config, split=split)
     except BlocksftError:

@@ -7,8 +7,10 @@ Our own :class:`LLaDAModelLM` is used by default; the published remote code only
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from ..errors import BlocksftError
+from ..tokenizer import check_model_source, load_tokenizer, source_error
 from .configuration_llada import LLaDAConfig
 from .modeling_llada import LLaDAModelLM
 
@@ -28,7 +30,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+        raise BlocksftError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -48,6 +50,19 @@ def load_model(
         device: move the model there after loading.
     """
     torch_dtype = resolve_dtype(dtype)
+    check_model_source(name_or_path)
+    try:
+        model = _load(name_or_path, torch_dtype, trust_remote_code)
+    except (BlocksftError, torch.OutOfMemoryError):
+        raise
+    except Exception as err:  # hub, file, config and weight errors alike
+        raise source_error("the model", name_or_path, err) from err
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _load(name_or_path: str, torch_dtype, trust_remote_code: bool) -> PreTrainedModel:
     if trust_remote_code:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=True)
         # The published remote code reads config.use_cache, which transformers 5.x no longer sets.
@@ -59,16 +74,12 @@ def load_model(
         config_dict, _ = LLaDAConfig.get_config_dict(name_or_path)
         model_type = config_dict.get("model_type")
         if model_type != LLaDAConfig.model_type:
-            raise ValueError(
+            raise BlocksftError(
                 f"{name_or_path} is a {model_type!r} checkpoint, not 'llada'; blocksft's own model "
                 "class only covers LLaDA (pass --trust-remote-code to use the checkpoint's own code)"
             )
         model = LLaDAModelLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    if device is not None:
-        model.to(device)
     return model
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
-    """Load the tokenizer that goes with a checkpoint (hub id or folder)."""
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+__all__ = ["load_model", "load_tokenizer", "resolve_dtype"]
