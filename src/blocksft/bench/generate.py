@@ -120,12 +120,13 @@ def time_generate(model, prompt, settings: dict, repeats: int):
     return out, best
 
 
-def bench_model(name: str, model, prompt, args) -> list[str]:
+def bench_model(name: str, model, prompt, args):
+    """Every mode on one model, timed against its plain run; yields one result dict per mode."""
     base = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps)
     num_blocks = args.gen_length // args.block_length
     warm_up = {**base, "gen_length": args.block_length, "steps": args.steps // num_blocks}
     time_generate(model, prompt, warm_up, 1)
-    rows, plain = [], None
+    plain = None
     for mode, options in MODES.items():
         settings = {**base, **options}
         if options.get("threshold"):
@@ -134,13 +135,24 @@ def bench_model(name: str, model, prompt, args) -> list[str]:
         tokens_per_s = prompt.shape[0] * args.gen_length / seconds
         if plain is None:
             plain = (out, tokens_per_s)
-        agree = (out.generated == plain[0].generated).float().mean().item()
-        label = mode.replace("threshold", f"threshold {args.threshold:g}")
-        rows.append(
-            f"| {name} | {label} | {out.nfe} | {out.forward_tokens} | {seconds:.2f} | {tokens_per_s:.1f} | "
-            f"{tokens_per_s / plain[1]:.2f}x | {plain[0].nfe / out.nfe:.2f}x | {agree:.0%} |"
-        )
-    return rows
+        yield {
+            "model": name,
+            "mode": mode.replace("threshold", f"threshold {args.threshold:g}"),
+            "nfe": out.nfe,
+            "forward_tokens": out.forward_tokens,
+            "seconds": seconds,
+            "tokens_per_s": tokens_per_s,
+            "speed_up": tokens_per_s / plain[1],
+            "nfe_ratio": plain[0].nfe / out.nfe,
+            "agree": (out.generated == plain[0].generated).float().mean().item(),
+        }
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"| {row['model']} | {row['mode']} | {row['nfe']} | {row['forward_tokens']} | {row['seconds']:.2f} | "
+        f"{row['tokens_per_s']:.1f} | {row['speed_up']:.2f}x | {row['nfe_ratio']:.2f}x | {row['agree']:.0%} |"
+    )
 
 
 def describe(model, args) -> str:
@@ -159,17 +171,20 @@ def describe(model, args) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def benchmark(argv: list[str] | None = None, *, on_row=None) -> dict:
+    """Run the benchmark; returns its description and rows (``on_row(text)`` gets each printed line)."""
     import torch
 
     from blocksft.model.loading import resolve_dtype
 
+    say = on_row or (lambda text: None)
     args = parse_args(argv)
     if not args.device.startswith("cuda"):
         torch.set_num_threads(args.threads)
     shape = TINY_SHAPE if args.tiny else ({} if args.gpu_8b else SMALL_SHAPE)
     build = dict(device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed)
     generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    result = {"benchmark": "generate", "rows": []}
     for name, init_std, logit_std in (("random", 0.02, None), ("confident", 0.1, args.logit_std)):
         model = random_llada(shape, init_std=init_std, **build)
         prompt = torch.randint(
@@ -180,19 +195,26 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
         )
         if name == "random":
-            print(describe(model, args))
+            result["description"] = describe(model, args)
             clock = "wall s" if args.device.startswith("cuda") else "CPU s"
-            print(
+            say(result["description"])
+            say(
                 f"| model | mode | NFE | forward tokens | {clock} | tokens/s | speed-up | NFE ratio | agree |"
             )
-            print("|---|---|---|---|---|---|---|---|---|")
+            say("|---|---|---|---|---|---|---|---|---|")
         else:
             sharpen(model, prompt, args.gen_length, logit_std)
         for row in bench_model(name, model, prompt, args):
-            print(row, flush=True)
+            result["rows"].append(row)
+            say(format_row(row))
         del model
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    benchmark(argv, on_row=lambda text: print(text, flush=True))
     return 0
 
 

@@ -162,14 +162,16 @@ def reference_collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
-def synthetic_examples(count: int, *, max_len: int = 256, seed: int = 0) -> list[dict]:
-    """Records shaped like MetaMathQA's (prompt 60-140 tokens, answer 40-190, total <= max_len)."""
+def synthetic_examples(count: int, *, max_len: int = 256, seed: int = 0, vocab: int = 126000) -> list[dict]:
+    """Records shaped like MetaMathQA's (prompt 60-140 tokens, answer 40-190, total <= max_len),
+    with random ids in ``[0, vocab)``."""
     rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
     examples = []
     for _ in range(count):
         prompt_len = rng.randint(min(60, max_len // 4), min(140, max_len // 2))
         answer_len = rng.randint(min(40, max_len - prompt_len), max_len - prompt_len)
-        ids = torch.randint(0, 126000, (prompt_len + answer_len,), dtype=torch.long)
+        ids = torch.randint(0, vocab, (prompt_len + answer_len,), dtype=torch.long, generator=generator)
         examples.append({"prompt_len": prompt_len, "full_ids": ids})
     return examples
 

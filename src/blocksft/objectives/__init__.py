@@ -26,7 +26,13 @@ Layout: ``noise`` (the noising functions), ``loss`` (the loss), ``budget`` (toke
 """
 
 from blocksft.objectives.budget import TokenCounts, count_tokens, forward_flops, training_step_flops
-from blocksft.objectives.loss import LossNormalize, LossWeighting, masked_ce_loss
+from blocksft.objectives.loss import (
+    LossNormalize,
+    LossWeighting,
+    linear_cross_entropy,
+    loss_weights,
+    masked_ce_loss,
+)
 from blocksft.objectives.noise import (
     NoisedBatch,
     noise_blockwise,
@@ -56,6 +62,8 @@ __all__ = [
     "count_tokens",
     "forward_flops",
     "get_objective",
+    "linear_cross_entropy",
+    "loss_weights",
     "masked_ce_loss",
     "noise_blockwise",
     "noise_fullseq",

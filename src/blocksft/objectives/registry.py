@@ -8,7 +8,13 @@ from types import MappingProxyType
 import torch
 
 from blocksft.errors import BlocksftError
-from blocksft.objectives.loss import LossNormalize, LossWeighting, check_loss_options, masked_ce_loss
+from blocksft.objectives.loss import (
+    LossNormalize,
+    LossWeighting,
+    check_loss_options,
+    loss_weights,
+    masked_ce_loss,
+)
 from blocksft.objectives.noise import (
     Lengths,
     NoisedBatch,
@@ -144,20 +150,30 @@ class Objective:
 
         ``logits`` dense ``[B, L, V]`` or selected ``[N, V]`` at ``noised.loss_mask``.
         """
+        options = self._loss_options(noised, prompt_lens, answer_lens, block_index)
+        return masked_ce_loss(logits, targets, noised.loss_mask, **options)
+
+    def loss_weights(
+        self,
+        noised: NoisedBatch,
+        *,
+        prompt_lens: Lengths,
+        answer_lens: Lengths,
+        block_index: Lengths | None = None,
+    ) -> torch.Tensor:
+        """``[N]`` weights of the loss positions: :meth:`loss` is ``sum_i w_i * CE_i`` (see
+        :func:`loss_weights`), for computing the head and the CE in chunks."""
+        options = self._loss_options(noised, prompt_lens, answer_lens, block_index)
+        return loss_weights(noised.loss_mask, **options)
+
+    def _loss_options(self, noised: NoisedBatch, prompt_lens, answer_lens, block_index) -> dict:
+        """The keyword arguments of :func:`masked_ce_loss` / :func:`loss_weights` for a batch."""
         o = self.options
         spans = None
         if o.loss_normalize in ("answer_len", "batch_tokens"):
             seq_len = noised.loss_mask.shape[1]
             spans = self.span_lens(prompt_lens, answer_lens, seq_len=seq_len, block_index=block_index)
-        return masked_ce_loss(
-            logits,
-            targets,
-            noised.loss_mask,
-            p=noised.p,
-            weighting=o.loss_weighting,
-            normalize=o.loss_normalize,
-            answer_lens=spans,
-        )
+        return dict(p=noised.p, weighting=o.loss_weighting, normalize=o.loss_normalize, answer_lens=spans)
 
 
 @dataclasses.dataclass(frozen=True)

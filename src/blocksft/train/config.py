@@ -108,6 +108,23 @@ class TrainConfig:
         default=True,
         metadata=_help("compute LM-head logits only where loss is taken; --no-sparse-logits = full logits"),
     )
+    ce_chunk_size: int = field(
+        default=0,
+        metadata=_help(
+            "run the LM head and the cross-entropy together over this many loss positions at a time, "
+            "with their gradients computed on the spot: no [N, vocab] logits are kept (0 = off)"
+        ),
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata=_help(
+            "put records of similar length in the same micro-batch (less padding): lengths are sorted "
+            "within windows of --length-group-steps steps of an epoch; same items, another order"
+        ),
+    )
+    length_group_steps: int = field(
+        default=50, metadata=_help("with --group-by-length: optimizer steps per sorting window")
+    )
     shuffle: bool = field(default=True, metadata=_help("shuffle the samples each epoch (seeded)"))
     drop_exhausted: bool = field(
         default=False,
@@ -165,6 +182,12 @@ class TrainConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata=_help("recompute activations in the backward pass (saves memory)")
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata=_help(
+            "compile each transformer block with torch.compile (dynamic shapes; the first steps compile)"
+        ),
+    )
     use_cpu: bool = field(default=False, metadata=_help("train on CPU even when a GPU is present"))
     # ----- Saving and logging -----
     ckpt_dir: str | None = field(
@@ -196,10 +219,10 @@ class TrainConfig:
         for name in ("max_len", "block_size", "micro_batch", "grad_accum", "epochs", "pad_to_multiple_of"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lora_r", "log_every"):
+        for name in ("lora_r", "log_every", "length_group_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("save_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
+        for name in ("save_every", "checkpoint_every", "keep_checkpoints", "num_workers", "ce_chunk_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("prefix_mask_rate", "suffix_mask_prob", "lora_dropout", "warmup_ratio", "min_lr_ratio"):
@@ -207,6 +230,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.mask_eps < 1.0:
             raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}")
+        if self.ce_chunk_size and not self.sparse_logits:
+            raise ValueError("ce_chunk_size works on the loss positions only: it needs sparse_logits")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.total_steps is not None and self.total_steps <= 0:
@@ -237,6 +262,9 @@ class TrainConfig:
 # Settings a resumed run may change; every other one must equal the interrupted run's.
 RESUMABLE_CHANGES = (
     "resume",
+    "ce_chunk_size",
+    "gradient_checkpointing",
+    "torch_compile",
     "report_to",
     "num_workers",
     "save_every",

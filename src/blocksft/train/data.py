@@ -9,8 +9,11 @@ different batches of it, so no two ranks ever see the same item, and N GPUs proc
 items as one. The list is a pure function of the config, which is what makes data order
 resumable.
 
-The collator pads a batch to its longest record rounded up to a multiple (8 by default), not to
-``--max-len``; noising happens later, on the device, inside the Trainer's ``compute_loss``.
+With ``--group-by-length`` the list is reordered within windows of an epoch so that each
+micro-batch holds records of similar length (:func:`group_by_length`); it stays a pure function of
+the config. The collator pads a batch to its longest record rounded up to a multiple (8 by
+default), not to ``--max-len``; noising happens later, on the device, inside the Trainer's
+``compute_loss``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from blocksft.errors import BlocksftError
@@ -49,6 +53,43 @@ def plan_items(schedule, epochs: int, *, blockwise: bool) -> list[Item]:
             blocks = [0] * len(samples)
         items.extend(Item(int(s), epoch, int(b)) for s, b in zip(samples, blocks))
     return items
+
+
+def group_by_length(
+    items: Sequence[Item], lengths: Sequence[int], *, slice_size: int, window: int, seed: int
+) -> list[Item]:
+    """The items reordered so that each micro-batch holds records of similar length (less padding).
+
+    The list is cut into windows: at most ``window`` consecutive items, never across an epoch
+    (windows start at multiples of ``window`` and at epoch starts). Inside a window the items are
+    sorted by record length, longest first, and dealt in runs to the window's slices (its positions
+    between multiples of ``slice_size``, world size x micro-batch: one micro-batch of every rank),
+    the slices taking their turn in a seeded random order, so that long and short batches alternate
+    at random instead of the lengths falling through the window. Each epoch keeps exactly its items
+    (every (sample, block) pair once, the same samples), only their order within windows changes;
+    the result is a pure function of its arguments, so resuming and every rank get the same list.
+
+    Args:
+        items: the run's items in training order (already cut to the steps that run).
+        lengths: record length (prompt + answer) of every sample.
+        slice_size: world size x micro-batch (a multiple of it is ``window``).
+        window: items per window (``--length-group-steps`` x samples per optimizer step).
+        seed: the run's seed.
+    """
+    grouped = list(items)
+    starts = {0, len(items)} | set(range(0, len(items), window))
+    starts |= {k for k in range(1, len(items)) if items[k].epoch != items[k - 1].epoch}
+    bounds = sorted(starts)
+    for start, end in zip(bounds, bounds[1:]):
+        by_length = sorted(range(start, end), key=lambda k: (-lengths[items[k].sample], k))
+        cuts = [start, *range(-(-start // slice_size) * slice_size, end, slice_size), end]
+        slices = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        taken = 0
+        for k in np.random.default_rng([seed, start]).permutation(len(slices)):
+            a, b = slices[k]
+            grouped[a:b] = [items[j] for j in by_length[taken : taken + b - a]]
+            taken += b - a
+    return grouped
 
 
 def steps_for(items: Sequence[Item], samples_per_step: int, total_steps: int | None) -> int:
@@ -145,6 +186,8 @@ class PadCollator:
             "block_index": torch.tensor([f["block"] for f in features]),
             "sample_ids": torch.tensor([f["sample"] for f in features]),
             "item_ids": torch.tensor([f["item"] for f in features]),
-            # A plain int (stays on the host): seeds this batch's noise without a device sync.
+            # Plain Python values (they stay on the host): the first seeds this batch's noise, the
+            # second lets the step drop an all-ones attention mask, both without a device sync.
             "first_item": int(features[0]["item"]),
+            "has_padding": bool((visible < seq_len).any()),
         }

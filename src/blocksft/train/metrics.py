@@ -51,7 +51,13 @@ class FlopModel:
         )
         forward = body + 2 * self.head_params * logit_positions
         trained = None if self.trained_params is None else forward_flops(self.trained_params, padded_tokens)
-        return training_step_flops(forward, trained_forward=trained, recompute=self.recompute)
+        # Attention has no weights, yet its backward costs twice its forward (gradients of the
+        # scores and of the values, then of queries and keys), where ``training_step_flops`` counts
+        # one forward for activation gradients: add the second.
+        attention = forward_flops(
+            0, padded_tokens, n_layers=self.n_layers, d_model=self.d_model, context=seq_len
+        )
+        return training_step_flops(forward, trained_forward=trained, recompute=self.recompute) + attention
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .callbacks import (
     MergedExporter,
 )
 from .config import TrainConfig, resolve_deepspeed_config
-from .data import ItemDataset, PadCollator, plan_items, schedule_state_at, steps_for
+from .data import ItemDataset, PadCollator, group_by_length, plan_items, schedule_state_at, steps_for
 from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_run_config
 from .metrics import FlopModel, StepMeter
 from .resume import check_output, check_schedule, checkpoint_step
@@ -68,6 +68,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
 
     # ----- Engine and output folders -----
     args = training_arguments(config)
+    check_engine(config, args.deepspeed)
     world_size = start_distributed(args)
     state = PartialState()
     resume_from = check_output(config)
@@ -99,6 +100,8 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
 
     set_seed(config.seed)
     model, lora_modules = attach_adapters(model, config)
+    if config.torch_compile:
+        compile_blocks(model)
 
     # ----- Logs and the Trainer -----
     resume_step = checkpoint_step(resume_from) if resume_from else 0
@@ -123,6 +126,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
             seed=config.seed,
             sparse_logits=config.sparse_logits,
             attend_padding=config.attend_padding,
+            ce_chunk_size=config.ce_chunk_size,
         ),
         meter=StepMeter(flop_model=flop_model_of(model, config)),
         csv_log=csv_log,
@@ -218,6 +222,34 @@ def start_distributed(args) -> int:
     return world_size
 
 
+def check_engine(config: TrainConfig, deepspeed_config: str | None) -> None:
+    """Refuse options the engine cannot honour: the chunked head reads the head's weight directly,
+    which ZeRO-3 partitions across ranks."""
+    import json
+
+    if not (config.ce_chunk_size and deepspeed_config):
+        return
+    stage = json.loads(Path(deepspeed_config).read_text()).get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        raise BlocksftError(
+            "--ce-chunk-size does not work with DeepSpeed ZeRO-3 (the LM head is partitioned): "
+            "use --deepspeed zero2 or --ce-chunk-size 0"
+        )
+
+
+def compile_blocks(model, backend: str = "inductor") -> None:
+    """``torch.compile`` each transformer block's forward (dynamic shapes: batches differ in length).
+
+    The blocks, not the whole model: the number of loss positions makes the head's input
+    data-dependent in size, which breaks a whole-model graph. The compiled forward is an instance
+    attribute of the block; deleting it goes back to eager. ``backend``: ``torch.compile``'s (tests
+    trace with ``"eager"``, which skips code generation).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for block in base.blocks:
+        block.forward = torch.compile(block.forward, dynamic=True, backend=backend)
+
+
 def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> None:
     """Our progress bar instead of the stock one, merged exports, and the other callbacks."""
     from transformers.trainer_callback import ProgressCallback
@@ -307,7 +339,16 @@ def plan_run(config: TrainConfig, objective, records, world_size: int):
     steps = steps_for(items, samples_per_step, config.total_steps)
     say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
     say(f"logs in {config.logs_dir}/, merged checkpoints in {config.ckpt_dir}_stepNNNN/")
-    return schedule, items[: steps * samples_per_step], steps
+    items = items[: steps * samples_per_step]
+    if config.group_by_length:
+        items = group_by_length(
+            items,
+            [len(r["full_ids"]) for r in records],
+            slice_size=world_size * config.micro_batch,
+            window=config.length_group_steps * samples_per_step,
+            seed=config.seed,
+        )
+    return schedule, items, steps
 
 
 def build_objective(config: TrainConfig, mask_id: int):

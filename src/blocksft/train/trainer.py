@@ -38,31 +38,76 @@ class TrainStep:
         sparse_logits: compute logits only at loss positions (``model(..., logits_at=)``);
             False computes the full ``[B, L, V]`` logits (the plain path).
         attend_padding: pass no attention mask, so padding is attended (the reference).
+        ce_chunk_size: > 0 runs the LM head and the cross-entropy together over this many loss
+            positions at a time (:func:`blocksft.objectives.linear_cross_entropy`): no ``[N, V]``
+            logits are kept for the backward pass. 0: the model's head, then the loss.
     """
 
     objective: object
     seed: int
     sparse_logits: bool = True
     attend_padding: bool = False
+    ce_chunk_size: int = 0
+
+    def __post_init__(self):
+        if self.ce_chunk_size and not self.sparse_logits:
+            raise BlocksftError("--ce-chunk-size works on the loss positions: it needs --sparse-logits")
 
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(loss, loss_mask [B, L])`` for a batch from :class:`~blocksft.train.data.PadCollator`."""
+        noised = self.noise(batch)
+        return self.loss(model, batch, noised), noised.loss_mask
+
+    def noise(self, batch: dict):
+        """The batch's :class:`~blocksft.objectives.NoisedBatch`, drawn on its device from its own seed."""
         input_ids = batch["input_ids"]  # [B, L]
-        lengths = dict(prompt_lens=batch["prompt_lens"], answer_lens=batch["answer_lens"])
-        # === 1. Noise the batch on its device ===
         generator = torch.Generator(device=input_ids.device)
         generator.manual_seed(noise_seed(self.seed, batch["first_item"]))
-        block_index = batch["block_index"]  # [B]
-        noised = self.objective.noise(
-            input_ids, *lengths.values(), block_index=block_index, generator=generator
+        return self.objective.noise(
+            input_ids,
+            batch["prompt_lens"],
+            batch["answer_lens"],
+            block_index=batch["block_index"],
+            generator=generator,
         )
-        # === 2. Forward: logits [N, V] at the loss positions only, or [B, L, V] ===
-        attention_mask = None if self.attend_padding else batch["attention_mask"]
+
+    def loss(self, model, batch: dict, noised) -> torch.Tensor:
+        """The objective's loss of ``model`` on a batch noised as ``noised``."""
+        input_ids = batch["input_ids"]  # [B, L]
+        lengths = dict(
+            prompt_lens=batch["prompt_lens"],
+            answer_lens=batch["answer_lens"],
+            block_index=batch["block_index"],
+        )
+        # Without padding in the batch the mask changes nothing: leave it out so that SDPA may use
+        # its flash kernel (which takes no mask). ``has_padding`` is a host bool: no device sync.
+        masked = not self.attend_padding and batch.get("has_padding", True)
+        inputs = dict(input_ids=noised.noised_ids, attention_mask=batch["attention_mask"] if masked else None)
+        if self.ce_chunk_size:
+            # Hidden states [B, L, D] -> [N, D] at the loss positions; head + CE in chunks.
+            from blocksft.objectives import linear_cross_entropy
+
+            hidden = model(**inputs, return_logits=False, output_hidden_states=True).hidden_states
+            return linear_cross_entropy(
+                hidden[noised.loss_mask],
+                lm_head_weight(model),
+                input_ids[noised.loss_mask],
+                self.objective.loss_weights(noised, **lengths),
+                chunk_size=self.ce_chunk_size,
+            )
+        # Logits [N, V] at the loss positions only, or [B, L, V].
         logits_at = noised.loss_mask if self.sparse_logits else None
-        logits = model(input_ids=noised.noised_ids, attention_mask=attention_mask, logits_at=logits_at).logits
-        # === 3. Loss over the masked tokens the objective selected ===
-        loss = self.objective.loss(logits, input_ids, noised, block_index=block_index, **lengths)
-        return loss, noised.loss_mask
+        logits = model(**inputs, logits_at=logits_at).logits
+        return self.objective.loss(logits, input_ids, noised, **lengths)
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    """The LM head's weight of a model, through DDP/DeepSpeed and PEFT wrappers."""
+    while hasattr(model, "module"):  # DistributedDataParallel, DeepSpeedEngine
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model.get_output_embeddings().weight
 
 
 class BlockSFTTrainer(Trainer):

@@ -1,0 +1,623 @@
+"""Benchmark: our training step against a faithful re-implementation of the reference's, on one model.
+
+    PYTHONPATH=src python -m blocksft bench train        # CPU: 4 layers, width 256, vocab 126,464
+    blocksft bench train --gpu-8b                         # LLaDA-8B shape, bf16, LoRA r256, CUDA
+    blocksft bench train --paths reference ours grouped   # one row per path
+
+Every path trains the same model (random weights, the same LoRA adapters and AdamW) in the same
+process; the paths take turns step by step (the order flips every round), so a change in the
+machine's load hits them alike. The records are MetaMathQA-like (prompt 60-140 tokens, answer up
+to ``--max-len``; :func:`blocksft.bench.noise.synthetic_examples`) or a record file (``--data``).
+
+* ``reference``: the reference scripts' path. A ``Dataset`` noises each item with per-token Python
+  (:class:`~blocksft.bench.noise.ReferenceBlockwiseDataset` / ``ReferenceFullSeqDataset``), pads
+  it to ``--max-len``, and the items are stacked; the model gets no attention mask (padding is
+  attended) and computes the full ``[B, max_len, V]`` logits; the loss is the float32
+  cross-entropy at the masked positions, each sample's mean, averaged over the samples.
+* ``ours``: what ``blocksft train`` runs with its defaults: the item plan, :class:`PadCollator`
+  (pad to the batch's longest record rounded up to 8, padding masked out of attention) and
+  :class:`TrainStep` (noising on the device, the LM head only at the loss positions).
+* the other paths change one setting of ``ours`` each (``VARIANTS``; the flags of ``blocksft train``).
+
+A step is timed from building the batch to the optimizer step: data pipeline, copy to the device,
+forward, backward, gradient clipping, AdamW. ``tokens/s`` counts real (prompt + answer) tokens,
+the same currency for every path, and ``samples/s`` rows; both are given at the median and the best
+step, and the speed-up also in tokens per second of the process's CPU time (with ``--threads 1``
+other jobs on a shared machine do not inflate it; with several threads, OpenMP's spin-waiting for a
+preempted thread counts as CPU time too, and such runs are slow and erratic on a busy machine).
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each step); on CPU the
+process's resident-set high-water mark (``VmHWM`` of ``/proc/self/status``, reset before each step
+through ``/proc/self/clear_refs``), where ``step`` is that peak minus the resident set before it.
+
+MFU (GPUs): the step's model FLOPs over its time and the GPU's dense bf16 peak, counted by
+:class:`blocksft.train.metrics.FlopModel` (one multiply-add = 2 FLOPs). Forward: ``2 * N_body``
+per processed token (every block weight, LoRA adapters included; padding is processed, so it
+counts), ``2 * d_model * V`` per position whose logits are computed (all ``B x max_len`` for the
+reference, the loss positions for ours) and attention ``4 * n_layers * d_model * L`` per token.
+Backward: the forward again for activation gradients (attention twice), plus ``2 * N_trainable``
+per token for the weight gradients of the adapters (frozen weights get none). Gradient
+checkpointing's recomputed forward is not counted. The reference's padding and full logits are
+FLOPs it really computes, so its MFU can be the higher one while its tokens/s is lower: compare
+tokens/s.
+
+Loss check, before the timing, with dropout off and one batch noised once (the reference dataset's
+draw): the reference's loss and ours on the reference's inputs (padded to ``--max-len``, padding
+attended, ``--pad-to-max-len --attend-padding`` in ``blocksft train``) must agree to float
+rounding; and every path on its own inputs (padded to its length, padding masked) must agree with
+the reference's loss computed with the padding masked. The reference's attended padding changes
+the loss a little: that difference is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Our paths: ``blocksft train`` settings on top of its defaults.
+VARIANTS = {
+    "ours": {},
+    "full-logits": {"sparse_logits": False},
+    "chunked-ce": {"ce_chunk_size": 1024},
+    "grouped": {"group_by_length": True},
+    "compiled": {"torch_compile": True},
+    "ours+chunked+grouped": {"ce_chunk_size": 1024, "group_by_length": True},
+}
+PATHS = ("reference", *VARIANTS)
+
+# The CPU default: small, but with LLaDA's vocabulary so that the LM head costs what it does.
+CPU_SHAPE = dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, mlp_hidden_size=768, vocab_size=126464)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blocksft bench train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=["reference", "ours"])
+    parser.add_argument(
+        "--gpu-8b", action="store_true", help="LLaDA-8B shape, bf16, CUDA, LoRA r256, micro-batch 32"
+    )
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer, width-64, vocab-512 shape (tests)")
+    parser.add_argument("--layers", type=int, default=CPU_SHAPE["n_layers"], help="CPU shape: blocks")
+    parser.add_argument("--width", type=int, default=CPU_SHAPE["d_model"], help="CPU shape: d_model")
+    parser.add_argument("--vocab", type=int, default=CPU_SHAPE["vocab_size"], help="CPU shape: vocabulary")
+    parser.add_argument("--objective", choices=["blockwise", "fullseq"], default="blockwise")
+    parser.add_argument("--micro-batch", type=int, default=None, help="default 8, or 32 with --gpu-8b")
+    parser.add_argument("--max-len", type=int, default=256, help="the reference pads to this")
+    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--lora-r", type=int, default=None, help="default 16, or 256 with --gpu-8b")
+    parser.add_argument("--lora-targets", default="reference")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per path")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per path first")
+    parser.add_argument(
+        "--data", default=None, help="a record file (default: synthetic MetaMathQA-like records)"
+    )
+    parser.add_argument(
+        "--full-length",
+        action="store_true",
+        help="synthetic records of exactly --max-len tokens (no padding)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="for every path (default: on with --gpu-8b, else off)",
+    )
+    parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="device peak for MFU (known GPUs: auto)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return parser
+
+
+def parse_args(argv) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.device = args.device or ("cuda" if args.gpu_8b else "cpu")
+    args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") or args.gpu_8b else "fp32")
+    args.micro_batch = args.micro_batch or (32 if args.gpu_8b else 8)
+    args.lora_r = args.lora_r or (256 if args.gpu_8b else 16)
+    if args.gradient_checkpointing is None:
+        args.gradient_checkpointing = args.gpu_8b
+    return args
+
+
+# ----- The reference's path ---------------------------------------------------------------------
+
+
+def reference_loss(
+    model, noisy_ids: torch.Tensor, input_ids: torch.Tensor, mask_flags: torch.Tensor, attention_mask=None
+) -> torch.Tensor:
+    """The reference's loss: full ``[B, L, V]`` logits, then the float32 CE at the masked positions,
+    each sample's mean over its masked positions, and the mean over samples (a sample without any
+    counts 0). Of the two usual ways to write it, this is the cheaper one (CE at the masked
+    positions only, not at all ``B x L``), so that the comparison does not flatter our path."""
+    logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
+    ce = F.cross_entropy(logits[mask_flags].float(), input_ids[mask_flags], reduction="none")  # [N]
+    per_position = torch.zeros(mask_flags.shape, dtype=ce.dtype, device=ce.device).masked_scatter(
+        mask_flags, ce
+    )
+    return (per_position.sum(1) / mask_flags.sum(1).clamp(min=1)).mean()
+
+
+class ReferencePath:
+    """Per-item Python noising in a Dataset, padding to ``max_len``, stacking, then the full logits."""
+
+    compiled = False
+
+    def __init__(self, records, order, args, model_config, device):
+        from blocksft.bench.noise import ReferenceBlockwiseDataset, ReferenceFullSeqDataset
+
+        ids = dict(mask_id=model_config.mask_token_id, pad_id=model_config.pad_token_id, seed=args.seed)
+        if args.objective == "blockwise":
+            self.dataset = ReferenceBlockwiseDataset(
+                records, block_size=args.block_size, max_len=args.max_len, **ids
+            )
+        else:
+            self.dataset = ReferenceFullSeqDataset(records, max_len=args.max_len, **ids)
+        self.records, self.order, self.micro_batch, self.device = records, order, args.micro_batch, device
+        self.cursor = 0
+
+    def __call__(self, model):
+        from blocksft.bench.noise import reference_collate
+
+        indices = self.order[self.cursor : self.cursor + self.micro_batch]
+        self.cursor += self.micro_batch
+        batch = reference_collate([self.dataset[i] for i in indices])  # what its DataLoader does
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        loss = reference_loss(model, batch["noisy_ids"], batch["input_ids"], batch["mask_flags"])
+        b, seq_len = batch["input_ids"].shape
+        tokens = sum(len(self.records[i]["full_ids"]) for i in indices)
+        return loss, StepShape(b, tokens, seq_len, b * seq_len)
+
+
+# ----- Our paths ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StepShape:
+    """What a step processed: rows, real tokens, padded length, positions whose logits were computed."""
+
+    samples: int
+    tokens: int
+    seq_len: int
+    logit_positions: int | torch.Tensor
+
+
+class OurPath:
+    """``blocksft train``'s data path and :class:`TrainStep` with one set of settings."""
+
+    def __init__(self, settings, records, objective, args, model_config, device, steps: int):
+        from blocksft.schedule import BlockSchedule
+        from blocksft.train.data import ItemDataset, PadCollator, group_by_length, plan_items
+        from blocksft.train.trainer import TrainStep
+
+        prompt_lens = [int(r["prompt_len"]) for r in records]
+        answer_lens = [len(r["full_ids"]) - p for r, p in zip(records, prompt_lens)]
+        counts = objective.block_counts(prompt_lens, answer_lens)
+        schedule = BlockSchedule(counts or [1] * len(records), seed=args.seed)
+        items = plan_items(schedule, 1, blockwise=objective.blockwise)[: steps * args.micro_batch]
+        if settings.group_by_length:
+            items = group_by_length(
+                items,
+                [len(r["full_ids"]) for r in records],
+                slice_size=args.micro_batch,
+                window=settings.length_group_steps * args.micro_batch,
+                seed=args.seed,
+            )
+        self.dataset = ItemDataset(records, items)
+        self.collate = PadCollator(pad_id=model_config.pad_token_id, multiple_of=settings.pad_to_multiple_of)
+        self.step = TrainStep(
+            objective,
+            seed=args.seed,
+            sparse_logits=settings.sparse_logits,
+            ce_chunk_size=settings.ce_chunk_size,
+        )
+        self.compiled = settings.torch_compile
+        self.micro_batch, self.device, self.cursor = args.micro_batch, device, 0
+
+    def __call__(self, model):
+        batch = self.collate([self.dataset[k] for k in range(self.cursor, self.cursor + self.micro_batch)])
+        self.cursor += self.micro_batch
+        tokens = int((batch["prompt_lens"] + batch["answer_lens"]).sum())
+        batch = {
+            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+        }
+        loss, loss_mask = self.step(model, batch)
+        b, seq_len = loss_mask.shape
+        positions = loss_mask.sum() if self.step.sparse_logits else b * seq_len
+        return loss, StepShape(b, tokens, seq_len, positions)
+
+
+# ----- Measuring ----------------------------------------------------------------------------------
+
+
+class MemoryProbe:
+    """Peak memory of one step: CUDA's allocator peak, or the CPU process's resident-set high-water."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.kind = (
+            "torch.cuda.max_memory_allocated" if self.cuda else "VmHWM (RSS high-water, reset per step)"
+        )
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def start(self) -> int:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return torch.cuda.memory_allocated(self.device)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.kind = "VmHWM (RSS high-water since the process started: not resettable here)"
+        return self._status_kib("VmRSS") * 1024
+
+    def peak(self) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device)
+        return self._status_kib("VmHWM") * 1024
+
+
+def set_compiled(blocks, compiled_forwards) -> None:
+    """Route each block through its compiled forward (a list), or back to the eager one (None)."""
+    for k, block in enumerate(blocks):
+        if compiled_forwards is None:
+            block.__dict__.pop("forward", None)
+        else:
+            block.forward = compiled_forwards[k]
+
+
+def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flops) -> dict:
+    """Alternate the paths step by step; per-path lists of step seconds, shapes, memory and losses."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    blocks = model.get_base_model().blocks
+    compiled_forwards = None
+    if any(path.compiled for path in paths.values()):
+        from blocksft.train.run import compile_blocks
+
+        compile_blocks(model)
+        compiled_forwards = [block.__dict__.pop("forward") for block in blocks]
+    probe = MemoryProbe(device)
+    records = {name: [] for name in paths}
+    warmup_seconds = {name: [] for name in paths}  # compiling happens here
+    names = list(paths)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    for round_ in range(args.warmup + args.steps):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            path = paths[name]
+            set_compiled(blocks, compiled_forwards if path.compiled else None)
+            sync()
+            before = probe.start()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            with autocast:
+                loss, shape = path(model)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            peak = probe.peak()
+            if round_ < args.warmup:
+                warmup_seconds[name].append(seconds)
+            else:
+                positions = int(shape.logit_positions)
+                flops = float(flop_model.step_flops(shape.samples * shape.seq_len, shape.seq_len, positions))
+                records[name].append(
+                    dict(
+                        seconds=seconds,
+                        cpu_seconds=cpu_seconds,
+                        samples=shape.samples,
+                        tokens=shape.tokens,
+                        seq_len=shape.seq_len,
+                        flops=flops,
+                        peak=peak,
+                        step_memory=peak - before,
+                        loss=float(loss.detach()),
+                    )
+                )
+    set_compiled(blocks, None)
+    summaries = {name: summarise(steps, peak_flops) for name, steps in records.items()}
+    for name, seconds in warmup_seconds.items():
+        summaries[name]["warmup_s"] = seconds
+    return summaries | {"memory": probe.kind}
+
+
+def summarise(steps: list[dict], peak_flops: float | None) -> dict:
+    """Median and best of a path's timed steps."""
+    tokens_per_s = [s["tokens"] / s["seconds"] for s in steps]
+    tokens_per_cpu_s = [s["tokens"] / max(s["cpu_seconds"], 1e-9) for s in steps]
+    samples_per_s = [s["samples"] / s["seconds"] for s in steps]
+    flops_per_s = [s["flops"] / s["seconds"] for s in steps]
+    return {
+        "steps": len(steps),
+        "step_s_min": min(s["seconds"] for s in steps),
+        "step_s_median": statistics.median(s["seconds"] for s in steps),
+        "tokens_per_s_median": statistics.median(tokens_per_s),
+        "tokens_per_s_best": max(tokens_per_s),
+        "tokens_per_cpu_s_median": statistics.median(tokens_per_cpu_s),
+        "samples_per_s_median": statistics.median(samples_per_s),
+        "samples_per_s_best": max(samples_per_s),
+        "mean_padded_len": statistics.mean(s["seq_len"] for s in steps),
+        "peak_memory_mib": max(s["peak"] for s in steps) / 2**20,
+        "step_memory_mib": max(s["step_memory"] for s in steps) / 2**20,
+        "tflops_per_s_median": statistics.median(flops_per_s) / 1e12,
+        "mfu_median": statistics.median(flops_per_s) / peak_flops if peak_flops else None,
+        "losses": [s["loss"] for s in steps],
+    }
+
+
+def loss_checks(model, paths: dict, records, args, model_config, device) -> list[dict]:
+    """The losses of every path on one batch noised once by the reference's dataset (dropout off)."""
+    from blocksft.bench.noise import reference_collate
+    from blocksft.objectives import NoisedBatch
+    from blocksft.train.data import round_up
+
+    reference = ReferencePath(records, list(range(len(records))), args, model_config, device)
+    indices = list(range(args.micro_batch))
+    batch = reference_collate([reference.dataset[i] for i in indices])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    ids, noisy, flags = batch["input_ids"], batch["noisy_ids"], batch["mask_flags"]  # [B, max_len]
+    prompt = torch.tensor([int(records[i]["prompt_len"]) for i in indices], device=device)
+    lengths = torch.tensor([len(records[i]["full_ids"]) for i in indices], device=device)
+    blocks = batch.get("blk_index", torch.zeros_like(prompt))
+    attention = (torch.arange(args.max_len, device=device)[None, :] < lengths[:, None]).long()  # [B, max_len]
+    tolerance = 2e-2 if args.dtype == "bf16" else 1e-4
+    checks = []
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+        attended = float(reference_loss(model, noisy, ids, flags))
+        masked = float(reference_loss(model, noisy, ids, flags, attention_mask=attention))
+        for name, path in paths.items():
+            if name == "reference":
+                continue
+            full = dict(
+                input_ids=ids,
+                attention_mask=attention,
+                prompt_lens=prompt,
+                answer_lens=lengths - prompt,
+                block_index=blocks,
+                first_item=0,
+            )
+            noised = NoisedBatch(noisy, flags, torch.ones(len(indices), device=device))
+            same_inputs = float(dataclasses.replace(path.step, attend_padding=True).loss(model, full, noised))
+            cut = round_up(int(lengths.max()), path.collate.multiple_of)
+            own = {k: v[:, :cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in full.items()}
+            own_noised = NoisedBatch(noisy[:, :cut], flags[:, :cut], noised.p)
+            own_loss = float(path.step.loss(model, own, own_noised))
+            checks.append(
+                dict(
+                    path=name,
+                    reference_attending_padding=attended,
+                    ours_on_reference_inputs=same_inputs,
+                    reference_padding_masked=masked,
+                    ours_on_own_inputs=own_loss,
+                    same=abs(same_inputs - attended) <= tolerance * abs(attended)
+                    and abs(own_loss - masked) <= tolerance * abs(masked),
+                )
+            )
+    model.train()
+    return checks
+
+
+# ----- Setup and report ---------------------------------------------------------------------------
+
+
+def model_shape(args) -> dict:
+    from blocksft.bench.generate import TINY_SHAPE
+
+    if args.tiny:
+        return dict(TINY_SHAPE)
+    if args.gpu_8b:
+        return {}  # LLaDA-8B-Instruct's config
+    heads = max(1, args.width // 64)
+    return dict(
+        CPU_SHAPE,
+        n_layers=args.layers,
+        d_model=args.width,
+        n_heads=heads,
+        n_kv_heads=heads,
+        mlp_hidden_size=3 * args.width,
+        vocab_size=args.vocab,
+    )
+
+
+def bench_records(args, vocab: int, count: int) -> list[dict]:
+    from blocksft.bench.noise import synthetic_examples
+
+    if args.data:
+        from blocksft.data.records import load_records
+
+        records = load_records(args.data, max_len=args.max_len)
+        if len(records) < count:
+            raise SystemExit(f"--data {args.data}: {len(records)} records, the run needs {count}")
+        return records[:count]
+    if args.full_length:
+        generator = torch.Generator().manual_seed(args.seed)
+        return [
+            {
+                "prompt_len": args.max_len // 3,
+                "full_ids": torch.randint(6, vocab, (args.max_len,), generator=generator),
+            }
+            for _ in range(count)
+        ]
+    return synthetic_examples(count, max_len=args.max_len, seed=args.seed, vocab=vocab)
+
+
+def benchmark(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns everything it measured (what ``main`` prints)."""
+    from blocksft.bench.generate import random_llada
+    from blocksft.model.loading import resolve_dtype
+    from blocksft.objectives import get_objective
+    from blocksft.train.config import TrainConfig
+    from blocksft.train.lora import apply_lora
+    from blocksft.train.metrics import FlopModel, peak_flops_for
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+
+    # ----- Model: random weights made once on the device, LoRA, AdamW -----
+    model = random_llada(
+        model_shape(args), device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed
+    )
+    model, lora = apply_lora(
+        model, targets=args.lora_targets, r=args.lora_r, alpha=2.0 * args.lora_r, dropout=0.05
+    )
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.95)
+    )
+    config = model.get_base_model().config
+
+    # ----- Records and paths -----
+    rounds = args.warmup + args.steps
+    records = bench_records(args, config.vocab_size, rounds * args.micro_batch)
+    objective = get_objective(args.objective, mask_id=config.mask_token_id, block_size=args.block_size)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    paths = {}
+    for name in args.paths:
+        if name == "reference":
+            paths[name] = ReferencePath(records, order, args, config, device)
+        else:
+            settings = dataclasses.replace(TrainConfig(), **VARIANTS[name])
+            paths[name] = OurPath(settings, records, objective, args, config, device, rounds)
+
+    # ----- Loss check, then the timed steps -----
+    checks = loss_checks(model, paths, records, args, config, device)
+    body = sum(p.numel() for n, p in model.named_parameters() if ".blocks." in n)
+    flop_model = FlopModel(
+        body_params=body,
+        trained_params=lora.trainable_params,
+        head_params=config.d_model * config.embedding_size,
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+    )
+    on_cuda = device.type == "cuda"
+    device_name = (
+        torch.cuda.get_device_name(device) if on_cuda else platform.processor() or platform.machine()
+    )
+    peak_flops = (
+        args.peak_tflops * 1e12 if args.peak_tflops else (peak_flops_for(device_name) if on_cuda else None)
+    )
+    timings = time_paths(model, paths, optimizer, args, device, flop_model, peak_flops)
+    import peft
+    import transformers
+
+    return {
+        "benchmark": "train",
+        "device": device_name,
+        "threads": torch.get_num_threads(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+        "shape": "LLaDA-8B" if args.gpu_8b and not args.tiny else model_shape(args),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "lora": lora.summary(),
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "objective",
+                "micro_batch",
+                "max_len",
+                "lora_r",
+                "dtype",
+                "gradient_checkpointing",
+                "steps",
+            )
+        }
+        | {
+            "records": "file " + args.data
+            if args.data
+            else ("full-length" if args.full_length else "synthetic")
+        },
+        "memory": timings.pop("memory"),
+        "paths": timings,
+        "checks": checks,
+    }
+
+
+def format_report(result: dict) -> str:
+    paths = result["paths"]
+    base = paths.get("reference")
+    lines = [
+        f"blocksft bench train: {result['parameters'] / 1e6:.1f}M-parameter random LLaDA {result['shape']}, "
+        f"{result['device']}, {result['threads']} threads, "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "settings: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()),
+        result["lora"],
+        f"peak memory: {result['memory']}; 'step' = peak minus what was held before the step",
+        "",
+        "| path | padded len | s/step min | s/step median | samples/s | tokens/s (median) | tokens/s (best) "
+        "| speed-up (median) | speed-up (best) | speed-up (CPU time) | peak MiB | step MiB | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in paths.items():
+        ratio = ratio_best = ratio_cpu = "-"
+        if base:
+            ratio = f"{row['tokens_per_s_median'] / base['tokens_per_s_median']:.2f}x"
+            ratio_best = f"{row['tokens_per_s_best'] / base['tokens_per_s_best']:.2f}x"
+            ratio_cpu = f"{row['tokens_per_cpu_s_median'] / base['tokens_per_cpu_s_median']:.2f}x"
+        mfu = f"{row['mfu_median']:.1%}" if row["mfu_median"] is not None else "-"
+        cells = [
+            name,
+            f"{row['mean_padded_len']:.0f}",
+            f"{row['step_s_min']:.3f}",
+            f"{row['step_s_median']:.3f}",
+            f"{row['samples_per_s_median']:.2f}",
+            f"{row['tokens_per_s_median']:.0f}",
+            f"{row['tokens_per_s_best']:.0f}",
+            ratio,
+            ratio_best,
+            ratio_cpu,
+            f"{row['peak_memory_mib']:.0f}",
+            f"{row['step_memory_mib']:.0f}",
+            mfu,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if result["checks"]:
+        lines += ["", "loss check (one batch noised once, dropout off):"]
+        for c in result["checks"]:
+            lines.append(
+                f"  {c['path']}: reference's inputs (padding attended): reference "
+                f"{c['reference_attending_padding']:.6f} ours {c['ours_on_reference_inputs']:.6f}; "
+                f"own inputs (padding masked): reference {c['reference_padding_masked']:.6f} ours "
+                f"{c['ours_on_own_inputs']:.6f} -> " + ("same" if c["same"] else "DIFFERENT")
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    result = benchmark(argv)
+    print(format_report(result), flush=True)
+    args = parse_args(argv)
+    if args.json:
+        from blocksft.train.logs import write_json
+
+        write_json(Path(args.json), result)
+    return 0 if all(c["same"] for c in result["checks"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
