@@ -94,6 +94,12 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_results(results: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU, tiny shape (a smoke test of this script)")
@@ -104,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    path = args.json or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
     start = time.perf_counter()
-    results: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    results: dict = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+    }
     for key, benchmark, section_argv in sections(args.tiny):
         elapsed = time.perf_counter() - start
         if elapsed > args.budget_s:
@@ -123,11 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         results.setdefault("seconds", {})[key] = round(time.perf_counter() - start - elapsed, 1)
+        # Written after every section: a run stopped at the lease's limit keeps what it measured.
+        write_results(results, path)
     print(summary(results), flush=True)
-    path = args.json or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"wrote {path}")
     failed = [k for k, v in results.items() if isinstance(v, str) and v.startswith("error")]
     return 1 if failed and args.tiny else 0
