@@ -60,10 +60,13 @@ def build_tokenizer(
     vocab_size: int = 512,
     *,
     model_max_length: int = 4096,
+    split_digits: bool = True,
 ):
     """Train a byte-level BPE with LLaDA's special tokens and chat template.
 
-    Digits are always split into single tokens (numbers generalise better that way). The special
+    Digits are split into single tokens by default (numbers generalise better that way);
+    ``split_digits=False`` lets BPE merge frequent numbers into whole tokens (the demo task's small
+    numbers then cost one token each, which a tiny model learns to add far sooner). The special
     tokens take ids 0..5 in the order BOS, EOS, mask, start-header, end-header, EoT; EOS doubles
     as the pad token, as in LLaDA, and plain encoding prepends BOS. Training is deterministic
     for a given corpus and vocab size.
@@ -75,9 +78,9 @@ def build_tokenizer(
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    digits = [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = pre_tokenizers.Sequence([*digits, byte_level])
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -1,12 +1,23 @@
-"""`blocksft demo`: not built yet."""
+"""`blocksft demo`: pretrain a tiny base, fine-tune it both ways, evaluate, report."""
 
-import sys
+from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    pass
+    from blocksft.config import add_dataclass_arguments
+    from blocksft.demo.config import DemoConfig
+
+    parser.add_argument("--config", default=None, metavar="YAML", help="read settings from a YAML file")
+    add_dataclass_arguments(parser, DemoConfig)
 
 
 def run(args) -> int:
-    print("blocksft demo: not built yet", file=sys.stderr)
-    return 2
+    from blocksft.config import build_config
+    from blocksft.demo import DemoConfig, run_demo
+
+    config = build_config(DemoConfig, args, args.config)
+    result = run_demo(config)
+    summary = result.report.read_text().split("![accuracy")[0].split("\n", 2)[2]  # below the title
+    print(f"\n{summary.strip()}\n")
+    print(f"report: {result.report}  ({result.seconds / 60:.1f} min)")
+    return 0

@@ -104,7 +104,8 @@ def budget_summary(csv_path: Path) -> dict:
     columns = read_loss_csv(csv_path)
     totals = {c: sum(columns.get(c, [])) for c in ("samples", "supervised_tokens", "tokens", "padded_tokens")}
     return {
-        "steps": len(columns.get("step", [])),
+        # The last logged step, not the row count: with --log-every N one row covers N steps.
+        "steps": int(max(columns.get("step", []), default=0)),
         **{k: int(v) for k, v in totals.items()},
         "estimated_flops": float(sum(columns.get("flops", []))),
     }

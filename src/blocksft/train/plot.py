@@ -39,6 +39,7 @@ class PlotConfig:
     smooth: float = field(
         default=0.0, metadata={"help": "exponential moving average weight in [0, 1) (0 = raw values)"}
     )
+    log_y: bool = field(default=False, metadata={"help": "logarithmic y axis (losses spanning decades)"})
     labels: list[str] | None = field(default=None, metadata={"help": "legend labels, one per run"})
     title: str | None = field(default=None, metadata={"help": "figure title"})
 
@@ -111,7 +112,9 @@ def plot_runs(runs: list[str | Path], config: PlotConfig) -> Path:
             ax.plot(xs, ys, label=label)
     ax.set_xlabel(X_AXES[config.x])
     ax.set_ylabel(config.metric)
-    ax.grid(alpha=0.3)
+    if config.log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both" if config.log_y else "major")
     ax.legend()
     if config.title:
         ax.set_title(config.title)

@@ -193,8 +193,7 @@ def training_arguments(config: TrainConfig):
         fp16=on_gpu and dtype == "fp16",
         use_cpu=not on_gpu,
         deepspeed=resolve_deepspeed_config(config.deepspeed, cuda_available=on_gpu),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
         logging_steps=config.log_every,
         logging_nan_inf_filter=False,
         save_strategy="steps" if config.checkpoint_every else "no",
@@ -208,6 +207,16 @@ def training_arguments(config: TrainConfig):
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
+
+
+def checkpointing_arguments(arguments_class, enabled: bool) -> dict:
+    """Gradient checkpointing under the name this transformers has (``activation_checkpointing``
+    replaced ``gradient_checkpointing``, which now warns), non-reentrant."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False}}
 
 
 def start_distributed(args) -> int:

@@ -1,0 +1,307 @@
+"""``blocksft demo``: task -> tokenizer -> pretrained base -> prepare -> two SFT runs -> eval -> report.
+
+Every stage calls the library entry point a GPU user calls (``run_prepare``, ``run_train``,
+``run_eval``); only the task, the tokenizer and the randomly initialised base are made here, since
+a real run downloads those.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blocksft.demo.config import DemoConfig
+from blocksft.errors import BlocksftError
+
+STAGES = ("task", "pretrain", "prepare", "sft blockwise", "sft fullseq", "eval", "report")
+OBJECTIVES = ("blockwise", "fullseq")
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report: Path
+    seconds: float
+    stage_seconds: dict[str, float]
+    checkpoints: dict[str, str]
+    cells: list[dict] = field(default_factory=list)
+
+
+class StageClock:
+    """Prints each stage's start with the elapsed time and an estimate of what is left.
+
+    The estimate scales the stages still to run by their planned share of the work (training
+    tokens, decoding forwards) at the speed measured so far, so it sharpens as the run goes.
+    """
+
+    def __init__(self, weights: dict[str, float]):
+        self.weights, self.start, self.seconds = weights, time.perf_counter(), {}
+        self.current: tuple[str, float] | None = None
+
+    def begin(self, name: str) -> None:
+        self.end()
+        elapsed = time.perf_counter() - self.start
+        done = sum(self.weights[s] for s in self.seconds)
+        left = sum(w for s, w in self.weights.items() if s not in self.seconds)
+        # Estimated only once a training stage has set the pace: before that it would be a guess.
+        eta = f", about {_clock(elapsed * left / done)} left" if "pretrain" in self.seconds else ""
+        number = list(self.weights).index(name) + 1
+        print(
+            f"[{number}/{len(self.weights)}] {name}  (elapsed {_clock(elapsed)}{eta})",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.current = (name, time.perf_counter())
+
+    def end(self) -> None:
+        if self.current is not None:
+            name, began = self.current
+            self.seconds[name] = round(time.perf_counter() - began, 1)
+            self.current = None
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def stage_weights(config: DemoConfig, pretrain_len: int = 40, sft_len: int = 80) -> dict[str, float]:
+    """Planned work per stage in token-passes (a decoding forward counts a third of a training step)."""
+    sft = config.sft_steps * config.micro_batch * sft_len
+    decode = 3 * len(config.block_lengths) * config.n_test * sft_len * config.gen_length / 3
+    return {
+        "task": 0.02 * sft,
+        "pretrain": config.pretrain_steps * config.micro_batch * pretrain_len,
+        "prepare": 0.02 * sft,
+        "sft blockwise": sft,
+        "sft fullseq": sft,
+        "eval": decode,
+        "report": 0.01 * sft,
+    }
+
+
+def prepare_output(config: DemoConfig) -> Path:
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise BlocksftError(
+                f"--out {out} exists and is not empty; pass --overwrite or choose another folder"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_base(config: DemoConfig, tokenizer, folder: Path) -> Path:
+    """A randomly initialised tiny LLaDA (seeded) with the demo tokenizer, saved as a checkpoint."""
+    import torch
+
+    from blocksft.model import LLaDAConfig, LLaDAModelLM
+    from blocksft.tokenizer import mask_token_id
+
+    vocab = len(tokenizer)
+    model_config = LLaDAConfig(
+        d_model=config.d_model,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        n_kv_heads=config.n_heads,
+        mlp_hidden_size=config.mlp_hidden_size,
+        max_sequence_length=512,
+        rope_theta=10000.0,
+        init_std=config.init_std,
+        vocab_size=vocab,
+        embedding_size=vocab,
+        mask_token_id=mask_token_id(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = LLaDAModelLM(model_config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def pretraining_records(documents: list[str], tokenizer, path: Path) -> Path:
+    """Documents as records: BOS is the 'prompt', the text is what the masked-diffusion loss covers."""
+    import torch
+
+    from blocksft.data.records import save_records, tokenizer_fingerprint
+
+    encoded = tokenizer(documents)["input_ids"]  # BOS + text
+    records = [{"prompt_len": 1, "full_ids": torch.tensor(ids, dtype=torch.long)} for ids in encoded]
+    save_records(
+        records, path, meta={"tokenizer": tokenizer_fingerprint(tokenizer), "source": "demo pretraining"}
+    )
+    return path
+
+
+def epochs_for(steps: int, micro_batch: int, records: int) -> int:
+    """Passes over the records that ``steps`` optimizer steps need (the plan stops at the step count)."""
+    return max(1, math.ceil(steps * micro_batch / records))
+
+
+def train_config(config: DemoConfig, **overrides):
+    from blocksft.train.config import TrainConfig
+
+    values = dict(
+        max_len=256,
+        micro_batch=config.micro_batch,
+        block_size=config.block_size,
+        full_finetune=True,
+        dtype="fp32",
+        deepspeed=None,
+        use_cpu=True,
+        seed=config.seed,
+        max_samples=0,
+        log_every=1,
+        save_every=0,
+        warmup_ratio=0.1,
+        weight_decay=0.0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Run the whole demo into ``config.out``; returns what it wrote and how long each stage took."""
+    import torch
+
+    from blocksft.data.prepare import PrepareConfig, run_prepare
+    from blocksft.demo import task as demo_task
+    from blocksft.demo.report import write_report
+    from blocksft.evaluate.config import EvalConfig
+    from blocksft.evaluate.runner import run_eval
+    from blocksft.generation.options import SamplerConfig
+    from blocksft.tokenizer import build_tokenizer
+    from blocksft.train.run import run_train
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = prepare_output(config)
+    clock = StageClock(stage_weights(config))
+    spec = config.task
+
+    clock.begin("task")
+    train, test = demo_task.make_splits(config.seed, config.n_train, config.n_test, spec)
+    files = demo_task.write_task(train, test, out / "data")
+    documents = demo_task.pretraining_documents(train, config.seed, spec)
+    tokenizer = build_tokenizer(
+        demo_task.tokenizer_corpus(train, documents, spec), config.vocab_size, split_digits=False
+    )
+    init = build_base(config, tokenizer, out / "checkpoints" / "init")
+    pretrain_data = pretraining_records(documents, tokenizer, out / "data" / "pretrain.pt")
+
+    clock.begin("pretrain")
+    pretrained = run_train(
+        train_config(
+            config,
+            objective="fullseq",
+            model=str(init),
+            data=str(pretrain_data),
+            total_steps=config.pretrain_steps,
+            epochs=epochs_for(config.pretrain_steps, config.micro_batch, len(documents)),
+            lr=config.pretrain_lr,
+            ckpt_dir=str(out / "checkpoints" / "base"),
+        )
+    )
+    base = str(pretrained.exports[-1])
+
+    clock.begin("prepare")
+    sft_data = out / "data" / "sft.pt"
+    prepared = run_prepare(
+        PrepareConfig(
+            output=str(sft_data),
+            model=base,
+            dataset=str(files["train"]),
+            max_len=256,
+            max_samples=0,
+            filter_type="",
+            prompt_template="{query}",
+            block_size=config.block_size,
+            overwrite=True,
+        ),
+        command="blocksft demo",
+    )
+
+    # Padding is supervised (as EOS, like the reference) up to max_len: keep it the longest record.
+    sft_len = 8 * math.ceil(max(len(r["full_ids"]) for r in prepared.records) / 8)
+    checkpoints, logs = {"base": base}, {}
+    for objective in OBJECTIVES:
+        clock.begin(f"sft {objective}")
+        result = run_train(
+            train_config(
+                config,
+                objective=objective,
+                model=base,
+                data=str(sft_data),
+                total_steps=config.sft_steps,
+                epochs=epochs_for(config.sft_steps, config.micro_batch, len(train)),
+                lr=config.sft_lr,
+                supervise_padding=True,
+                max_len=sft_len,
+                ckpt_dir=str(out / "checkpoints" / objective),
+            )
+        )
+        checkpoints[objective] = str(result.exports[-1])
+        logs[objective] = result.logs_dir
+
+    clock.begin("eval")
+    sampler = SamplerConfig(
+        gen_length=config.gen_length,
+        block_length=config.block_lengths[0],
+        steps=config.gen_length,
+        stop_at_eos=True,
+    )
+    cells = run_eval(
+        EvalConfig(
+            model=[checkpoints[name] for name in ("base", *OBJECTIVES)],
+            task="gsm8k",
+            data=str(files["test"]),
+            block_length=config.eval_block_lengths,
+            batch_size=config.eval_batch_size,
+            output=str(out / "results" / "demo.jsonl"),
+            prompt_style="chat",
+            seed=config.seed,
+            dtype="fp32",
+            device="cpu",
+        ),
+        sampler,
+    )
+
+    clock.begin("report")
+    names = {Path(path).name: name for name, path in checkpoints.items()}
+    for cell in cells:
+        cell["name"] = names[cell["model"]]
+    clock.end()
+    stage_seconds = dict(clock.seconds)
+    report = write_report(
+        out,
+        config=config,
+        cells=cells,
+        checkpoints=checkpoints,
+        logs=logs,
+        sampler=sampler,
+        stage_seconds=stage_seconds,
+        total_seconds=clock.total,
+        train=train,
+        test=test,
+    )
+    (out / "demo.json").write_text(
+        json.dumps(
+            {"seconds": round(clock.total, 1), "stages": stage_seconds, "checkpoints": checkpoints}, indent=2
+        )
+        + "\n"
+    )
+    return DemoResult(out, report, clock.total, stage_seconds, checkpoints, cells)

@@ -1,0 +1,222 @@
+"""`blocksft demo`: the task, the report's statistics, and a `--quick` run end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blocksft.demo.config import DemoConfig
+from blocksft.demo.report import paired_tests, verdict
+from blocksft.demo.task import DAYS, TaskSpec, make_problem, make_splits, pretraining_documents
+from blocksft.evaluate.gsm8k import score
+
+
+def _check_worked_answer(question: str, answer: str, value: int) -> None:
+    """Every line's arithmetic is right, chains from the story's start, and follows its days."""
+    start = int(re.match(r"\w+ has (\d+) ", question).group(1))
+    changes = [(verb, int(n)) for verb, n in re.findall(r"On \w+ \w+ (gets|loses) (\d+)\.", question)]
+    *lines, final = answer.splitlines()
+    assert final == f"#### {value}"
+    assert len(lines) == len(changes)
+    current = start
+    for k, (line, (verb, n)) in enumerate(zip(lines, changes)):
+        day, a, sign, b, c = re.fullmatch(r"(\w+): (\d+) ([+-]) (\d+) = (\d+)", line).groups()
+        assert day == DAYS[k]
+        assert int(a) == current and int(b) == n and sign == ("+" if verb == "gets" else "-")
+        current = current + n if verb == "gets" else current - n
+        assert int(c) == current
+    assert current == value
+
+
+def test_problems_are_correct_within_range_and_scored_by_the_gsm8k_scorer():
+    spec = TaskSpec(min_steps=3, max_steps=6, max_value=20, max_operand=5)
+    rng = random.Random(7)
+    steps_seen = set()
+    for _ in range(500):
+        p = make_problem(rng, spec)
+        _check_worked_answer(p.question, p.answer, p.value)
+        numbers = [int(x) for x in re.findall(r"\d+", p.answer)]
+        assert 0 <= min(numbers) and max(numbers) <= spec.max_value
+        operands = [int(x) for x in re.findall(r"(?:gets|loses) (\d+)", p.question)]
+        assert 1 <= min(operands) and max(operands) <= spec.max_operand
+        steps_seen.add(len(p.answer.splitlines()) - 1)
+        assert score(p.answer, str(p.value))["correct"] == {"strict": True, "flexible": True}
+    assert steps_seen == {3, 4, 5, 6}
+
+
+def test_splits_are_seeded_and_the_test_set_is_held_out():
+    spec = TaskSpec()
+    train, test = make_splits(3, 400, 50, spec)
+    again_train, again_test = make_splits(3, 400, 50, spec)
+    other_train, _ = make_splits(4, 400, 50, spec)
+    assert (train, test) == (again_train, again_test)
+    assert train != other_train
+    assert len(test) == 50 and len({p.question for p in test}) == 50
+    assert not {p.question for p in test} & {p.question for p in train}
+
+
+def test_pretraining_text_holds_stories_and_facts_but_no_worked_answer():
+    spec = TaskSpec()
+    train, _ = make_splits(0, 200, 10, spec)
+    documents = pretraining_documents(train, 0, spec)
+    assert len(documents) == 400
+    assert sorted(d for d in documents if "?" in d) == sorted(p.question for p in train)
+    assert not any("####" in d or "Monday:" in d for d in documents)
+    facts = [d for d in documents if "=" in d]
+    assert len(facts) == 200
+    for sheet in facts:
+        for a, sign, b, c in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", sheet):
+            assert int(c) == (int(a) + int(b) if sign == "+" else int(a) - int(b))
+            assert 0 <= int(c) <= spec.max_value and 1 <= int(b) <= spec.max_operand
+
+
+def test_demo_config_checks_and_quick_keeps_explicit_settings():
+    with pytest.raises(ValueError, match="divide gen_length"):
+        DemoConfig(eval_block_lengths="8,12", gen_length=32)
+    with pytest.raises(ValueError, match="steps"):
+        DemoConfig(min_steps=5, max_steps=3)
+    quick = DemoConfig(quick=True, sft_steps=50)
+    assert quick.sft_steps == 50 and quick.n_train == 600 and quick.d_model == 32
+
+
+def _write_rows(path: Path, correct: list[bool]) -> str:
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"p{i}",
+                    "index": i,
+                    "output": "",
+                    "gold": "1",
+                    "extracted": {"strict": None},
+                    "correct": {"strict": c},
+                    "settings_id": "s",
+                }
+            )
+            + "\n"
+            for i, c in enumerate(correct)
+        )
+    )
+    return str(path)
+
+
+def test_paired_tests_and_verdict_name_the_winner_and_its_significance(tmp_path):
+    # Blockwise right on 0..29, full-sequence on 0..9 and 30..31: 20 vs 2 discordant problems.
+    bw = [i < 30 for i in range(40)]
+    fs = [i < 10 or 30 <= i < 32 for i in range(40)]
+    cells = [
+        {"name": "blockwise", "block_length": 8, "output": _write_rows(tmp_path / "bw.jsonl", bw)},
+        {"name": "fullseq", "block_length": 8, "output": _write_rows(tmp_path / "fs.jsonl", fs)},
+    ]
+    tests = paired_tests(cells)
+    assert tests[8]["a_only"] == 20 and tests[8]["b_only"] == 2
+    assert tests[8]["accuracy_a"] == 0.75 and tests[8]["accuracy_b"] == 0.3
+    assert tests[8]["p"] < 0.001
+    text = verdict(tests, 8)
+    assert (
+        text.startswith("Blockwise SFT beats full-sequence SFT by 45.0 points") and "significant at" in text
+    )
+    # Swapped: the other method wins; a 1-vs-0 split is reported as not significant.
+    cells[0]["output"], cells[1]["output"] = cells[1]["output"], cells[0]["output"]
+    assert verdict(paired_tests(cells), 8).startswith("Full-sequence SFT beats Blockwise SFT")
+    near = [
+        {"name": "blockwise", "block_length": 8, "output": _write_rows(tmp_path / "a.jsonl", [True, False])},
+        {"name": "fullseq", "block_length": 8, "output": _write_rows(tmp_path / "b.jsonl", [False, False])},
+    ]
+    assert "not significant" in verdict(paired_tests(near), 8)
+    assert "no verdict" in verdict(paired_tests(near), 16)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "blocksft", "demo", "--quick", "--out", str(out), "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_quick_demo_writes_every_artefact(quick_run):
+    out, done = quick_run
+    for name in ("report.md", "loss.png", "accuracy_by_block.png", "demo.json"):
+        assert (out / name).stat().st_size > 0, name
+    for png in ("loss.png", "accuracy_by_block.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["checkpoints"]) == {"base", "blockwise", "fullseq"}
+    for path in summary["checkpoints"].values():
+        folder = Path(path)
+        assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
+        assert (folder / "tokenizer.json").exists()
+    assert set(summary["stages"]) == {
+        "task",
+        "pretrain",
+        "prepare",
+        "sft blockwise",
+        "sft fullseq",
+        "eval",
+        "report",
+    }
+    # One results file per (model, block length), each row scored, all on the same held-out problems.
+    results = sorted((out / "results").glob("demo.*.b*.jsonl"))
+    assert len(results) == 3 * 2
+    ids = None
+    for path in results:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(rows) == 24 and all(set(r["correct"]) == {"strict", "flexible"} for r in rows)
+        ids = ids or {r["id"] for r in rows}
+        assert {r["id"] for r in rows} == ids
+    # The budgets: equal optimizer steps for both SFT runs, Blockwise supervises fewer tokens.
+    budgets = {
+        n: json.loads((out / "checkpoints" / f"{n}_logs" / "budget.json").read_text())
+        for n in ("blockwise", "fullseq")
+    }
+    assert budgets["blockwise"]["steps"] == budgets["fullseq"]["steps"] == 12
+    assert budgets["blockwise"]["samples"] == budgets["fullseq"]["samples"] == 12 * 8
+    assert budgets["blockwise"]["supervised_tokens"] < budgets["fullseq"]["supervised_tokens"]
+    # Held-out problems are not in the SFT data.
+    train = {json.loads(line)["query"] for line in (out / "data" / "train.jsonl").read_text().splitlines()}
+    test = {json.loads(line)["question"] for line in (out / "data" / "test.jsonl").read_text().splitlines()}
+    assert not train & test
+
+
+def test_quick_demo_report_is_complete(quick_run):
+    out, done = quick_run
+    report = (out / "report.md").read_text()
+    for heading in (
+        "## Accuracy on held-out problems",
+        "## What the numbers mean",
+        "## Settings",
+        "## Time and files",
+    ):
+        assert heading in report
+    names = r"base \(before SFT\)|Blockwise SFT|full-sequence SFT"
+    table = re.findall(rf"^\| ({names}) \|(.*\[.*)\|$", report, re.M)
+    assert [name for name, _ in table] == ["base (before SFT)", "Blockwise SFT", "full-sequence SFT"]
+    for _, cells in table:
+        assert len(re.findall(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cells)) == 2  # accuracy [CI] per block length
+    assert re.search(r"McNemar exact p = [\d.e-]+", report)
+    assert "![accuracy by inference block length](accuracy_by_block.png)" in report
+    assert "report:" in done.stdout
+
+
+def test_demo_refuses_a_non_empty_output_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    done = subprocess.run(
+        [sys.executable, "-m", "blocksft", "demo", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+    assert (tmp_path / "keep.txt").exists()
