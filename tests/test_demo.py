@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from blocksft.demo.config import DemoConfig
+from blocksft.demo.pipeline import sft_steps
 from blocksft.demo.report import paired_tests, verdict
 from blocksft.demo.task import DAYS, TaskSpec, make_problem, make_splits, pretraining_documents
 from blocksft.evaluate.gsm8k import score
@@ -85,6 +86,17 @@ def test_demo_config_checks_and_quick_keeps_explicit_settings():
     assert quick.sft_steps == 50 and quick.n_train == 600 and quick.d_model == 32
 
 
+def test_sft_steps_match_flops_or_supervised_tokens():
+    flops = DemoConfig(sft_steps=100)
+    assert sft_steps(flops, [4, 4, 4]) == {"blockwise": 100, "fullseq": 100}
+    tokens = DemoConfig(sft_steps=100, budget="equal-tokens")
+    # One block of B per step supervises 1/B of what the whole answer does, in expectation.
+    assert sft_steps(tokens, [4, 4, 4]) == {"blockwise": 400, "fullseq": 100}
+    assert sft_steps(tokens, [3, 5, 1, 3]) == {"blockwise": 300, "fullseq": 100}
+    with pytest.raises(ValueError):
+        DemoConfig(budget="equal-samples")
+
+
 def _write_rows(path: Path, correct: list[bool]) -> str:
     path.write_text(
         "".join(
@@ -133,17 +145,21 @@ def test_paired_tests_and_verdict_name_the_winner_and_its_significance(tmp_path)
     assert "no verdict" in verdict(paired_tests(near), 16)
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
+def run_quick_demo(out: Path, *flags: str, expect: int = 0) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, "-m", "blocksft", "demo", "--quick", "--out", str(out), "--seed", "1"],
+        [sys.executable, "-m", "blocksft", "demo", "--quick", "--out", str(out), *flags],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done
+    assert done.returncode == expect, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, run_quick_demo(out, "--seed", "1")
 
 
 def test_quick_demo_writes_every_artefact(quick_run):
@@ -212,11 +228,21 @@ def test_quick_demo_report_is_complete(quick_run):
 
 def test_demo_refuses_a_non_empty_output_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
-    done = subprocess.run(
-        [sys.executable, "-m", "blocksft", "demo", "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and "--overwrite" in done.stderr
+    done = run_quick_demo(tmp_path, expect=2)
+    assert "--overwrite" in done.stderr
     assert (tmp_path / "keep.txt").exists()
+
+
+def test_quick_demo_equal_tokens_gives_blockwise_the_steps_that_match_supervised_tokens(tmp_path):
+    out = tmp_path / "run"
+    run_quick_demo(out, "--budget", "equal-tokens")
+    budgets = {
+        n: json.loads((out / "checkpoints" / f"{n}_logs" / "budget.json").read_text())
+        for n in ("blockwise", "fullseq")
+    }
+    assert budgets["fullseq"]["steps"] == 12
+    assert budgets["blockwise"]["steps"] >= 3 * 12  # every quick answer spans 3+ blocks of 8
+    ratio = budgets["blockwise"]["supervised_tokens"] / budgets["fullseq"]["supervised_tokens"]
+    assert 0.8 < ratio < 1.25
+    report = (out / "report.md").read_text()
+    assert "EQUAL-TOKENS" in report and f"{budgets['blockwise']['steps']} optimizer steps" in report

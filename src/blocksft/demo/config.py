@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from blocksft.demo.task import TaskSpec
 
@@ -65,6 +66,14 @@ class DemoConfig:
     )
     pretrain_lr: float = field(default=2e-3, metadata=_help("pretraining peak learning rate"))
     sft_steps: int = field(default=1200, metadata=_help("optimizer steps of each SFT run (equal for both)"))
+    budget: Literal["equal-flops", "equal-tokens"] = field(
+        default="equal-flops",
+        metadata=_help(
+            "equal-flops: both SFT runs take --sft-steps steps of the same samples (same processed "
+            "tokens and FLOPs); equal-tokens: Blockwise SFT takes as many steps as it needs to supervise "
+            "as many tokens as full-sequence SFT's --sft-steps (about 4x: the blocks per answer)"
+        ),
+    )
     sft_lr: float = field(default=1e-3, metadata=_help("SFT peak learning rate (full fine-tuning)"))
     micro_batch: int = field(default=32, metadata=_help("samples per optimizer step"))
     block_size: int = field(default=8, metadata=_help("Blockwise SFT's training block size"))
@@ -84,6 +93,8 @@ class DemoConfig:
                     setattr(self, name, value)
         if not self.out:
             raise ValueError("out must not be empty")
+        if self.budget not in ("equal-flops", "equal-tokens"):
+            raise ValueError(f"budget must be equal-flops or equal-tokens, got {self.budget!r}")
         for name in ("n_train", "n_test", "pretrain_steps", "sft_steps", "micro_batch", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -77,12 +77,13 @@ def _clock(seconds: float) -> str:
 def stage_weights(config: DemoConfig, pretrain_len: int = 40, sft_len: int = 80) -> dict[str, float]:
     """Planned work per stage in token-passes (a decoding forward counts a third of a training step)."""
     sft = config.sft_steps * config.micro_batch * sft_len
+    blockwise = sft * (4 if config.budget == "equal-tokens" else 1)  # about 4 blocks per answer
     decode = 3 * len(config.block_lengths) * config.n_test * sft_len * config.gen_length / 3
     return {
         "task": 0.02 * sft,
         "pretrain": config.pretrain_steps * config.micro_batch * pretrain_len,
         "prepare": 0.02 * sft,
-        "sft blockwise": sft,
+        "sft blockwise": blockwise,
         "sft fullseq": sft,
         "eval": decode,
         "report": 0.01 * sft,
@@ -152,6 +153,22 @@ def epochs_for(steps: int, micro_batch: int, records: int) -> int:
     return max(1, math.ceil(steps * micro_batch / records))
 
 
+def sft_steps(config: DemoConfig, blocks_per_sample: list[int]) -> dict[str, int]:
+    """Optimizer steps of each SFT run under ``config.budget``.
+
+    Both objectives mask a supervised position at the same rate p ~ U(eps, 1), over the whole
+    answer (full-sequence) or over one block of it (Blockwise, the (sample, block) pairs visited in
+    a seeded order). Per sample the expected loss-bearing tokens are thus E[p] x answer span against
+    E[p] x answer span / blocks, so equal tokens take the mean number of blocks per sample times the
+    steps.
+    """
+    steps = {"blockwise": config.sft_steps, "fullseq": config.sft_steps}
+    if config.budget == "equal-tokens":
+        mean_blocks = sum(blocks_per_sample) / len(blocks_per_sample)
+        steps["blockwise"] = max(1, round(config.sft_steps * mean_blocks))
+    return steps
+
+
 def train_config(config: DemoConfig, **overrides):
     from blocksft.train.config import TrainConfig
 
@@ -184,6 +201,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from blocksft.evaluate.config import EvalConfig
     from blocksft.evaluate.runner import run_eval
     from blocksft.generation.options import SamplerConfig
+    from blocksft.objectives.noise import num_blocks
     from blocksft.tokenizer import build_tokenizer
     from blocksft.train.run import run_train
 
@@ -237,6 +255,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     # Padding is supervised (as EOS, like the reference) up to max_len: keep it the longest record.
     sft_len = 8 * math.ceil(max(len(r["full_ids"]) for r in prepared.records) / 8)
+    steps = sft_steps(
+        config, num_blocks([sft_len - int(r["prompt_len"]) for r in prepared.records], config.block_size)
+    )
     checkpoints, logs = {"base": base}, {}
     for objective in OBJECTIVES:
         clock.begin(f"sft {objective}")
@@ -246,8 +267,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 objective=objective,
                 model=base,
                 data=str(sft_data),
-                total_steps=config.sft_steps,
-                epochs=epochs_for(config.sft_steps, config.micro_batch, len(train)),
+                total_steps=steps[objective],
+                epochs=epochs_for(steps[objective], config.micro_batch, len(train)),
                 lr=config.sft_lr,
                 supervise_padding=True,
                 max_len=sft_len,
@@ -292,6 +313,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         cells=cells,
         checkpoints=checkpoints,
         logs=logs,
+        steps=steps,
         sampler=sampler,
         stage_seconds=stage_seconds,
         total_seconds=clock.total,

@@ -111,22 +111,46 @@ def plot_accuracy(table: dict[str, dict[int, dict]], training_block: int, path: 
     return path
 
 
-def plot_losses(logs: dict[str, Path], path: Path) -> Path:
-    """Both SFT runs' training loss against the optimizer step (the shared ``blocksft plot`` code)."""
+def plot_losses(logs: dict[str, Path], path: Path, budget: str = "equal-flops") -> Path:
+    """Both SFT runs' training loss (the shared ``blocksft plot`` code): against the optimizer step
+    under equal FLOPs, against the supervised tokens under equal tokens."""
     from blocksft.train.plot import PlotConfig, plot_runs
 
     names = list(logs)
+    equal_tokens = budget == "equal-tokens"
     return plot_runs(
         [logs[name] for name in names],
         PlotConfig(
             output=str(path),
-            x="step",
+            x="supervised_tokens" if equal_tokens else "step",
             smooth=0.6,
             log_y=True,
             labels=[LABELS.get(name, name) for name in names],
-            title="SFT training loss (same base, same optimizer steps)",
+            title=f"SFT training loss (same base, same {'supervised tokens' if equal_tokens else 'steps'})",
         ),
     )
+
+
+def budget_sentences(config, steps: dict[str, int], budgets: dict[str, dict]) -> list[str]:
+    """What was matched between the two SFT runs, and what was not, with the measured counts."""
+    bw, fs = budgets["blockwise"], budgets["fullseq"]
+    if config.budget == "equal-tokens":
+        return [
+            f"- Blockwise SFT took {steps['blockwise']} optimizer steps to full-sequence SFT's "
+            f"{steps['fullseq']} (of {config.micro_batch} samples each), so that both supervise about as "
+            f"many tokens ({bw['supervised_tokens']:,} against {fs['supervised_tokens']:,}: EQUAL-TOKENS, "
+            "the paper's second protocol). Blockwise SFT thus processed "
+            f"{_times(bw['tokens'], fs['tokens'])} the tokens and compute.",
+        ]
+    return [
+        f"- Both SFT runs take the same {steps['fullseq']} optimizer steps of {config.micro_batch} samples, "
+        "the same problems in the same seeded order: the same processed tokens and compute (EQUAL-FLOPS, "
+        "the paper's first protocol). They do not supervise the same number of tokens: Blockwise SFT "
+        f"puts the loss on one block per sample, so full-sequence SFT supervised "
+        f"{_times(fs['supervised_tokens'], bw['supervised_tokens'])} as many ({fs['supervised_tokens']:,} "
+        f"against {bw['supervised_tokens']:,}). `--budget equal-tokens` gives Blockwise SFT the steps "
+        "that match them.",
+    ]
 
 
 def _percent(m: dict) -> str:
@@ -144,6 +168,7 @@ def write_report(
     cells: list[dict],
     checkpoints: dict[str, str],
     logs: dict[str, Path],
+    steps: dict[str, int],
     sampler,
     stage_seconds: dict[str, float],
     total_seconds: float,
@@ -155,7 +180,7 @@ def write_report(
     tests = paired_tests(cells)
     blocks = sorted({cell["block_length"] for cell in cells})
     plot_accuracy(table, config.block_size, out / "accuracy_by_block.png")
-    plot_losses(logs, out / "loss.png")
+    plot_losses(logs, out / "loss.png", config.budget)
     budgets = {name: _budget(path) for name, path in logs.items()}
     example = train[0]
     n_params = _parameter_count(checkpoints["base"])
@@ -166,7 +191,7 @@ def write_report(
         "A tiny LLaDA-style masked diffusion model is pretrained on the text of a synthetic task, then "
         "fine-tuned twice from the same base, once with Blockwise SFT (one answer block noised per step, "
         "the answer before it clean, everything after it hidden) and once with classical full-sequence "
-        "masked SFT, with the same number of optimizer steps. All three models are evaluated on held-out "
+        f"masked SFT, on a matched budget ({config.budget}). All three models are evaluated on held-out "
         "problems with semi-autoregressive block decoding at several inference block lengths.",
         "",
         f"**Result.** {verdict(tests, config.block_size)}",
@@ -210,20 +235,15 @@ def write_report(
         "- The base model was pretrained with the plain masked-diffusion objective on the task's stories "
         "and arithmetic facts, never on the chat format or a worked answer: its accuracy is what the "
         "task gives without SFT.",
-        "- Both SFT runs start from the same base, see the same problems in the same seeded order and "
-        f"take the same {config.sft_steps} optimizer steps of {config.micro_batch} samples (EQUAL-STEPS). "
-        "They do not supervise the same number of tokens: Blockwise SFT puts the loss on one block per "
-        "sample, full-sequence SFT on every masked answer token (counts below). The paired test compares "
-        "the two on identical problems; the intervals say how far each accuracy could move on another "
-        "draw of test problems.",
-        f"- Under equal steps, full-sequence SFT supervised {_ratio(budgets)} as many tokens as Blockwise "
-        "SFT. A run matched on supervised tokens instead would give Blockwise SFT that many times the "
-        "steps (`--sft-steps`), at that many times the compute.",
-        "- It is one seed of a 1-million-parameter model on a toy task. It shows the pipeline and the "
+        *budget_sentences(config, steps, budgets),
+        "- Both start from the same base. The paired test compares the two on identical problems; the "
+        "intervals say how far each accuracy could move on another draw of test problems.",
+        f"- It is one seed of a {n_params / 1e6:.2g}-million-parameter model on a toy task. It shows the "
+        "pipeline and the "
         "kind of comparison the method calls for; it is not evidence about LLaDA-8B on GSM8K or MATH, "
         "where the paper reports its own numbers. Run `--seed` with other values to see the spread.",
-        "- The base's non-zero flexible scores (last number in its text) are luck; strict scoring needs "
-        "the answer format that only SFT teaches.",
+        "- Flexible scoring (the last number of the text, in `results/`) credits the base with a few "
+        "lucky guesses; strict scoring needs the answer format that only SFT teaches.",
         "",
         "## Settings",
         "",
@@ -246,18 +266,19 @@ def write_report(
         f"init with std {config.init_std:g}.",
         f"- Pretraining: {config.pretrain_steps} steps of {config.micro_batch}, lr {config.pretrain_lr:g}, "
         "masked diffusion over each document (mask rate ~ U(0, 1)).",
-        f"- SFT: full fine-tuning, {config.sft_steps} steps of {config.micro_batch}, lr {config.sft_lr:g} "
+        f"- SFT: full fine-tuning, {steps['blockwise']} (Blockwise) and {steps['fullseq']} (full-sequence) "
+        f"steps of {config.micro_batch}, lr {config.sft_lr:g} "
         f"(warmup 10 %, cosine), Blockwise block size {config.block_size}, padding supervised as EOS.",
         f"- Decoding: {sampler.gen_length} tokens, one token per step ({sampler.steps} steps), "
         f"low-confidence remasking, temperature 0; inference block lengths {', '.join(map(str, blocks))}.",
         "",
-        "| run | optimizer steps | samples | supervised tokens | processed tokens |",
-        "|---|---|---|---|---|",
+        "| run | optimizer steps | samples | supervised tokens | processed tokens | estimated FLOPs |",
+        "|---|---|---|---|---|---|",
     ]
     for name, b in budgets.items():
         lines.append(
-            f"| {LABELS.get(name, name)} | {b['steps'] and config.sft_steps} | {b['samples']:,} | "
-            f"{b['supervised_tokens']:,} | {b['tokens']:,} |"
+            f"| {LABELS.get(name, name)} | {steps[name]} | {b['samples']:,} | {b['supervised_tokens']:,} | "
+            f"{b['tokens']:,} | {b['estimated_flops']:.2e} |"
         )
     lines += [
         "",
@@ -268,7 +289,7 @@ def write_report(
         + ".",
         "",
         "- `checkpoints/`: the random init, the pretrained base and both SFT models (merged, loadable with "
-        "`blocksft generate --model ...` and `AutoModel.from_pretrained`), each with its `*_logs/` "
+        "`blocksft generate --chat --model ...` and `AutoModel.from_pretrained`), each with its `*_logs/` "
         "(loss CSV, budget, run config).",
         "- `data/`: the task (`train.jsonl`, `test.jsonl`), the pretraining and SFT record files.",
         "- `results/`: one JSONL of per-problem outputs per model and block length, their summaries, and "
@@ -286,9 +307,8 @@ def _steps(config) -> str:
     return f"{config.min_steps}-{config.max_steps} steps"
 
 
-def _ratio(budgets: dict) -> str:
-    blockwise, fullseq = budgets["blockwise"]["supervised_tokens"], budgets["fullseq"]["supervised_tokens"]
-    return f"{fullseq / blockwise:.1f} times" if blockwise else "infinitely"
+def _times(a: float, b: float) -> str:
+    return f"{a / b:.1f} times" if b else "infinitely many times"
 
 
 def _parameter_count(checkpoint: str) -> int:
