@@ -4,6 +4,7 @@ schedule's guarantees; the benchmarks and the GPU check script run on CPU with a
 import dataclasses
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -380,18 +381,32 @@ def test_train_benchmark_compares_the_paths_with_identical_losses(capsys):
     assert out.count("-> same") == len(paths) - 1 and "DIFFERENT" not in out
 
 
-def test_gpu_check_script_runs_end_to_end_on_cpu_with_a_tiny_shape(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+def run_bench_script(script: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``bench/<script>`` as a user does, with ``OUT`` set; it must succeed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OUT": str(out), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny"],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_gpu_check_script_runs_end_to_end_on_cpu_with_a_tiny_shape(tmp_path):
+    done = run_bench_script("gpu_check.py", tmp_path, "--tiny")
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert set(result["train"]["paths"]) >= {"reference", "ours"}
     assert all(check["same"] for check in result["train"]["checks"])
     assert {row["mode"] for row in result["generate"]["rows"]} >= {"plain", "prefix + threshold 0.9"}
     assert "speed-up" in done.stdout and "tokens/s" in done.stdout
+
+
+def test_gpu_train_cli_script_trains_and_exports_on_cpu_with_a_tiny_shape(tmp_path):
+    run_bench_script("gpu_train_cli.py", tmp_path, "--tiny", "--steps", "3")
+    result = json.loads((tmp_path / "gpu_train_cli.json").read_text())
+    assert len(result["loss"]) == 3 and all(math.isfinite(x) for x in result["loss"])
+    assert result["budget"]["steps"] == 3 and result["budget"]["samples"] == 3 * 4
+    assert result["merged_checkpoint_gib"] > 0
