@@ -14,7 +14,14 @@ import pytest
 from blocksft.demo.config import DemoConfig
 from blocksft.demo.pipeline import sft_steps
 from blocksft.demo.report import paired_tests, verdict
-from blocksft.demo.task import DAYS, TaskSpec, make_problem, make_splits, pretraining_documents
+from blocksft.demo.task import (
+    DAYS,
+    TaskSpec,
+    make_problem,
+    make_splits,
+    more_problems,
+    pretraining_documents,
+)
 from blocksft.evaluate.gsm8k import score
 
 
@@ -60,6 +67,16 @@ def test_splits_are_seeded_and_the_test_set_is_held_out():
     assert train != other_train
     assert len(test) == 50 and len({p.question for p in test}) == 50
     assert not {p.question for p in test} & {p.question for p in train}
+
+
+def test_more_problems_are_seeded_new_and_leave_the_splits_alone():
+    spec = TaskSpec()
+    train, test = make_splits(5, 300, 40, spec)
+    seen = {p.question for p in train + test}
+    extra = more_problems(5, 200, seen, spec)
+    assert extra == more_problems(5, 200, seen, spec) and len(extra) == 200
+    assert not {p.question for p in extra} & seen
+    assert make_splits(5, 300, 40, spec) == (train, test)
 
 
 def test_pretraining_text_holds_stories_and_facts_but_no_worked_answer():

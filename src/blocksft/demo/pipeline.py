@@ -213,11 +213,19 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     clock.begin("task")
     train, test = demo_task.make_splits(config.seed, config.n_train, config.n_test, spec)
-    files = demo_task.write_task(train, test, out / "data")
     documents = demo_task.pretraining_documents(train, config.seed, spec)
     tokenizer = build_tokenizer(
         demo_task.tokenizer_corpus(train, documents, spec), config.vocab_size, split_digits=False
     )
+    if config.budget == "equal-tokens":
+        # Blockwise SFT trains on each (sample, block) pair at most once, so matching full-sequence
+        # SFT's supervised tokens takes as many samples as it sees: more problems, drawn apart (the
+        # tokenizer, the base and the test set stay those of the default run).
+        wanted = config.sft_steps * config.micro_batch - len(train)
+        if wanted > 0:
+            seen = {p.question for p in train + test}
+            train = train + demo_task.more_problems(config.seed, wanted, seen, spec)
+    files = demo_task.write_task(train, test, out / "data")
     init = build_base(config, tokenizer, out / "checkpoints" / "init")
     pretrain_data = pretraining_records(documents, tokenizer, out / "data" / "pretrain.pt")
 
@@ -313,7 +321,6 @@ def run_demo(config: DemoConfig) -> DemoResult:
         cells=cells,
         checkpoints=checkpoints,
         logs=logs,
-        steps=steps,
         sampler=sampler,
         stage_seconds=stage_seconds,
         total_seconds=clock.total,

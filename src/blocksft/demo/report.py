@@ -131,19 +131,19 @@ def plot_losses(logs: dict[str, Path], path: Path, budget: str = "equal-flops") 
     )
 
 
-def budget_sentences(config, steps: dict[str, int], budgets: dict[str, dict]) -> list[str]:
+def budget_sentences(config, budgets: dict[str, dict], n_train: int) -> list[str]:
     """What was matched between the two SFT runs, and what was not, with the measured counts."""
     bw, fs = budgets["blockwise"], budgets["fullseq"]
     if config.budget == "equal-tokens":
         return [
-            f"- Blockwise SFT took {steps['blockwise']} optimizer steps to full-sequence SFT's "
-            f"{steps['fullseq']} (of {config.micro_batch} samples each), so that both supervise about as "
-            f"many tokens ({bw['supervised_tokens']:,} against {fs['supervised_tokens']:,}: EQUAL-TOKENS, "
-            "the paper's second protocol). Blockwise SFT thus processed "
-            f"{_times(bw['tokens'], fs['tokens'])} the tokens and compute.",
+            f"- Blockwise SFT took {bw['steps']} optimizer steps to full-sequence SFT's "
+            f"{fs['steps']} (of {config.micro_batch} samples each, from {n_train:,} problems), so that both "
+            f"supervise about as many tokens ({bw['supervised_tokens']:,} against "
+            f"{fs['supervised_tokens']:,}: EQUAL-TOKENS, the paper's second protocol). Blockwise SFT "
+            f"thus processed {_times(bw['tokens'], fs['tokens'])} the tokens and compute.",
         ]
     return [
-        f"- Both SFT runs take the same {steps['fullseq']} optimizer steps of {config.micro_batch} samples, "
+        f"- Both SFT runs take the same {fs['steps']} optimizer steps of {config.micro_batch} samples, "
         "the same problems in the same seeded order: the same processed tokens and compute (EQUAL-FLOPS, "
         "the paper's first protocol). They do not supervise the same number of tokens: Blockwise SFT "
         f"puts the loss on one block per sample, so full-sequence SFT supervised "
@@ -168,7 +168,6 @@ def write_report(
     cells: list[dict],
     checkpoints: dict[str, str],
     logs: dict[str, Path],
-    steps: dict[str, int],
     sampler,
     stage_seconds: dict[str, float],
     total_seconds: float,
@@ -235,7 +234,7 @@ def write_report(
         "- The base model was pretrained with the plain masked-diffusion objective on the task's stories "
         "and arithmetic facts, never on the chat format or a worked answer: its accuracy is what the "
         "task gives without SFT.",
-        *budget_sentences(config, steps, budgets),
+        *budget_sentences(config, budgets, len(train)),
         "- Both start from the same base. The paired test compares the two on identical problems; the "
         "intervals say how far each accuracy could move on another draw of test problems.",
         f"- It is one seed of a {n_params / 1e6:.2g}-million-parameter model on a toy task. It shows the "
@@ -247,7 +246,7 @@ def write_report(
         "",
         "## Settings",
         "",
-        f"- Task: {config.n_train:,} training and {config.n_test} held-out word problems "
+        f"- Task: {len(train):,} training and {config.n_test} held-out word problems "
         f"(seed {config.seed}), "
         f"{_steps(config)} each, counts 0-{config.max_value}, changes of at most "
         f"{config.max_operand}. One training problem:",
@@ -266,7 +265,8 @@ def write_report(
         f"init with std {config.init_std:g}.",
         f"- Pretraining: {config.pretrain_steps} steps of {config.micro_batch}, lr {config.pretrain_lr:g}, "
         "masked diffusion over each document (mask rate ~ U(0, 1)).",
-        f"- SFT: full fine-tuning, {steps['blockwise']} (Blockwise) and {steps['fullseq']} (full-sequence) "
+        f"- SFT: full fine-tuning, {budgets['blockwise']['steps']} (Blockwise) and "
+        f"{budgets['fullseq']['steps']} (full-sequence) "
         f"steps of {config.micro_batch}, lr {config.sft_lr:g} "
         f"(warmup 10 %, cosine), Blockwise block size {config.block_size}, padding supervised as EOS.",
         f"- Decoding: {sampler.gen_length} tokens, one token per step ({sampler.steps} steps), "
@@ -277,7 +277,7 @@ def write_report(
     ]
     for name, b in budgets.items():
         lines.append(
-            f"| {LABELS.get(name, name)} | {steps[name]} | {b['samples']:,} | {b['supervised_tokens']:,} | "
+            f"| {LABELS.get(name, name)} | {b['steps']} | {b['samples']:,} | {b['supervised_tokens']:,} | "
             f"{b['tokens']:,} | {b['estimated_flops']:.2e} |"
         )
     lines += [

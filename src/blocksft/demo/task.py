@@ -94,6 +94,20 @@ def make_splits(seed: int, n_train: int, n_test: int, spec: TaskSpec) -> tuple[l
     )
 
 
+def more_problems(seed: int, n: int, exclude: set[str], spec: TaskSpec) -> list[Problem]:
+    """``n`` further training problems from a stream of their own (the splits stay as they are),
+    none of whose questions is in ``exclude``."""
+    rng = random.Random(seed + 2)
+    extra: list[Problem] = []
+    for _ in range(200 * max(n, 1)):
+        if len(extra) == n:
+            return extra
+        problem = make_problem(rng, spec)
+        if problem.question not in exclude:
+            extra.append(problem)
+    raise ValueError(f"could not draw {n} more distinct training problems; widen the task")
+
+
 def fact_sheet(rng: random.Random, spec: TaskSpec, facts: int = 6) -> str:
     """A line of ``a + b = c.`` / ``a - b = c.`` facts within the task's ranges (pretraining text)."""
     out = []
