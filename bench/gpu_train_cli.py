@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def build_checkpoint(folder: Path, tokenizer, *, tiny: bool, device: str) -> None:
+    """A random bf16 LLaDA (8B shape, or tiny) sharing ``tokenizer``'s special ids, saved with it."""
     import torch
 
-    from blocksft.model import LLaDAConfig, LLaDAModelLM
+    from blocksft.bench.generate import random_llada
     from blocksft.tokenizer import mask_token_id
 
     special = dict(
@@ -39,15 +40,7 @@ def build_checkpoint(folder: Path, tokenizer, *, tiny: bool, device: str) -> Non
         mask_token_id=mask_token_id(tokenizer),
     )
     shape = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128) if tiny else {}
-    config = LLaDAConfig(**shape, **special)
-    with torch.device("meta"):
-        model = LLaDAModelLM(config)
-    model = model.to(torch.bfloat16).to_empty(device=device)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.fill_(1.0) if name.endswith("norm.weight") or name.endswith(
-                "ln_f.weight"
-            ) else param.normal_(0.0, config.init_std)
+    model = random_llada(shape, device=device, dtype=torch.bfloat16, seed=0, special=special)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model

@@ -62,14 +62,20 @@ def parse_args(argv):
     return args
 
 
-def random_llada(shape: dict, *, device: str, dtype, seed: int, init_std: float = 0.02):
+def random_llada(
+    shape: dict, *, device: str, dtype, seed: int, init_std: float = 0.02, special: dict | None = None
+):
     """A randomly initialised LLaDAModelLM built straight on ``device`` in ``dtype`` (no float32 copy
-    of an 8B model ever exists): parameters on the meta device, then allocated and filled."""
+    of an 8B model ever exists): parameters on the meta device, then allocated and filled.
+
+    ``special``: the special token ids (default: the tiny tokenizer's for a small ``shape``, LLaDA's
+    own for the 8B shape ``{}``)."""
     import torch
 
     from blocksft.model import LLaDAConfig, LLaDAModelLM
 
-    special = SPECIAL_IDS if shape else {}  # the 8B shape keeps LLaDA's own ids
+    if special is None:
+        special = SPECIAL_IDS if shape else {}
     config = LLaDAConfig(
         **shape, **special, embedding_size=shape.get("vocab_size", 126464), init_std=init_std
     )

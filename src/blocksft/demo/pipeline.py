@@ -18,7 +18,6 @@ from pathlib import Path
 from blocksft.demo.config import DemoConfig
 from blocksft.errors import BlocksftError
 
-STAGES = ("task", "pretrain", "prepare", "sft blockwise", "sft fullseq", "eval", "report")
 OBJECTIVES = ("blockwise", "fullseq")
 
 
@@ -78,7 +77,8 @@ def stage_weights(config: DemoConfig, pretrain_len: int = 40, sft_len: int = 80)
     """Planned work per stage in token-passes (a decoding forward counts a third of a training step)."""
     sft = config.sft_steps * config.micro_batch * sft_len
     blockwise = sft * (4 if config.budget == "equal-tokens" else 1)  # about 4 blocks per answer
-    decode = 3 * len(config.block_lengths) * config.n_test * sft_len * config.gen_length / 3
+    # 3 models, each decoding forward a third of a training token-pass: the two factors cancel.
+    decode = len(config.block_lengths) * config.n_test * sft_len * config.gen_length
     return {
         "task": 0.02 * sft,
         "pretrain": config.pretrain_steps * config.micro_batch * pretrain_len,
@@ -104,31 +104,19 @@ def prepare_output(config: DemoConfig) -> Path:
 
 def build_base(config: DemoConfig, tokenizer, folder: Path) -> Path:
     """A randomly initialised tiny LLaDA (seeded) with the demo tokenizer, saved as a checkpoint."""
-    import torch
+    from blocksft.testing import tiny_llada_model
 
-    from blocksft.model import LLaDAConfig, LLaDAModelLM
-    from blocksft.tokenizer import mask_token_id
-
-    vocab = len(tokenizer)
-    model_config = LLaDAConfig(
+    model = tiny_llada_model(
+        tokenizer,
+        seed=config.seed,
         d_model=config.d_model,
         n_layers=config.n_layers,
         n_heads=config.n_heads,
         n_kv_heads=config.n_heads,
         mlp_hidden_size=config.mlp_hidden_size,
         max_sequence_length=512,
-        rope_theta=10000.0,
         init_std=config.init_std,
-        vocab_size=vocab,
-        embedding_size=vocab,
-        mask_token_id=mask_token_id(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = LLaDAModelLM(model_config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -201,8 +189,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from blocksft.evaluate.config import EvalConfig
     from blocksft.evaluate.runner import run_eval
     from blocksft.generation.options import SamplerConfig
-    from blocksft.objectives.noise import num_blocks
-    from blocksft.tokenizer import build_tokenizer
+    from blocksft.objectives import get_objective
+    from blocksft.tokenizer import build_tokenizer, mask_token_id
     from blocksft.train.run import run_train
 
     if config.threads:
@@ -263,9 +251,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     # Padding is supervised (as EOS, like the reference) up to max_len: keep it the longest record.
     sft_len = 8 * math.ceil(max(len(r["full_ids"]) for r in prepared.records) / 8)
-    steps = sft_steps(
-        config, num_blocks([sft_len - int(r["prompt_len"]) for r in prepared.records], config.block_size)
+    # Blocks per sample as the training schedule counts them (padding supervised up to sft_len).
+    blockwise = get_objective(
+        "blockwise", mask_id=mask_token_id(tokenizer), block_size=config.block_size, supervise_padding=True
     )
+    prompt_lens = [int(r["prompt_len"]) for r in prepared.records]
+    answer_lens = [len(r["full_ids"]) - p for r, p in zip(prepared.records, prompt_lens)]
+    steps = sft_steps(config, blockwise.block_counts(prompt_lens, answer_lens, max_len=sft_len))
     checkpoints, logs = {"base": base}, {}
     for objective in OBJECTIVES:
         clock.begin(f"sft {objective}")
@@ -325,7 +317,6 @@ def run_demo(config: DemoConfig) -> DemoResult:
         stage_seconds=stage_seconds,
         total_seconds=clock.total,
         train=train,
-        test=test,
     )
     (out / "demo.json").write_text(
         json.dumps(

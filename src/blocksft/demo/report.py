@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-from blocksft.evaluate.results import read_rows
-from blocksft.evaluate.stats import paired_comparison
+from blocksft.evaluate.results import compare_files
 
 METRIC = "strict"  # the "#### N" answer: the format SFT teaches, so the base cannot pass by luck
 LABELS = {"base": "base (before SFT)", "blockwise": "Blockwise SFT", "fullseq": "full-sequence SFT"}
@@ -29,18 +29,15 @@ def paired_tests(cells: list[dict], a: str = "blockwise", b: str = "fullseq") ->
     for (name, block), path in sorted(files.items()):
         if name != a or (b, block) not in files:
             continue
-        rows_a, rows_b = read_rows(path), read_rows(files[(b, block)])
-        cmp = paired_comparison(
-            {r["id"]: bool(r["correct"][METRIC]) for r in rows_a},
-            {r["id"]: bool(r["correct"][METRIC]) for r in rows_b},
-        )
+        result = compare_files(path, files[(b, block)])
+        m = result["metrics"][METRIC]
         tests[block] = {
-            "n": cmp.n,
-            "accuracy_a": cmp.accuracy_a,
-            "accuracy_b": cmp.accuracy_b,
-            "a_only": cmp.a_only,
-            "b_only": cmp.b_only,
-            "p": cmp.p_exact,
+            "n": result["shared"],
+            "accuracy_a": m["accuracy_a"],
+            "accuracy_b": m["accuracy_b"],
+            "a_only": m["a_only"],
+            "b_only": m["b_only"],
+            "p": m["mcnemar_exact_p"],
         }
     return tests
 
@@ -172,7 +169,6 @@ def write_report(
     stage_seconds: dict[str, float],
     total_seconds: float,
     train: list,
-    test: list,
 ) -> Path:
     """Write ``report.md`` and both plots into ``out``; returns the report's path."""
     table = accuracy_table(cells)
@@ -238,9 +234,9 @@ def write_report(
         "- Both start from the same base. The paired test compares the two on identical problems; the "
         "intervals say how far each accuracy could move on another draw of test problems.",
         f"- It is one seed of a {n_params / 1e6:.2g}-million-parameter model on a toy task. It shows the "
-        "pipeline and the "
-        "kind of comparison the method calls for; it is not evidence about LLaDA-8B on GSM8K or MATH, "
-        "where the paper reports its own numbers. Run `--seed` with other values to see the spread.",
+        "pipeline and the kind of comparison the method calls for; it is not evidence about LLaDA-8B on "
+        "GSM8K or MATH, where the paper reports its own numbers. Run `--seed` with other values to see "
+        "the spread.",
         "- Flexible scoring (the last number of the text, in `results/`) credits the base with a few "
         "lucky guesses; strict scoring needs the answer format that only SFT teaches.",
         "",
@@ -318,15 +314,8 @@ def _parameter_count(checkpoint: str) -> int:
     for path in Path(checkpoint).glob("*.safetensors"):
         with safe_open(str(path), framework="pt") as fh:
             for key in fh.keys():
-                total += _prod(fh.get_slice(key).get_shape())
+                total += math.prod(fh.get_slice(key).get_shape())
     return total
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _vocab_size(checkpoint: str) -> int:
