@@ -108,6 +108,16 @@ def test_generate_until_cuts_at_stop_strings(lm):
     assert cut_at_strings("abc", None) == "abc"
 
 
+def test_the_confidence_mode_is_a_model_arg(lm):
+    from blocksft.errors import BlocksftError
+
+    assert lm.sampler.confidence == "float64"
+    exact = BlocksftLM(pretrained=lm.model, tokenizer=lm.tokenizer, confidence="llada", greedy_check=False)
+    assert exact.sampler.confidence == "llada"
+    with pytest.raises(BlocksftError, match="confidence"):
+        BlocksftLM(pretrained=lm.model, tokenizer=lm.tokenizer, confidence="float16")
+
+
 def test_loglikelihood_rolling_is_not_implemented(lm):
     with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
         lm.loglikelihood_rolling([request("loglikelihood_rolling", ("text",))])

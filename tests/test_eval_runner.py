@@ -101,6 +101,7 @@ def test_rows_and_summary(full_run, checkpoint):
         assert m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
     assert summary["settings"]["gen_length"] == 16 and summary["settings"]["block_length"] == 8
     assert summary["settings"]["steps"] == 8 and summary["settings"]["remasking"] == "low_confidence"
+    assert summary["settings"]["confidence"] == "float64"
     assert summary["settings"]["prompt_style"] == "alpaca" and summary["seed"] == 42
     assert {"torch", "transformers", "blocksft", "math-verify"} <= set(summary["versions"])
     assert summary["device"] == "cpu" and summary["nfe_total"] == 8 * 8

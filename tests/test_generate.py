@@ -203,6 +203,103 @@ def test_matches_reference_with_options(model, prompts, options):
     assert ours.sequences[0].tolist() == reference
 
 
+# --------------------------------------------------------------------------------------------------
+# LLaDA's generate.py restated as published (the canvas, the softmax in the logits' dtype, topk),
+# against the two confidence modes.
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_py(model, prompt, *, gen_length, block_length, steps, cfg_scale=0.0):
+    """``generate.py``'s ``generate`` at temperature 0, low-confidence remasking, one unpadded prompt."""
+    width = len(prompt)
+    x = torch.full((1, width + gen_length), MASK, dtype=torch.long)
+    x[0, :width] = torch.tensor(prompt)
+    prompt_index = x != MASK
+    num_blocks = gen_length // block_length
+    per_block = steps // num_blocks
+    for block in range(num_blocks):
+        end = width + (block + 1) * block_length
+        masks_left = int((x[:, end - block_length : end] == MASK).sum())
+        counts = [masks_left // per_block + (i < masks_left % per_block) for i in range(per_block)]
+        for i in range(per_block):
+            mask_index = x == MASK
+            if cfg_scale > 0:
+                unconditional = x.masked_fill(prompt_index, MASK)
+                conditional, uncond = model(torch.cat([x, unconditional])).logits.chunk(2)
+                logits = uncond + (cfg_scale + 1) * (conditional - uncond)
+            else:
+                logits = model(x).logits  # [1, L, V] in the model's dtype
+            x0 = logits.argmax(-1)
+            p = torch.softmax(logits, dim=-1)  # in the logits' dtype
+            x0_p = p.gather(-1, x0[..., None]).squeeze(-1)
+            x0_p[:, end:] = -float("inf")
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, -float("inf"))
+            transfer = torch.zeros_like(x, dtype=torch.bool)
+            transfer[0, torch.topk(confidence[0], k=counts[i]).indices] = True
+            x[transfer] = x0[transfer]
+    return x[0].tolist()
+
+
+GENERATE_PY_SETTINGS = [
+    dict(gen_length=32, block_length=8, steps=32),
+    dict(gen_length=32, block_length=8, steps=12),
+    dict(gen_length=16, block_length=16, steps=16),
+    dict(gen_length=16, block_length=8, steps=16, cfg_scale=1.5),
+]
+MORE_PROMPTS = [*PROMPTS, "Lily runs 12 km/h for 4 hours.", "A train leaves at noon.", "Julie reads 12 pages"]
+
+
+@pytest.mark.parametrize("init_std", [0.02, 0.4])
+def test_llada_confidence_is_generate_py_token_for_token_in_bf16(init_std):
+    tok = _tokenizer()
+    model = tiny_llada_model(tok, seed=0, init_std=init_std).to(torch.bfloat16)
+    differs = 0
+    for text in MORE_PROMPTS:
+        prompt = tok(text)["input_ids"]
+        for settings in GENERATE_PY_SETTINGS:
+            expected = generate_py(model, prompt, **settings)
+            assert run(model, prompt, confidence="llada", **settings).sequences[0].tolist() == expected
+            differs += run(model, prompt, **settings).sequences[0].tolist() != expected
+    if init_std == 0.02:  # flat predictions: bf16 probabilities tie, float64 ones do not
+        assert differs > 0
+
+
+@pytest.mark.parametrize("init_std", [0.02, 0.4])
+def test_both_confidences_are_generate_py_token_for_token_in_fp32(init_std):
+    tok = _tokenizer()
+    model = tiny_llada_model(tok, seed=0, init_std=init_std)
+    for text in MORE_PROMPTS:
+        prompt = tok(text)["input_ids"]
+        for settings in GENERATE_PY_SETTINGS:
+            expected = generate_py(model, prompt, **settings)
+            for confidence in ("float64", "llada"):
+                assert run(model, prompt, confidence=confidence, **settings).sequences[0].tolist() == expected
+
+
+def test_topk_selection_keeps_the_left_tie_rule_apart_from_ties():
+    from blocksft.generation.schedule import select_transfer_topk
+
+    generator = torch.Generator().manual_seed(0)
+    confidence = torch.rand(4, 8, dtype=torch.float64, generator=generator)
+    masked = torch.rand(4, 8, generator=generator) < 0.7
+    counts = torch.tensor([1, 2, 3, 8])
+    for threshold in (None, 0.5):
+        left = select_transfer(confidence, masked, counts, threshold)
+        topk = select_transfer_topk(confidence, masked, counts, threshold, offset=5, width=20)
+        assert torch.equal(left, topk)
+    # Four equal confidences, two to commit: torch.topk's choice over the -inf-padded row.
+    tied = torch.full((1, 4), 0.25, dtype=torch.bfloat16)
+    everywhere = torch.ones(1, 4, dtype=torch.bool)
+    row = torch.full((12,), float("-inf"), dtype=torch.bfloat16)
+    row[3:7] = 0.25
+    expected = torch.zeros(12, dtype=torch.bool)
+    expected[torch.topk(row, k=2).indices] = True
+    chosen = select_transfer_topk(tied, everywhere, torch.tensor([2]), offset=3, width=12)
+    assert torch.equal(chosen[0], expected[3:7]) and int(chosen.sum()) == 2
+
+
 def test_threshold_setting_in_that_test_actually_commits_early(model, prompts):
     # The test model's top probabilities spread over about 0.1 to 0.9.
     out = run(model, prompts[0], gen_length=24, block_length=8, steps=24, threshold=0.5)
@@ -535,7 +632,7 @@ def test_remote_code_model_gets_ids_only_and_refuses_caches(model, prompts):
     with pytest.raises(BlocksftError, match="cache='prefix' needs blocksft's own LLaDA model"):
         run(remote, prompts[0], cache="prefix")
     ids, mask = left_pad([prompts[0], prompts[2]], pad_id=EOS)
-    with pytest.warns(UserWarning, match="shifted positions"):
+    with pytest.warns(UserWarning, match="ignores the attention mask"):
         run(remote, ids, attention_mask=mask)
     assert all(remote.calls[-16:])
 
@@ -587,6 +684,21 @@ def test_cli_prints_the_answer(checkpoint, model, capsys):
     ids = torch.tensor([encode_prompt(tok, PROMPTS[0], chat=True)])
     out = generate(model, ids, gen_length=16, block_length=8, steps=8, mask_id=MASK)
     assert printed == decode_answer(tok, out.sequences, out.prompt_length)[0] + "\n"
+
+
+def test_cli_decodes_with_the_llada_confidence_in_bf16(tiny_checkpoint, capsys):
+    tok = _tokenizer()
+    model = tiny_llada_model(tok, seed=0).to(torch.bfloat16)  # what tiny_checkpoint holds, in bf16
+    ids = torch.tensor([encode_prompt(tok, PROMPTS[2], chat=False)])
+    answers = {
+        confidence: decode_answer(tok, run(model, ids, confidence=confidence).sequences, ids.shape[1])[0]
+        for confidence in ("float64", "llada")
+    }
+    assert answers["float64"] != answers["llada"]  # bf16 probabilities tie where float64 ones do not
+    flags = ["--gen-length", "16", "--block-length", "8", "--steps", "16", "--dtype", "bf16"]
+    argv = ["generate", "--model", tiny_checkpoint, "--prompt", PROMPTS[2], *flags, "--device", "cpu"]
+    assert main([*argv, "--confidence", "llada"]) == 0
+    assert capsys.readouterr().out == answers["llada"] + "\n"
 
 
 def test_cli_stream_prints_one_line_per_block_off_a_terminal(checkpoint):

@@ -438,11 +438,14 @@ def test_objective_noise_and_loss_wire_the_functions(loss_case):
     torch.testing.assert_close(got, expected)
 
 
-def test_block_counts_with_supervised_padding_need_max_len():
+def test_block_counts_with_supervised_padding_run_to_a_fixed_padded_length_only():
     objective = get_objective("blockwise", mask_id=MASK, block_size=4, supervise_padding=True)
+    # Every batch padded to 15 (--pad-to-max-len): the EOS blocks up to 15 are trained too.
     assert objective.block_counts([3, 5], [10, 8], max_len=15) == [3, 3]
-    with pytest.raises(BlocksftError, match="--max-len"):
-        objective.block_counts([3, 5], [10, 8])
+    # Padding per batch: its length is unknown when the schedule is planned, so the true answer's.
+    assert objective.block_counts([3, 5], [10, 8]) == [3, 2]
+    plain = get_objective("blockwise", mask_id=MASK, block_size=4)
+    assert plain.block_counts([3, 5], [10, 8], max_len=15) == [3, 2]
 
 
 # ----- token and FLOP accounting -----

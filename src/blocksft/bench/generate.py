@@ -40,6 +40,12 @@ def parse_args(argv):
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="default: gen_length (one token per step)")
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument(
+        "--confidence",
+        choices=["float64", "llada"],
+        default="float64",
+        help="the sampler's confidence mode, for every mode (llada: generate.py's, full logits)",
+    )
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per mode (the fastest counts)")
@@ -128,7 +134,12 @@ def time_generate(model, prompt, settings: dict, repeats: int):
 
 def bench_model(name: str, model, prompt, args):
     """Every mode on one model, timed against its plain run; yields one result dict per mode."""
-    base = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps)
+    base = dict(
+        gen_length=args.gen_length,
+        block_length=args.block_length,
+        steps=args.steps,
+        confidence=args.confidence,
+    )
     num_blocks = args.gen_length // args.block_length
     warm_up = {**base, "gen_length": args.block_length, "steps": args.steps // num_blocks}
     time_generate(model, prompt, warm_up, 1)
@@ -173,7 +184,8 @@ def describe(model, args) -> str:
         f"d_model {config.d_model}, vocab {config.vocab_size}), {args.dtype} on {args.device} "
         f"({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads\n"
         f"gen_length {args.gen_length}, block_length {args.block_length}, steps {args.steps}, "
-        f"batch {args.batch}, prompt {args.prompt_length} tokens, best of {args.repeats}\n"
+        f"confidence {args.confidence}, batch {args.batch}, prompt {args.prompt_length} tokens, "
+        f"best of {args.repeats}\n"
     )
 
 

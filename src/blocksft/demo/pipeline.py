@@ -249,7 +249,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         command="blocksft demo",
     )
 
-    # Padding is supervised (as EOS, like the reference) up to max_len: keep it the longest record.
+    # Padding is supervised (as EOS, like the reference) up to one fixed length, --max-len (every
+    # batch padded to it): keep it the longest record.
     sft_len = 8 * math.ceil(max(len(r["full_ids"]) for r in prepared.records) / 8)
     # Blocks per sample as the training schedule counts them (padding supervised up to sft_len).
     blockwise = get_objective(
@@ -271,6 +272,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 epochs=epochs_for(steps[objective], config.micro_batch, len(train)),
                 lr=config.sft_lr,
                 supervise_padding=True,
+                pad_to_max_len=True,
                 max_len=sft_len,
                 ckpt_dir=str(out / "checkpoints" / objective),
             )

@@ -40,8 +40,8 @@ class BlocksftLM(LM):
         pretrained: checkpoint folder or hub id, or an already loaded model (then pass ``tokenizer``).
         tokenizer: a tokenizer object or name (default: the checkpoint's).
         dtype, device, trust_remote_code: as for ``blocksft eval``.
-        gen_length, block_length, steps, temperature, remasking, cfg_scale, threshold, cache:
-            the sampler's settings for ``generate_until``.
+        gen_length, block_length, steps, temperature, remasking, confidence, cfg_scale, threshold,
+            cache: the sampler's settings for ``generate_until``.
         batch_size: prompts decoded together in ``generate_until``.
         mc_num: Monte-Carlo samples per ``loglikelihood`` request; mc_batch_size: of those, how
             many go through the model at once.
@@ -62,6 +62,7 @@ class BlocksftLM(LM):
         steps: int = 256,
         temperature: float = 0.0,
         remasking: str = "low_confidence",
+        confidence: str = "float64",
         cfg_scale: float = 0.0,
         threshold: float | None = None,
         cache: str | None = None,
@@ -111,6 +112,7 @@ class BlocksftLM(LM):
             steps=int(steps),
             temperature=float(temperature),
             remasking=remasking,
+            confidence=confidence,
             cfg_scale=float(cfg_scale),
             threshold=None if threshold in (None, "None", "none") else float(threshold),
             cache=None if cache in (None, "None", "none") else cache,

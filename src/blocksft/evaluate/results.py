@@ -29,9 +29,15 @@ from blocksft.evaluate.stats import paired_comparison, wilson_interval
 REQUIRED_ROW_KEYS = ("id", "index", "output", "gold", "extracted", "correct", "settings_id")
 
 
+# Settings that result files written before they existed did not record, with the value those
+# files were made with: at that value a setting leaves the fingerprint as it was, so they resume.
+SETTINGS_ADDED_LATER = {"confidence": "float64"}
+
+
 def settings_id(settings: dict) -> str:
     """A short fingerprint of a run's settings (canonical JSON, SHA-256, 16 hex digits)."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    kept = {k: v for k, v in settings.items() if SETTINGS_ADDED_LATER.get(k, object()) != v}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -138,8 +144,8 @@ def _settings_mismatch_message(path: Path, output: Path, found_id: str, settings
     summary = summary_path(output)
     if settings is not None and summary.is_file():
         try:
-            old = json.loads(summary.read_text()).get("settings", {})
-        except (json.JSONDecodeError, AttributeError):
+            old = SETTINGS_ADDED_LATER | json.loads(summary.read_text()).get("settings", {})
+        except (json.JSONDecodeError, AttributeError, TypeError):
             old = {}
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:

@@ -434,4 +434,6 @@ def results_grid(cells: list[dict], config: EvalConfig, sampler) -> dict:
         f"{config.task}: gen_length {sampler.gen_length}, {sampler.steps} steps "
         f"({sampler.steps / sampler.gen_length:g} per token), {sampler.remasking}, T={sampler.temperature:g}"
     )
+    if sampler.confidence != "float64":
+        title += f", confidence {sampler.confidence}"
     return write_grid(cells, grid_stem(config), title=title)

@@ -10,6 +10,7 @@ from blocksft.errors import BlocksftError
 
 REMASKING = ("low_confidence", "random")
 CACHES = ("prefix", "dual")
+CONFIDENCES = ("float64", "llada")
 
 
 def check_sampler_options(
@@ -19,6 +20,7 @@ def check_sampler_options(
     steps: int,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
+    confidence: str = "float64",
     cfg_scale: float = 0.0,
     threshold: float | None = None,
     cache: str | None = None,
@@ -54,6 +56,8 @@ def check_sampler_options(
         raise BlocksftError(f"temperature must be >= 0, got {temperature}")
     if remasking not in REMASKING:
         raise BlocksftError(f"unknown remasking {remasking!r}; choose one of {', '.join(REMASKING)}")
+    if confidence not in CONFIDENCES:
+        raise BlocksftError(f"unknown confidence {confidence!r}; choose one of {', '.join(CONFIDENCES)}")
     if cfg_scale < 0:
         raise BlocksftError(f"cfg_scale must be >= 0, got {cfg_scale}")
     if threshold is not None:
@@ -92,6 +96,14 @@ class SamplerConfig:
     temperature: float = field(default=0.0, metadata={"help": "Gumbel-max sampling temperature (0: argmax)"})
     remasking: Literal["low_confidence", "random"] = field(
         default="low_confidence", metadata={"help": "which predictions to commit at each step"}
+    )
+    confidence: Literal["float64", "llada"] = field(
+        default="float64",
+        metadata={
+            "help": "low_confidence's probabilities: float64 (softmax in float64, ties to the left; "
+            "Fast-dLLM's, equal to LLaDA's generate.py in fp32) or llada (generate.py exactly in any "
+            "dtype: softmax in the logits' dtype, bf16 on GPUs, commits chosen by torch.topk)"
+        },
     )
     cfg_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance scale (0: off)"})
     threshold: float | None = field(

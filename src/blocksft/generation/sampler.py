@@ -43,6 +43,7 @@ from blocksft.generation.schedule import (
     positions_from_mask,
     predict_block,
     select_transfer,
+    select_transfer_topk,
     transfer_schedule,
 )
 from blocksft.tokenizer import LLADA_8B_MASK_ID
@@ -109,8 +110,9 @@ def _our_llada(model):
 class _BlockLogits:
     """Logits at the current block's positions, from full or cached forwards; counts the cost."""
 
-    def __init__(self, model, *, cache, cache_refresh, cfg_scale, mask_id):
+    def __init__(self, model, *, cache, cache_refresh, cfg_scale, mask_id, full_logits=False):
         self.model, self.llada = model, _our_llada(model)
+        self.full_logits = full_logits  # the head at every position, sliced afterwards (generate.py)
         if cache is not None and self.llada is None:
             raise BlocksftError(
                 f"cache={cache!r} needs blocksft's own LLaDA model (it passes a key/value cache and "
@@ -162,9 +164,11 @@ class _BlockLogits:
             attention_mask=key_mask,
             position_ids=positions,
             use_cache=self.cache is not None,
-            logits_at=at,
+            logits_at=None if self.full_logits else at,
         )
         self.kv_cache = out.kv_cache
+        if self.full_logits:
+            return out.logits[:, start:end]  # [b, K, V]
         return out.logits.view(x.shape[0], end - start, -1)  # [b, K, V]
 
     def _cached(self, x, key_mask, positions, start, end):
@@ -251,6 +255,7 @@ def generate(
     steps: int,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
+    confidence: str = "float64",
     cfg_scale: float = 0.0,
     mask_id: int = LLADA_8B_MASK_ID,
     attention_mask: torch.Tensor | None = None,
@@ -269,13 +274,19 @@ def generate(
     Args:
         model: our :class:`~blocksft.model.LLaDAModelLM` (or a PEFT wrapper of it), or any model
             whose forward takes ``input_ids``/``attention_mask`` and returns ``.logits`` (remote
-            code: no caches, and no position ids, so left-padded rows shift their positions).
+            code: no caches; LLaDA's published code ignores the attention mask, so left-padded
+            rows attend to their padding).
         prompt_ids: ``[B, P]`` (or ``[P]``) ids, left padded (see :func:`left_pad`).
         gen_length: tokens to generate; a multiple of ``block_length``.
         block_length: tokens per block.
         steps: steps in all; a multiple of the number of blocks.
         temperature: 0 for argmax; otherwise Gumbel-max sampling in float64.
         remasking: ``"low_confidence"`` or ``"random"``.
+        confidence: ``"float64"``: ``low_confidence`` ranks by the float64 softmax probability,
+            ties to the leftmost position (Fast-dLLM's choice; equals ``generate.py`` in fp32).
+            ``"llada"``: exactly LLaDA's ``generate.py`` in any dtype: the softmax in the logits'
+            dtype (bf16 on GPUs, where many probabilities tie) and the commits chosen by
+            ``torch.topk`` over the canvas row, as it does (full logits are computed then).
         cfg_scale: classifier-free guidance scale (0: off).
         mask_id: the mask token id (LLaDA-8B: 126336).
         attention_mask: ``[B, P]`` 1 on real prompt tokens, 0 on left padding; positions are
@@ -310,6 +321,7 @@ def generate(
         steps=steps,
         temperature=temperature,
         remasking=remasking,
+        confidence=confidence,
         cfg_scale=cfg_scale,
         threshold=threshold,
         cache=cache,
@@ -320,7 +332,12 @@ def generate(
         defer_eos=defer_eos,
     )
     block_logits = _BlockLogits(
-        model, cache=cache, cache_refresh=cache_refresh, cfg_scale=cfg_scale, mask_id=mask_id
+        model,
+        cache=cache,
+        cache_refresh=cache_refresh,
+        cfg_scale=cfg_scale,
+        mask_id=mask_id,
+        full_logits=confidence == "llada",
     )
     prompt_ids, prompt_mask = _check_prompt(prompt_ids, attention_mask, mask_id, model)
     device = prompt_ids.device
@@ -335,8 +352,9 @@ def generate(
     padded = not bool(key_mask.all())
     if padded and block_logits.llada is None:
         warnings.warn(
-            "left-padded prompts with a remote-code model: it takes no position ids, so padded rows "
-            "are decoded at shifted positions and may differ from decoding them alone",
+            "left-padded prompts with a remote-code model: the published LLaDA code ignores the "
+            "attention mask, so padded rows attend to their padding and may differ from decoding "
+            "them alone (their shifted positions are harmless: RoPE depends on relative positions)",
             stacklevel=2,
         )
     eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
@@ -357,11 +375,23 @@ def generate(
                 break
             # === 2. Predict the block, commit the most confident masked positions ===
             logits = block_logits(x, rows_key_mask, positions[rows], prompt_cols[rows], start, end, step)
-            tokens, confidence = predict_block(
-                logits, temperature, remasking, generator, eos=eos, suppress_eos=suppress, defer_eos=defer_eos
+            tokens, scores = predict_block(
+                logits,
+                temperature,
+                remasking,
+                generator,
+                eos=eos,
+                suppress_eos=suppress,
+                defer_eos=defer_eos,
+                confidence=confidence,
             )  # [b, K] each
             counts = torch.full((len(rows),), per_step[step], dtype=torch.long, device=device)
-            transfer = select_transfer(confidence, masked, counts, threshold)  # [b, K]
+            if confidence == "llada":
+                transfer = select_transfer_topk(
+                    scores, masked, counts, threshold, offset=start, width=x.shape[1]
+                )  # [b, K]
+            else:
+                transfer = select_transfer(scores, masked, counts, threshold)  # [b, K]
             canvas[rows, start:end] = torch.where(transfer, tokens, x[:, start:end])
             gen_cols = slice(start - prompt_len, end - prompt_len)
             commit_step[rows, gen_cols] = torch.where(transfer, step_index, commit_step[rows, gen_cols])

@@ -164,7 +164,7 @@ def noise_blockwise(
         suffix_mask_prob: probability that each answer token after the block is masked (never in the
             loss); 1.0 hides the whole suffix (the paper), 0.0 leaves it visible.
         supervise_padding: the answer runs to the end of the row, so padding after it is part of the
-            answer (blocks are counted over ``L - prompt_len``; pad every batch to one fixed length).
+            answer: a block may reach into it, and the suffix runs to the row's end.
         generator: the only source of randomness, on ``input_ids.device``; None uses torch's global one.
         check: validate spans and block indices (one device sync); without it, invalid input is
             undefined behaviour (turn it off only for inputs already checked, e.g. from the schedule).

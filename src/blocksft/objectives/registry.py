@@ -76,15 +76,16 @@ class Objective:
     def block_counts(self, prompt_lens: Lengths, answer_lens: Lengths, *, max_len: int | None = None):
         """Blocks of each sample, for the schedule (``None`` for the full-sequence objective).
 
-        With ``supervise_padding`` the answer runs to ``max_len`` (required), so every batch must
-        then be padded to ``max_len``.
+        Blocks cover the true answer. With ``supervise_padding`` and ``max_len`` (every batch padded
+        to that fixed length, ``--pad-to-max-len``) the answer runs to ``max_len``, so the blocks of
+        EOS padding are trained too. With per-batch padding the padded length is unknown when the
+        schedule is planned: blocks stay those of the true answer, and the collator completes
+        each row's last block with EOS (:class:`blocksft.train.data.PadCollator`).
         """
         if not self.blockwise:
             return None
         answer = torch.as_tensor(answer_lens, dtype=torch.long)
-        if self.options.supervise_padding:
-            if max_len is None:
-                raise BlocksftError("--supervise-padding with a blockwise objective needs --max-len")
+        if self.options.supervise_padding and max_len is not None:
             answer = max_len - torch.as_tensor(prompt_lens, dtype=torch.long)
         return num_blocks(answer, self.options.block_size).tolist()
 

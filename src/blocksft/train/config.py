@@ -84,7 +84,11 @@ class TrainConfig:
     )
     supervise_padding: bool = field(
         default=False,
-        metadata=_help("treat the EOS padding up to --max-len as answer (noised and trained, LLaDA style)"),
+        metadata=_help(
+            "LLaDA's SFT recipe: the EOS padding is answer (noised, trained, attended, counted by "
+            "answer_len); each batch is padded to its longest record (blockwise: at least to each row's "
+            "last block end), or to --max-len with --pad-to-max-len (blockwise: its blocks trained too)"
+        ),
     )
     # ----- Batching -----
     micro_batch: int = field(
@@ -95,7 +99,8 @@ class TrainConfig:
         default=8, metadata=_help("pad each batch to its longest record rounded up to this multiple")
     )
     pad_to_max_len: bool = field(
-        default=False, metadata=_help("pad every batch to --max-len, as the reference does")
+        default=False,
+        metadata=_help("pad every batch to --max-len, as the reference does (the paper recipes set it)"),
     )
     attend_padding: bool = field(
         default=False,
@@ -152,7 +157,14 @@ class TrainConfig:
     adam_beta2: float = field(default=0.95, metadata=_help("AdamW beta2"))
     adam_eps: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    warmup_ratio: float = field(default=0.1, metadata=_help("linear warmup, as a fraction of the steps"))
+    warmup_ratio: float = field(default=0.1, metadata=_help("warmup, as a fraction of the steps"))
+    warmup_type: Literal["linear", "log"] = field(
+        default="linear",
+        metadata=_help(
+            "warmup curve: linear (transformers' cosine_with_min_lr) or log (DeepSpeed WarmupCosineLR's "
+            "default, what the reference runs: the first two steps at 0, then log(k - 1) / log(warmup))"
+        ),
+    )
     min_lr_ratio: float = field(default=0.01, metadata=_help("cosine decay floor, as a fraction of --lr"))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping (0 = off)"))
     seed: int = field(default=42, metadata=_help("seed of data order, block schedule, noise and LoRA init"))
@@ -274,9 +286,13 @@ RESUMABLE_CHANGES = (
 
 
 def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
-    """Fields whose values differ between a saved run config and the current one (for --resume)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(RESUMABLE_CHANGES)
-    return {n: (saved.get(n), current.get(n)) for n in sorted(names) if saved.get(n) != current.get(n)}
+    """Fields whose values differ between a saved run config and the current one (for --resume).
+
+    A field the saved config lacks (added to blocksft after that run started) had its default.
+    """
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RESUMABLE_CHANGES}
+    old = {n: saved.get(n, default) for n, default in fields.items()}
+    return {n: (old[n], current.get(n)) for n in sorted(fields) if old[n] != current.get(n)}
 
 
 def available_recipes() -> list[str]:

@@ -12,8 +12,8 @@ resumable.
 With ``--group-by-length`` the list is reordered within windows of an epoch so that each
 micro-batch holds records of similar length (:func:`group_by_length`); it stays a pure function of
 the config. The collator pads a batch to its longest record rounded up to a multiple (8 by
-default), not to ``--max-len``; noising happens later, on the device, inside the Trainer's
-``compute_loss``.
+default), not to ``--max-len`` (unless ``--pad-to-max-len``; see :class:`PadCollator` for supervised
+padding); noising happens later, on the device, inside the Trainer's ``compute_loss``.
 """
 
 from __future__ import annotations
@@ -154,28 +154,52 @@ def round_up(n: int, multiple: int) -> int:
 class PadCollator:
     """Right-pads records into a batch.
 
+    The padded length: ``pad_to`` when given (and no record is longer); otherwise, with
+    ``supervise_padding``, the batch's longest record exactly (LLaDA's SFT recipe: the EOS padding
+    is answer, so its amount is not rounded) and, with ``complete_blocks``, at least the end of each
+    row's last block (capped at ``max_len``), so that a blockwise sample's last block holds its
+    answer's end followed by EOS whatever batch it lands in; otherwise the longest record rounded up
+    to ``multiple_of``.
+
     Attributes:
         pad_id: padding token (LLaDA: EOS).
         multiple_of: round the batch's longest record up to this.
         pad_to: pad every batch to this fixed length instead (the reference: ``--max-len``).
         supervise_padding: the padding is trained as answer (LLaDA's SFT recipe), so the
             attention mask covers it.
+        complete_blocks: the block size, to complete last blocks with supervised padding.
+        max_len: the longest a completed block may make a row.
     """
 
     pad_id: int
     multiple_of: int = 8
     pad_to: int | None = None
     supervise_padding: bool = False
+    complete_blocks: int | None = None
+    max_len: int | None = None
+
+    def padded_length(self, lengths: torch.Tensor, prompt_lens: torch.Tensor) -> int:
+        """The batch's padded length for its ``[B]`` record and prompt lengths."""
+        longest = int(lengths.max())
+        if self.pad_to is not None:
+            return max(self.pad_to, longest)
+        if not self.supervise_padding:
+            return round_up(longest, self.multiple_of)
+        if self.complete_blocks is None:
+            return longest
+        size = self.complete_blocks
+        block_ends = prompt_lens + (lengths - prompt_lens + size - 1) // size * size  # [B]
+        if self.max_len is not None:
+            block_ends = block_ends.clamp(max=self.max_len)
+        return max(longest, int(block_ends.max()))
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         lengths = torch.tensor([len(f["full_ids"]) for f in features])  # [B]
-        longest = int(lengths.max())
-        seq_len = self.pad_to if self.pad_to is not None else round_up(longest, self.multiple_of)
-        seq_len = max(seq_len, longest)
+        prompt_lens = torch.tensor([f["prompt_len"] for f in features])  # [B]
+        seq_len = self.padded_length(lengths, prompt_lens)
         input_ids = torch.full((len(features), seq_len), self.pad_id, dtype=torch.long)  # [B, L]
         for row, f in enumerate(features):
             input_ids[row, : len(f["full_ids"])] = torch.as_tensor(f["full_ids"], dtype=torch.long)
-        prompt_lens = torch.tensor([f["prompt_len"] for f in features])  # [B]
         visible = torch.full_like(lengths, seq_len) if self.supervise_padding else lengths
         attention_mask = (torch.arange(seq_len)[None, :] < visible[:, None]).long()  # [B, L]
         return {

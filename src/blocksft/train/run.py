@@ -25,6 +25,7 @@ from .callbacks import (
 from .config import TrainConfig, resolve_deepspeed_config
 from .data import ItemDataset, PadCollator, group_by_length, plan_items, schedule_state_at, steps_for
 from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_run_config
+from .lr_schedule import WarmupCosine
 from .metrics import FlopModel, StepMeter
 from .resume import check_output, check_schedule, checkpoint_step
 from .trainer import BlockSFTTrainer, TrainStep
@@ -114,20 +115,10 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         model=model,
         args=args,
         train_dataset=ItemDataset(records, items),
-        data_collator=PadCollator(
-            pad_id=pad_id,
-            multiple_of=config.pad_to_multiple_of,
-            pad_to=config.max_len if (config.pad_to_max_len or config.supervise_padding) else None,
-            supervise_padding=config.supervise_padding,
-        ),
+        data_collator=build_collator(config, objective, pad_id),
         processing_class=tokenizer,
-        train_step=TrainStep(
-            objective,
-            seed=config.seed,
-            sparse_logits=config.sparse_logits,
-            attend_padding=config.attend_padding,
-            ce_chunk_size=config.ce_chunk_size,
-        ),
+        train_step=build_train_step(config, objective),
+        lr_schedule=lr_schedule_of(config),
         meter=StepMeter(flop_model=flop_model_of(model, config)),
         csv_log=csv_log,
     )
@@ -183,9 +174,7 @@ def training_arguments(config: TrainConfig):
         adam_epsilon=config.adam_eps,
         weight_decay=config.weight_decay,
         optim="adamw_torch",
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
-        warmup_steps=config.warmup_ratio,
+        # The learning-rate schedule is BlockSFTTrainer.create_scheduler's (lr_schedule_of).
         max_grad_norm=config.max_grad_norm,
         max_steps=1,
         seed=config.seed,
@@ -207,6 +196,11 @@ def training_arguments(config: TrainConfig):
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
+
+
+def lr_schedule_of(config: TrainConfig) -> WarmupCosine:
+    """The run's warmup-cosine schedule (``--warmup-ratio``, ``--min-lr-ratio``, ``--warmup-type``)."""
+    return WarmupCosine(config.warmup_ratio, config.min_lr_ratio, config.warmup_type)
 
 
 def checkpointing_arguments(arguments_class, enabled: bool) -> dict:
@@ -377,13 +371,37 @@ def build_objective(config: TrainConfig, mask_id: int):
     )
 
 
+def build_collator(config: TrainConfig, objective, pad_id: int) -> PadCollator:
+    """How the run pads its batches: to ``--max-len`` or to each batch's longest record."""
+    return PadCollator(
+        pad_id=pad_id,
+        multiple_of=config.pad_to_multiple_of,
+        pad_to=config.max_len if config.pad_to_max_len else None,
+        supervise_padding=config.supervise_padding,
+        complete_blocks=config.block_size if objective.blockwise else None,
+        max_len=config.max_len,
+    )
+
+
+def build_train_step(config: TrainConfig, objective) -> TrainStep:
+    """Noise + forward + loss of one micro-batch, with the run's settings."""
+    return TrainStep(
+        objective,
+        seed=config.seed,
+        sparse_logits=config.sparse_logits,
+        attend_padding=config.attend_padding,
+        ce_chunk_size=config.ce_chunk_size,
+    )
+
+
 def block_schedule(config: TrainConfig, objective, records):
     """The seeded block schedule over the records (one rank: the Trainer's loader shards the items)."""
     from blocksft.schedule import BlockSchedule
 
     prompt_lens = [int(r["prompt_len"]) for r in records]
     answer_lens = [len(r["full_ids"]) - p for r, p in zip(records, prompt_lens)]
-    counts = objective.block_counts(prompt_lens, answer_lens, max_len=config.max_len)
+    fixed_len = config.max_len if config.pad_to_max_len else None
+    counts = objective.block_counts(prompt_lens, answer_lens, max_len=fixed_len)
     return BlockSchedule(
         counts if counts is not None else [1] * len(records),
         seed=config.seed,

@@ -4,8 +4,10 @@
 loss is taken, unless ``sparse_logits`` is off), take the loss. It calls ``blocksft.objectives``
 for the math and is shared by the Trainer and the benchmarks. :class:`BlockSFTTrainer` overrides
 only ``compute_loss`` (calls the step), ``log`` (adds the step's token counts, summed over ranks,
-and stops on a non-finite loss) and the sampler (the item list is already in training order);
-optimiser, scheduler, DeepSpeed, mixed precision, checkpoints and resume are the stock Trainer's.
+and stops on a non-finite loss), the sampler (the item list is already in training order) and
+``create_scheduler`` (our :class:`~blocksft.train.lr_schedule.WarmupCosine`, also under DeepSpeed,
+whose engine steps it); optimiser, DeepSpeed, mixed precision, checkpoints and resume are the stock
+Trainer's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers import Trainer
 from blocksft.errors import BlocksftError
 
 from .logs import CsvLog
+from .lr_schedule import WarmupCosine
 from .metrics import StepMeter
 
 
@@ -113,9 +116,17 @@ def lm_head_weight(model) -> torch.Tensor:
 class BlockSFTTrainer(Trainer):
     """``transformers.Trainer`` whose loss is a :class:`TrainStep`."""
 
-    def __init__(self, *args, train_step: TrainStep, meter: StepMeter, csv_log: CsvLog | None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        train_step: TrainStep,
+        lr_schedule: WarmupCosine,
+        meter: StepMeter,
+        csv_log: CsvLog | None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.train_step, self.meter, self.csv_log = train_step, meter, csv_log
+        self.train_step, self.lr_schedule, self.meter, self.csv_log = train_step, lr_schedule, meter, csv_log
         # Our loss is a per-batch mean; the Trainer must average it over accumulation steps itself.
         self.model_accepts_loss_kwargs = False
 
@@ -129,6 +140,13 @@ class BlockSFTTrainer(Trainer):
             sparse_logits=self.train_step.sparse_logits,
         )
         return (loss, {"loss_mask": loss_mask}) if return_outputs else loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        # Also called by the Trainer's DeepSpeed set-up (the shipped DeepSpeed files hold no scheduler).
+        if self.lr_scheduler is None:
+            self.lr_scheduler = self.lr_schedule.build(optimizer or self.optimizer, num_training_steps)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset=None):
         # The item list is already in training order (seeded shuffling per epoch, see data.py).
