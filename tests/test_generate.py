@@ -1,4 +1,5 @@
-"""Semi-autoregressive block decoding: agreement with a plain re-statement of LLaDA's algorithm, batching,
+"""Semi-autoregressive block decoding: agreement with plain re-statements of LLaDA's algorithm and of its
+generate.py (both confidence modes, fp32 and bf16), batching,
 caches, threshold decoding, EOS handling, errors, the command line and the benchmark."""
 
 import functools

@@ -101,8 +101,8 @@ class SamplerConfig:
         default="float64",
         metadata={
             "help": "low_confidence's probabilities: float64 (softmax in float64, ties to the left; "
-            "Fast-dLLM's, equal to LLaDA's generate.py in fp32) or llada (generate.py exactly in any "
-            "dtype: softmax in the logits' dtype, bf16 on GPUs, commits chosen by torch.topk)"
+            "Fast-dLLM's; LLaDA's generate.py in fp32 but at exact ties) or llada (generate.py exactly "
+            "in any dtype: softmax in the logits' dtype, bf16 on GPUs, commits chosen by torch.topk)"
         },
     )
     cfg_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance scale (0: off)"})

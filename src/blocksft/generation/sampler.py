@@ -1,12 +1,13 @@
 """LLaDA's semi-autoregressive block sampler (arXiv 2502.09992), with Fast-dLLM's options (arXiv 2505.22618).
 
-The algorithm, at the defaults exactly as in LLaDA's published ``generate``:
+The algorithm, at the defaults as in LLaDA's published ``generate`` (with ``confidence="llada"``
+exactly as it, in any dtype; the default ranks in float64, see :func:`generate`):
 
 1. canvas = prompt + ``gen_length`` mask tokens; blocks of ``block_length`` are decoded left to right,
    each with ``steps / num_blocks`` steps;
 2. at each step the model predicts every position of the current block; the predicted token is the
-   argmax (or float64 Gumbel-max sample) of the logits, its confidence the float64 softmax probability
-   of that token (``low_confidence``) or a uniform random number (``random``);
+   argmax (or float64 Gumbel-max sample) of the logits, its confidence the softmax probability of
+   that token (``low_confidence``) or a uniform random number (``random``);
 3. the ``n`` most confident still-masked positions of the block are committed, with ``n`` from
    :func:`~blocksft.generation.schedule.transfer_schedule`; a committed token is never masked again and
    nothing outside the current block is committed;
@@ -283,7 +284,8 @@ def generate(
         temperature: 0 for argmax; otherwise Gumbel-max sampling in float64.
         remasking: ``"low_confidence"`` or ``"random"``.
         confidence: ``"float64"``: ``low_confidence`` ranks by the float64 softmax probability,
-            ties to the leftmost position (Fast-dLLM's choice; equals ``generate.py`` in fp32).
+            ties to the leftmost position (Fast-dLLM's choice; ``generate.py`` in fp32 but at
+            exact ties).
             ``"llada"``: exactly LLaDA's ``generate.py`` in any dtype: the softmax in the logits'
             dtype (bf16 on GPUs, where many probabilities tie) and the commits chosen by
             ``torch.topk`` over the canvas row, as it does (full logits are computed then).
