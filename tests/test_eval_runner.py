@@ -1,5 +1,6 @@
 """`blocksft eval` end to end on the tiny random model: rows, summary, resume, errors, grid, shards."""
 
+import dataclasses
 import json
 import os
 import re
@@ -153,6 +154,19 @@ def test_other_settings_are_refused_and_nothing_is_lost(full_run, checkpoint, tm
     with pytest.raises(BlocksftError, match="other settings"):
         evaluate(checkpoint, output, prompt_style="chat")
     assert output.read_text() == before
+
+
+def test_static_decoding_writes_the_loops_rows_and_resumes_its_files(full_run, checkpoint, tmp_path):
+    # decode only changes how fast rows are made: same rows, same fingerprint (a loop file resumes).
+    static = dataclasses.replace(SAMPLER, decode="static")
+    output = tmp_path / "res.jsonl"
+    evaluate(checkpoint, output, sampler=static)
+    assert strip_seconds(results.read_rows(output)) == strip_seconds(results.read_rows(full_run[0]))
+    assert json.loads(results.summary_path(output).read_text())["decode"] == "static"
+    resumed = tmp_path / "resumed.jsonl"
+    resumed.write_text("".join(full_run[0].read_text().splitlines(keepends=True)[:4]))
+    evaluate(checkpoint, resumed, sampler=static)
+    assert strip_seconds(results.read_rows(resumed)) == strip_seconds(results.read_rows(full_run[0]))
 
 
 def test_prompt_styles(tokenizer, tmp_path):

@@ -145,8 +145,15 @@ def load_problems(config: EvalConfig) -> list:
 # --- one run --------------------------------------------------------------------------------------
 
 
+# Sampler settings that change how fast rows are made, not what they contain (the fixed-shape
+# decoders give the loop's tokens): left out of the fingerprint, like the batch size, and recorded
+# in the summary instead.
+SPEED_SETTINGS = ("decode",)
+
+
 def run_settings(config: EvalConfig, sampler, model: str) -> dict:
     """Everything that changes what a row contains: the fingerprint a resumed file must match."""
+    decoding = {k: v for k, v in sampler.generate_kwargs().items() if k not in SPEED_SETTINGS}
     return {
         "model": source_name(model),
         "task": config.task,
@@ -157,7 +164,7 @@ def run_settings(config: EvalConfig, sampler, model: str) -> dict:
         "seed": config.seed,
         "dtype": config.dtype,
         "trust_remote_code": config.trust_remote_code,
-        **sampler.generate_kwargs(),
+        **decoding,
     }
 
 
@@ -190,7 +197,9 @@ def device_description(device: torch.device) -> dict:
     return {"device": str(device), "gpu": None}
 
 
-def run_record(config: EvalConfig, rows: list[dict], dist: DistContext, device: torch.device) -> dict:
+def run_record(
+    config: EvalConfig, sampler, rows: list[dict], dist: DistContext, device: torch.device
+) -> dict:
     """The summary's record of how the rows were made: run options, cost, machine, versions."""
     nfe = [int(r["nfe"]) for r in rows]
     return {
@@ -199,6 +208,7 @@ def run_record(config: EvalConfig, rows: list[dict], dist: DistContext, device: 
         "data": config.data,
         "limit": config.limit,
         "batch_size": config.batch_size,
+        **{k: getattr(sampler, k) for k in SPEED_SETTINGS},
         "nfe_total": sum(nfe),
         "nfe_mean": sum(nfe) / max(1, len(nfe)),
         "generation_seconds": round(sum(float(r["seconds"]) for r in rows), 3),
@@ -249,8 +259,10 @@ def generate_rows(
         )
     texts = decode_answer(tokenizer, out.sequences, out.prompt_length, stops)
     seconds = (time.perf_counter() - start) / len(batch)
+    # Each row's own forwards where the decoder counts them (rows move on independently), else the batch's.
+    nfe = out.row_nfe.tolist() if out.row_nfe is not None else [out.nfe] * len(batch)
     rows = []
-    for (index, problem), prompt_ids, text in zip(batch, prompts, texts):
+    for (index, problem), prompt_ids, text, row_nfe in zip(batch, prompts, texts, nfe):
         scored = TASK_MODULES[task].score(text, problem.gold)
         rows.append(
             {
@@ -262,7 +274,7 @@ def generate_rows(
                 "gold": problem.gold,
                 "extracted": scored["extracted"],
                 "correct": scored["correct"],
-                "nfe": int(out.nfe),
+                "nfe": int(row_nfe),
                 "seconds": round(seconds, 4),
                 "settings_id": settings_id,
             }
@@ -359,7 +371,7 @@ def evaluate_problems(
             "rows_in_file": len(all_rows),
             "settings": settings,
             "settings_id": sid,
-            **run_record(config, rows, dist, next(model.parameters()).device),
+            **run_record(config, sampler, rows, dist, next(model.parameters()).device),
             "wall_seconds_this_run": round(time.perf_counter() - wall_start, 3),
         }
         results.write_summary(output, summary)

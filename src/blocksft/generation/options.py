@@ -11,6 +11,7 @@ from blocksft.errors import BlocksftError
 REMASKING = ("low_confidence", "random")
 CACHES = ("prefix", "dual")
 CONFIDENCES = ("float64", "llada")
+DECODERS = ("loop", "static", "graph", "compiled")
 
 
 def check_sampler_options(
@@ -29,6 +30,7 @@ def check_sampler_options(
     min_new_tokens: int = 0,
     stop_at_eos: bool = False,
     defer_eos: bool = False,
+    decode: str = "loop",
 ) -> tuple[int, int]:
     """Check the sampler's options; return ``(num_blocks, steps_per_block)``.
 
@@ -83,7 +85,39 @@ def check_sampler_options(
     ):
         if wanted and not eos_token_ids:
             raise BlocksftError(f"{name} needs eos_token_ids (e.g. the tokenizer's EOS and <|eot_id|> ids)")
+    check_static_options(
+        decode=decode,
+        temperature=temperature,
+        remasking=remasking,
+        confidence=confidence,
+        cfg_scale=cfg_scale,
+    )
     return num_blocks, steps // num_blocks
+
+
+def check_static_options(
+    *, decode: str, temperature: float, remasking: str, confidence: str, cfg_scale: float
+) -> None:
+    """Refuse what the fixed-shape steps do not do (the loop sampler does all of it)."""
+    if decode not in DECODERS:
+        raise BlocksftError(f"unknown decode {decode!r}; choose one of {', '.join(DECODERS)}")
+    if decode == "loop":
+        return
+    unsupported = [
+        name
+        for name, supported in (
+            ("temperature > 0", temperature == 0),
+            (f"remasking {remasking!r}", remasking == "low_confidence"),
+            (f"confidence {confidence!r}", confidence == "float64"),
+            ("cfg_scale > 0", cfg_scale == 0),
+        )
+        if not supported
+    ]
+    if unsupported:
+        raise BlocksftError(
+            f"decode={decode!r} decodes at temperature 0 with low_confidence remasking, float64 "
+            f"confidence and no guidance; {', '.join(unsupported)} needs decode='loop'"
+        )
 
 
 @dataclass
@@ -125,6 +159,15 @@ class SamplerConfig:
     )
     defer_eos: bool = field(
         default=False, metadata={"help": "commit EOS/EoT predictions only after a block's other predictions"}
+    )
+    decode: Literal["loop", "static", "graph", "compiled"] = field(
+        default="loop",
+        metadata={
+            "help": "loop (rows of a batch share each block), static (fixed-shape steps, each row moving "
+            "to its next block as soon as it finishes one; same tokens), graph (those steps captured "
+            "in CUDA graphs on CUDA) or compiled (compiled with torch.compile first); not loop: "
+            "temperature 0, low_confidence, float64 confidence, no guidance"
+        },
     )
 
     def __post_init__(self):

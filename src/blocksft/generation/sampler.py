@@ -47,6 +47,7 @@ from blocksft.generation.schedule import (
     select_transfer_topk,
     transfer_schedule,
 )
+from blocksft.generation.static import StaticDecoder
 from blocksft.tokenizer import LLADA_8B_MASK_ID
 
 
@@ -85,6 +86,8 @@ class GenerateOutput:
             generated token; -1 for tokens filled with EOS by ``stop_at_eos``.
         forward_tokens: (row, position) pairs run through the model, summed over forwards: the
             compute that caches save (their NFE equals the plain sampler's).
+        row_nfe: ``[B]`` the forwards each row needed (what it costs decoded alone), with the
+            fixed-shape decoders (``decode`` other than ``loop``); None with the loop.
     """
 
     sequences: torch.Tensor
@@ -93,6 +96,7 @@ class GenerateOutput:
     num_tokens: torch.Tensor
     commit_step: torch.Tensor
     forward_tokens: int
+    row_nfe: torch.Tensor | None = None
 
     @property
     def generated(self) -> torch.Tensor:
@@ -267,6 +271,7 @@ def generate(
     min_new_tokens: int = 0,
     stop_at_eos: bool = False,
     defer_eos: bool = False,
+    decode: str = "loop",
     generator: torch.Generator | None = None,
     callback: Callable[[GenerateStep], None] | None = None,
 ) -> GenerateOutput:
@@ -308,6 +313,13 @@ def generate(
             ``eos_token_ids[0]``. Saves forwards; changes no token up to that block's end.
         defer_eos: rank EOS/EoT predictions below every other prediction of the block (they are
             committed last), the intent of LLaDA's ``confidence_eos_eot_inf``.
+        decode: ``"loop"`` (this loop: the rows of a batch share each block, so a row that
+            finishes a block early waits for the others); ``"static"``: fixed-shape steps without
+            host syncs, each row moving to its next block as soon as it finishes one
+            (:mod:`blocksft.generation.static`; same tokens as the loop, at temperature 0 with
+            ``low_confidence``, float64 confidence and no guidance); ``"graph"``: those steps
+            captured in CUDA graphs on CUDA (no kernel-launch overhead; eager elsewhere);
+            ``"compiled"``: compiled whole with ``torch.compile`` first (slow first call).
         generator: random source for Gumbel noise and random confidences, on the model's device.
             Per step, the draws are ``[b, block_length, V]`` float64 noise (temperature > 0),
             then ``[b, block_length]`` float64 confidences (``random``), b = rows being decoded.
@@ -317,14 +329,10 @@ def generate(
         :class:`GenerateOutput`.
     """
     eos_token_ids = tuple(int(i) for i in eos_token_ids)
-    num_blocks, steps_per_block = check_sampler_options(
+    options = dict(
         gen_length=gen_length,
         block_length=block_length,
         steps=steps,
-        temperature=temperature,
-        remasking=remasking,
-        confidence=confidence,
-        cfg_scale=cfg_scale,
         threshold=threshold,
         cache=cache,
         cache_refresh=cache_refresh,
@@ -333,6 +341,16 @@ def generate(
         stop_at_eos=stop_at_eos,
         defer_eos=defer_eos,
     )
+    num_blocks, steps_per_block = check_sampler_options(
+        **options,
+        temperature=temperature,
+        remasking=remasking,
+        confidence=confidence,
+        cfg_scale=cfg_scale,
+        decode=decode,
+    )
+    if decode != "loop" and callback is not None:
+        raise BlocksftError(f"a step callback (--stream) needs decode='loop', not {decode!r}")
     block_logits = _BlockLogits(
         model,
         cache=cache,
@@ -345,6 +363,14 @@ def generate(
     device = prompt_ids.device
     _check_generator(generator, device)
     batch, prompt_len = prompt_ids.shape
+    if decode != "loop":
+        if block_logits.llada is None:
+            raise BlocksftError(
+                f"decode={decode!r} needs blocksft's own LLaDA model; {type(model).__name__} was loaded "
+                "from remote code: load it without --trust-remote-code or use decode='loop'"
+            )
+        decoder = StaticDecoder(block_logits.llada, prompt_ids, prompt_mask, mask_id=mask_id, **options)
+        return decoder.run(decode)
 
     # === 1. Canvas: prompt + gen_length masks; key mask and RoPE positions from the padding ===
     canvas = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1)  # [B, L]
