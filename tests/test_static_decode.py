@@ -39,7 +39,11 @@ def assert_rows_decode_as_alone(model, prompts, **settings):
         assert torch.equal(batch.commit_step[row], single.commit_step[0]), row
         assert int(batch.num_tokens[row]) == int(single.num_tokens[0])
         assert int(batch.row_nfe[row]) == single.nfe
-    assert batch.nfe == max(single.nfe for single in alone)  # nobody waits for a slower row
+    if settings.get("cache") is None:
+        assert batch.nfe == max(single.nfe for single in alone)  # nobody waits for a slower row
+    else:  # with a cache the rows share each block's refill: they wait for each other, as in the loop
+        looped = decode(model, ids, attention_mask=mask, **settings)
+        assert batch.nfe == looped.nfe
     return batch, alone
 
 
@@ -47,7 +51,7 @@ def assert_rows_decode_as_alone(model, prompts, **settings):
 @pytest.mark.parametrize("cache", [None, "prefix", "dual"], ids=["plain", "prefix", "dual"])
 def test_every_row_of_a_static_batch_decodes_as_the_loop_decodes_it_alone(model, prompts, cache, threshold):
     batch, alone = assert_rows_decode_as_alone(model, prompts, cache=cache, threshold=threshold)
-    if threshold is not None:
+    if threshold is not None and cache is None:
         # The rows finish their blocks at different steps: the loop's batch waits for the slowest
         # row in every block, the static batch only for the slowest row overall.
         ids, mask = left_pad(prompts, pad_id=EOS)
@@ -152,3 +156,22 @@ def test_what_the_static_steps_do_not_do_is_one_clear_error(model, prompts, kwar
     if "callback" not in kwargs:
         with pytest.raises(BlocksftError, match="decode"):
             SamplerConfig(**kwargs)
+
+
+def test_a_decoder_cache_reuses_one_decoder_for_prompts_of_the_same_shape(model, prompts):
+    from blocksft.generation.static import DecoderCache
+
+    decoders = DecoderCache(size=1)
+    settings = dict(decode="static", cache="dual", threshold=0.5, decoders=decoders)
+    ids, mask = left_pad(prompts, pad_id=EOS)
+    first = decode(model, ids, attention_mask=mask, **settings)
+    (kept,) = decoders.decoders.values()
+    flipped = decode(model, ids.flip(0), attention_mask=mask.flip(0), **settings)  # same shape: reused
+    assert list(decoders.decoders.values()) == [kept]
+    fresh = decode(
+        model, ids.flip(0), attention_mask=mask.flip(0), decode="static", cache="dual", threshold=0.5
+    )
+    assert torch.equal(flipped.sequences, fresh.sequences) and torch.equal(flipped.row_nfe, fresh.row_nfe)
+    assert torch.equal(flipped.sequences.flip(0), first.sequences)
+    decode(model, prompts[0], **settings)  # another shape: a new decoder, the old one let go
+    assert len(decoders.decoders) == 1 and next(iter(decoders.decoders.values())) is not kept

@@ -47,7 +47,7 @@ from blocksft.generation.schedule import (
     select_transfer_topk,
     transfer_schedule,
 )
-from blocksft.generation.static import StaticDecoder
+from blocksft.generation.static import DecoderCache, StaticDecoder
 from blocksft.tokenizer import LLADA_8B_MASK_ID
 
 
@@ -272,6 +272,7 @@ def generate(
     stop_at_eos: bool = False,
     defer_eos: bool = False,
     decode: str = "loop",
+    decoders: DecoderCache | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[GenerateStep], None] | None = None,
 ) -> GenerateOutput:
@@ -320,6 +321,8 @@ def generate(
             ``low_confidence``, float64 confidence and no guidance); ``"graph"``: those steps
             captured in CUDA graphs on CUDA (no kernel-launch overhead; eager elsewhere);
             ``"compiled"``: compiled whole with ``torch.compile`` first (slow first call).
+        decoders: a :class:`~blocksft.generation.static.DecoderCache` to reuse fixed-shape decoders
+            (and their captured graphs) between calls with the same shapes and settings.
         generator: random source for Gumbel noise and random confidences, on the model's device.
             Per step, the draws are ``[b, block_length, V]`` float64 noise (temperature > 0),
             then ``[b, block_length]`` float64 confidences (``random``), b = rows being decoded.
@@ -369,8 +372,14 @@ def generate(
                 f"decode={decode!r} needs blocksft's own LLaDA model; {type(model).__name__} was loaded "
                 "from remote code: load it without --trust-remote-code or use decode='loop'"
             )
-        decoder = StaticDecoder(block_logits.llada, prompt_ids, prompt_mask, mask_id=mask_id, **options)
-        return decoder.run(decode)
+
+        def build():
+            return StaticDecoder(block_logits.llada, prompt_ids, prompt_mask, mask_id=mask_id, **options)
+
+        if decoders is None:
+            return build().run(decode)
+        key = (decode, mask_id, *sorted(options.items()))
+        return decoders.decoder(key, block_logits.llada, prompt_ids, prompt_mask, build).run(decode)
 
     # === 1. Canvas: prompt + gen_length masks; key mask and RoPE positions from the padding ===
     canvas = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1)  # [B, L]

@@ -12,9 +12,13 @@ operations on them:
    (:class:`~blocksft.model.modeling_llada.StaticCacheSpan`);
 3. the predictions and their float64 confidences, the commits chosen with masks
    (:func:`~blocksft.generation.schedule.select_transfer`), written with ``scatter``;
-4. a row whose block has no mask left moves to its next block at once (per-row block pointers), so
-   rows of a batch that finish their blocks at different steps (threshold decoding) do not wait for
-   one another; a row past its last block (or stopped at EOS) idles until every row is done.
+4. without a cache, a row whose block has no mask left moves to its next block at once (per-row
+   block pointers), so rows of a batch that finish their blocks at different steps (threshold
+   decoding) do not wait for one another; a row past its last block (or stopped at EOS) idles until
+   every row is done. With a cache the rows move to the next block together, as in the loop: a row
+   starting a block needs a full forward to refill its cache, which every row then runs, and with
+   rows at different blocks nearly every step would be one (at batch 32 and ~12 steps per block,
+   some row starts a block at 94 % of the steps); one shared refill per block is cheaper.
 
 No shape depends on the data and nothing reads a value back to the host inside a step, so each
 kind of step (full, cached) can be captured once in a CUDA graph and replayed (``graph``), or
@@ -25,13 +29,14 @@ transfer per step.
 Every row decodes exactly as it would alone through the loop sampler (at temperature 0,
 ``low_confidence``, float64 confidence, no guidance): same tokens, same ``commit_step`` (counted per
 row), and ``row_nfe`` its own forwards. A cache step's extra work: in ``prefix`` mode it recomputes
-all ``G`` generated positions (the loop recomputes the block and what follows), and in a batch a
-step in which any row starts a block is a full forward for every row (each row's keys outside
-what it would recompute still come from its cache, so its result is unchanged).
+all ``G`` generated positions (the loop recomputes the block and what follows), and a step in which
+any row refills its cache (``cache_refresh``) is a full forward for every row (each other row's keys
+outside what it would recompute still come from its cache, so its result is unchanged).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +55,7 @@ class DecodeState:
         step_in_block: ``[B]`` steps the row has taken in its current block.
         row_steps: ``[B]`` steps the row has taken in all (its NFE).
         commit_step: ``[B, G]`` the row's step that committed each generated token (-1: none).
+        waiting: ``[B]`` bool, rows that finished their block and wait for the others (cache modes).
         status: ``[2]`` bool: any row still decoding; the next step needs a full forward.
         cache: per-layer ``(key, value)`` buffers ``[B, n_kv, L, hs]`` (cache modes), else empty.
     """
@@ -59,6 +65,7 @@ class DecodeState:
     step_in_block: torch.Tensor
     row_steps: torch.Tensor
     commit_step: torch.Tensor
+    waiting: torch.Tensor
     status: torch.Tensor
     cache: list
 
@@ -91,8 +98,6 @@ class StaticDecoder:
         stop_at_eos: bool,
         defer_eos: bool,
     ):
-        from blocksft.generation.schedule import positions_from_mask
-
         self.llada, self.head = llada, llada.get_output_embeddings()
         batch, prompt_len = prompt_ids.shape
         device = prompt_ids.device
@@ -101,24 +106,27 @@ class StaticDecoder:
         self.steps_per_block = steps // self.num_blocks
         self.mask_id, self.threshold = mask_id, threshold
         self.cache_mode, self.cache_refresh = cache, cache_refresh
+        # With a cache, a row starting a block needs a full forward (its refill), which every row of
+        # the batch then runs: rows moving on independently would make nearly every step a full
+        # forward at larger batches, so with a cache the rows move to the next block together.
+        self.rows_together = cache is not None
         self.min_new_tokens, self.stop_at_eos, self.defer_eos = min_new_tokens, stop_at_eos, defer_eos
         self.eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
         self.eos_fill = eos_token_ids[0] if eos_token_ids else mask_id
         self.is_eos = torch.zeros(self.head.weight.shape[0], dtype=torch.bool, device=device)  # [V]
         self.is_eos[self.eos] = True
 
-        # === Constants of every step: positions, key mask, the schedule, column indices ===
+        # === Constants of every step: the schedule, column indices ===
         width = prompt_len + gen_length
-        key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, gen_length)], dim=1)  # [B, L]
-        self.key_mask = None if bool(key_mask.all()) else key_mask
-        self.positions = positions_from_mask(key_mask)  # [B, L]
         self.per_step = torch.tensor(transfer_schedule(block_length, self.steps_per_block), device=device)
         self.offsets = torch.arange(block_length, device=device)  # [K]
         self.columns = torch.arange(width, device=device).expand(batch, width)  # [B, L]
         self.gen_columns = torch.arange(gen_length, device=device).expand(batch, gen_length)  # [B, G]
 
-        # === The state ===
-        canvas = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1)
+        # === The state, and the prompts' key mask and positions (rewritten in place by load) ===
+        self.padded = not bool(prompt_mask.all())
+        self.key_mask = torch.ones(batch, width, dtype=torch.long, device=device) if self.padded else None
+        self.positions = torch.zeros(batch, width, dtype=torch.long, device=device)
         cache_buffers = []
         if cache is not None:
             config = llada.config
@@ -130,14 +138,43 @@ class StaticDecoder:
             ]
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
         self.state = DecodeState(
-            canvas=canvas,
+            canvas=torch.full((batch, width), mask_id, dtype=torch.long, device=device),
             block=zeros.clone(),
             step_in_block=zeros.clone(),
             row_steps=zeros.clone(),
             commit_step=torch.full((batch, gen_length), -1, dtype=torch.long, device=device),
+            waiting=torch.zeros(batch, dtype=torch.bool, device=device),
             status=torch.ones(2, dtype=torch.bool, device=device),
             cache=cache_buffers,
         )
+        self._steps = None  # built (compiled, captured) at the first run, reused by later ones
+        self.load(prompt_ids, prompt_mask)
+
+    def fits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> bool:
+        """Whether :meth:`load` can take these prompts (same shape, padded or not alike)."""
+        return prompt_ids.shape == self.state.canvas[:, : self.prompt_len].shape and self.padded == (
+            not bool(prompt_mask.all())
+        )
+
+    def load(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        """Start a decode of new prompts in the same tensors (captured graphs stay valid). The
+        cache buffers need no reset: every row's first step refills its cache."""
+        from blocksft.generation.schedule import positions_from_mask
+
+        if not self.fits(prompt_ids, prompt_mask):
+            raise ValueError("these prompts do not fit this decoder's shapes")
+        s, prompt_len = self.state, self.prompt_len
+        key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), self.gen_length)], dim=1)
+        if self.key_mask is not None:
+            self.key_mask.copy_(key_mask)
+        self.positions.copy_(positions_from_mask(key_mask))  # [B, L]
+        s.canvas[:, :prompt_len].copy_(prompt_ids)
+        s.canvas[:, prompt_len:].fill_(self.mask_id)
+        for counter in (s.block, s.step_in_block, s.row_steps):
+            counter.zero_()
+        s.commit_step.fill_(-1)
+        s.waiting.fill_(False)
+        s.status.fill_(True)
 
     # ----- The two kinds of step --------------------------------------------------------------
 
@@ -153,11 +190,12 @@ class StaticDecoder:
         s = self.state
         # === 1. Each row's block ===
         active = s.block < self.num_blocks  # [B]
+        stepping = active & ~s.waiting  # [B] rows that take this step
         block = s.block.clamp(max=self.num_blocks - 1)
         start = self.prompt_len + block * self.block_length  # [B] canvas column of the block
         idx = start[:, None] + self.offsets  # [B, K]
         x_block = s.canvas.gather(1, idx)  # [B, K]
-        masked = (x_block == self.mask_id) & active[:, None]
+        masked = (x_block == self.mask_id) & stepping[:, None]
         # === 2. Logits at the block ===
         logits = self.head(self._block_hidden(full, start, idx))  # [B, K, V]
         # === 3. Predict, choose with masks, write ===
@@ -172,10 +210,16 @@ class StaticDecoder:
         gen_idx = idx - self.prompt_len
         committed_at = torch.where(transfer, s.row_steps[:, None], s.commit_step.gather(1, gen_idx))
         s.commit_step.scatter_(1, gen_idx, committed_at)
-        s.row_steps.add_(active.long())
+        s.row_steps.add_(stepping.long())
         # === 4. Rows whose block is done move on (or stop after an EOS) ===
         taken = s.step_in_block + 1
-        done = active & (~(written == self.mask_id).any(-1) | (taken >= self.steps_per_block))  # [B]
+        finished = stepping & (~(written == self.mask_id).any(-1) | (taken >= self.steps_per_block))  # [B]
+        done = finished
+        if self.rows_together:  # a finished row waits until every row has finished the block
+            waiting = s.waiting | finished
+            everyone = (waiting | ~active).all()  # a 0-d tensor: no host sync
+            done = waiting & everyone
+            s.waiting.copy_(waiting & ~everyone)
         next_block = block + 1
         if self.stop_at_eos:
             block_end = (gen_idx[:, -1] + 1)[:, None]  # [B, 1] generated columns before it are decoded
@@ -185,9 +229,10 @@ class StaticDecoder:
             generated.masked_fill_(stop[:, None] & (self.gen_columns >= block_end), self.eos_fill)
             next_block = torch.where(stop, self.num_blocks, next_block)
         s.block.copy_(torch.where(done, next_block, s.block))
-        s.step_in_block.copy_(torch.where(done | ~active, 0, taken))
+        s.step_in_block.copy_(torch.where(done | ~active, 0, torch.where(stepping, taken, s.step_in_block)))
         still = s.block < self.num_blocks
-        s.status.copy_(torch.stack([still.any(), (still & self._refresh_due(s.step_in_block)).any()]))
+        refill = still & ~s.waiting & self._refresh_due(s.step_in_block)
+        s.status.copy_(torch.stack([still.any(), refill.any()]))
 
     def _refresh_due(self, step_in_block: torch.Tensor) -> torch.Tensor:
         """``[B]`` rows whose next step is a full forward (the loop sampler's rule, per row)."""
@@ -250,14 +295,9 @@ class StaticDecoder:
         """
         from blocksft.generation.sampler import GenerateOutput
 
-        steps = {True: self.full_step, False: self.cached_step}
-        if decode == "compiled":
-            steps = {
-                kind: torch.compile(fn, fullgraph=True, dynamic=False, backend=compile_backend)
-                for kind, fn in steps.items()
-            }
-        if decode in ("graph", "compiled") and self.state.canvas.is_cuda:
-            steps = {kind: _CapturedStep(fn) for kind, fn in steps.items()}
+        if self._steps is None:
+            self._steps = self._build_steps(decode, compile_backend)
+        steps = self._steps
         batch, width = self.state.canvas.shape
         recomputed = {None: width, "prefix": self.gen_length, "dual": self.block_length}[self.cache_mode]
         nfe = forward_tokens = 0
@@ -282,6 +322,40 @@ class StaticDecoder:
             forward_tokens=forward_tokens,
             row_nfe=s.row_steps.clone(),
         )
+
+    def _build_steps(self, decode: str, compile_backend: str) -> dict:
+        steps = {True: self.full_step, False: self.cached_step}
+        if decode == "compiled":
+            steps = {
+                kind: torch.compile(fn, fullgraph=True, dynamic=False, backend=compile_backend)
+                for kind, fn in steps.items()
+            }
+        if decode in ("graph", "compiled") and self.state.canvas.is_cuda:
+            steps = {kind: _CapturedStep(fn) for kind, fn in steps.items()}
+        return steps
+
+
+class DecoderCache:
+    """Fixed-shape decoders kept between calls of ``generate`` (``decoders=``): a call with the same
+    model, batch shape and settings as an earlier one reuses its decoder, and its CUDA graphs are
+    not captured again. Each decoder holds its cache buffers and graphs: ``size`` bounds how many
+    are kept (the least recently used goes first)."""
+
+    def __init__(self, size: int = 1):
+        self.size = size
+        self.decoders: OrderedDict = OrderedDict()
+
+    def decoder(self, key: tuple, llada, prompt_ids, prompt_mask, build) -> StaticDecoder:
+        """The kept decoder for ``key`` loaded with these prompts, or a new one from ``build()``."""
+        found = self.decoders.pop(key, None)
+        if found is not None and found.llada is llada and found.fits(prompt_ids, prompt_mask):
+            found.load(prompt_ids, prompt_mask)
+        else:
+            found = build()
+        self.decoders[key] = found
+        while len(self.decoders) > self.size:
+            self.decoders.popitem(last=False)
+        return found
 
 
 class _CapturedStep:

@@ -17,6 +17,8 @@ from typing import Literal
 from blocksft.errors import BlocksftError
 
 Objective = Literal["blockwise", "fullseq", "blockwise_visible_suffix"]
+# auto: resolved when the run starts (blocksft.train.speed); older configs' booleans read as on/off.
+Switch = Literal["auto", "on", "off"]
 
 # The reference's budgets: 200 (blockwise) and 300 (full-seq) steps of 32 samples on one GPU.
 DEFAULT_MAX_SAMPLES = {"blockwise": 200 * 32, "blockwise_visible_suffix": 200 * 32, "fullseq": 300 * 32}
@@ -120,11 +122,12 @@ class TrainConfig:
             "with their gradients computed on the spot: no [N, vocab] logits are kept (0 = off)"
         ),
     )
-    group_by_length: bool = field(
-        default=False,
+    group_by_length: Switch = field(
+        default="auto",
         metadata=_help(
             "put records of similar length in the same micro-batch (less padding): lengths are sorted "
-            "within windows of --length-group-steps steps of an epoch; same items, another order"
+            "within windows of --length-group-steps steps of an epoch; same items, another order. auto: "
+            "on a GPU when the loss is a per-sample mean and padding is neither fixed, attended nor trained"
         ),
     )
     length_group_steps: int = field(
@@ -191,13 +194,18 @@ class TrainConfig:
             "DeepSpeed config: zero2, zero3 (shipped), a JSON path, none; auto = zero2 on GPUs, none on CPU"
         ),
     )
-    gradient_checkpointing: bool = field(
-        default=False, metadata=_help("recompute activations in the backward pass (saves memory)")
-    )
-    torch_compile: bool = field(
-        default=False,
+    gradient_checkpointing: Switch = field(
+        default="auto",
         metadata=_help(
-            "compile each transformer block with torch.compile (dynamic shapes; the first steps compile)"
+            "recompute activations in the backward pass (saves memory); auto: on a GPU only when the "
+            "estimated peak memory without it exceeds nine tenths of the free memory"
+        ),
+    )
+    torch_compile: Switch = field(
+        default="auto",
+        metadata=_help(
+            "compile each transformer block with torch.compile (dynamic shapes; the first steps compile); "
+            "auto: on a GPU, back to eager with a note if compiling fails"
         ),
     )
     use_cpu: bool = field(default=False, metadata=_help("train on CPU even when a GPU is present"))
@@ -228,6 +236,10 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        from .speed import SWITCH_SETTINGS, normalise_switch
+
+        for name in SWITCH_SETTINGS:
+            setattr(self, name, normalise_switch(getattr(self, name)))
         for name in ("max_len", "block_size", "micro_batch", "grad_accum", "epochs", "pad_to_multiple_of"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -290,8 +302,13 @@ def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
 
     A field the saved config lacks (added to blocksft after that run started) had its default.
     """
+    from .speed import SWITCH_SETTINGS, normalise_switch
+
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RESUMABLE_CHANGES}
     old = {n: saved.get(n, default) for n, default in fields.items()}
+    for name in set(SWITCH_SETTINGS) & set(old):
+        # Runs saved before these became auto/on/off recorded booleans (False was the default).
+        old[name] = normalise_switch(old[name] if name in saved else False)
     return {n: (old[n], current.get(n)) for n in sorted(fields) if old[n] != current.get(n)}
 
 

@@ -120,8 +120,13 @@ def format_budget(budget: dict) -> str:
     )
 
 
-def write_run_config(config, objective, *, steps: int, world_size: int, modules) -> None:
-    """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``."""
+def write_run_config(
+    config, objective, *, steps: int, world_size: int, modules, speed: dict | None = None
+) -> None:
+    """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``.
+
+    ``speed``: per speed setting what was asked, what ran and why (``derived.speed``).
+    """
     import dataclasses
 
     import torch
@@ -138,6 +143,7 @@ def write_run_config(config, objective, *, steps: int, world_size: int, modules)
         "lora_modules": list(modules),
         "blocksft_version": __version__,
         "torch_version": torch.__version__,
+        "speed": speed or {},
     }
     payload = {"config": config_to_dict(config), "derived": derived}
     write_json(config.logs_dir / "config.json", payload)

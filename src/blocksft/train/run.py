@@ -8,6 +8,7 @@ train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module blocksf
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,17 @@ from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_
 from .lr_schedule import WarmupCosine
 from .metrics import FlopModel, StepMeter
 from .resume import check_output, check_schedule, checkpoint_step
+from .speed import (
+    Choice,
+    format_choices,
+    free_device_memory,
+    is_on,
+    replace_choice,
+    resolve_checkpointing,
+    resolve_compile,
+    resolve_grouping,
+    run_memory_estimate,
+)
 from .trainer import BlockSFTTrainer, TrainStep
 
 
@@ -68,6 +80,9 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     from blocksft.model.loading import load_model, load_tokenizer
 
     # ----- Engine and output folders -----
+    on_gpu = uses_gpu(config)
+    grouping = resolve_grouping(config, on_gpu)  # before the resume check: it decides the data order
+    config = dataclasses.replace(config, group_by_length=grouping.ran)
     args = training_arguments(config)
     check_engine(config, args.deepspeed)
     world_size = start_distributed(args)
@@ -101,8 +116,29 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
 
     set_seed(config.seed)
     model, lora_modules = attach_adapters(model, config)
-    if config.torch_compile:
-        compile_blocks(model)
+
+    # ----- Speed settings: auto resolved for this device and model, printed and recorded -----
+    choices = [grouping, *resolve_model_speed(config, model, objective, on_gpu)]
+    config = dataclasses.replace(config, **{c.setting: c.ran for c in choices})
+    for name, value in checkpointing_arguments(type(args), is_on(config.gradient_checkpointing)).items():
+        setattr(args, name, value)
+    say(format_choices(choices))
+
+    def write_config() -> None:
+        speed = {c.setting: c.as_dict() for c in choices}
+        run_config = dataclasses.replace(config, **{c.setting: c.ran for c in choices})
+        write_run_config(
+            run_config, objective, steps=steps, world_size=world_size, modules=lora_modules, speed=speed
+        )
+
+    def back_to_eager(note: str) -> None:
+        choices[:] = [replace_choice(c, "off", note) if c.setting == "torch_compile" else c for c in choices]
+        say(f"note: {note}")
+        if state.is_main_process:
+            write_config()
+
+    if is_on(config.torch_compile):
+        compile_blocks(model, on_fallback=back_to_eager)
 
     # ----- Logs and the Trainer -----
     resume_step = checkpoint_step(resume_from) if resume_from else 0
@@ -110,7 +146,7 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     if state.is_main_process:
         config.logs_dir.mkdir(parents=True, exist_ok=True)
         csv_log = CsvLog(config.logs_dir, resume_step=resume_step)
-        write_run_config(config, objective, steps=steps, world_size=world_size, modules=lora_modules)
+        write_config()
     trainer = BlockSFTTrainer(
         model=model,
         args=args,
@@ -144,11 +180,16 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
 # ----- Engine -------------------------------------------------------------------------------------
 
 
+def uses_gpu(config: TrainConfig) -> bool:
+    """Whether the run trains on GPUs (one is visible and ``--use-cpu`` is not set)."""
+    return torch.cuda.is_available() and not config.use_cpu
+
+
 def training_dtype(config: TrainConfig) -> str:
     """``bf16`` on a GPU that supports it (or as asked), ``fp32`` on CPU."""
     if config.dtype != "auto":
         return config.dtype
-    on_gpu = torch.cuda.is_available() and not config.use_cpu
+    on_gpu = uses_gpu(config)
     return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
 
 
@@ -156,7 +197,7 @@ def training_arguments(config: TrainConfig):
     """The ``TrainingArguments`` for a config (``max_steps`` is set once the data is planned)."""
     from transformers import TrainingArguments
 
-    on_gpu = torch.cuda.is_available() and not config.use_cpu
+    on_gpu = uses_gpu(config)
     dtype = training_dtype(config)
     if not 0.0 <= config.warmup_ratio < 1.0:
         raise BlocksftError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
@@ -182,7 +223,8 @@ def training_arguments(config: TrainConfig):
         fp16=on_gpu and dtype == "fp16",
         use_cpu=not on_gpu,
         deepspeed=resolve_deepspeed_config(config.deepspeed, cuda_available=on_gpu),
-        **checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
+        # auto is resolved once the model is loaded (run_train sets the field then).
+        **checkpointing_arguments(TrainingArguments, config.gradient_checkpointing == "on"),
         logging_steps=config.log_every,
         logging_nan_inf_filter=False,
         save_strategy="steps" if config.checkpoint_every else "no",
@@ -240,17 +282,60 @@ def check_engine(config: TrainConfig, deepspeed_config: str | None) -> None:
         )
 
 
-def compile_blocks(model, backend: str = "inductor") -> None:
+def resolve_model_speed(config: TrainConfig, model, objective, on_gpu: bool) -> list[Choice]:
+    """``torch_compile`` and ``gradient_checkpointing`` for a run whose model is built (see
+    :mod:`blocksft.train.speed`); the memory estimate only when checkpointing is ``auto`` on a GPU."""
+    estimate = free = None
+    if on_gpu and config.gradient_checkpointing == "auto":
+        estimate = run_memory_estimate(model, config, blockwise=objective.blockwise)
+        free = free_device_memory()
+    return [resolve_compile(config, on_gpu), resolve_checkpointing(config, on_gpu, estimate, free)]
+
+
+def compile_blocks(model, backend: str = "inductor", on_fallback=None) -> None:
     """``torch.compile`` each transformer block's forward (dynamic shapes: batches differ in length).
 
     The blocks, not the whole model: the number of loss positions makes the head's input
     data-dependent in size, which breaks a whole-model graph. The compiled forward is an instance
     attribute of the block; deleting it goes back to eager. ``backend``: ``torch.compile``'s (tests
     trace with ``"eager"``, which skips code generation).
+
+    Compiling happens at a block's first call. If it fails there (no working compiler, an
+    unsupported operation: a ``TorchDynamoException``), every block goes back to eager, that call
+    runs eagerly, and ``on_fallback(note)`` is told once; errors of the compiled code itself
+    (out of memory, ...) are raised as they are.
     """
+    from torch._dynamo.exc import TorchDynamoException
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for block in base.blocks:
-        block.forward = torch.compile(block.forward, dynamic=True, backend=backend)
+    blocks = list(base.blocks)
+    failed: list[str] = []
+
+    def guarded(block, compiled):
+        def forward(*args, **kwargs):
+            if not failed:
+                try:
+                    return compiled(*args, **kwargs)
+                except TorchDynamoException as error:
+                    failed.append(compile_failure_note(error))
+                    for each in blocks:
+                        each.__dict__.pop("forward", None)
+                    if on_fallback is not None:
+                        on_fallback(failed[0])
+            return type(block).forward(block, *args, **kwargs)
+
+        return forward
+
+    for block in blocks:
+        block.forward = guarded(block, torch.compile(block.forward, dynamic=True, backend=backend))
+
+
+def compile_failure_note(error: Exception) -> str:
+    """One line saying why compiling failed (the compiler's own error, when dynamo wrapped it)."""
+    inner = getattr(error, "inner_exception", None) or error
+    text = (str(inner).strip().splitlines() or [""])[0][:200]
+    reason = f"{type(error).__name__}: {type(inner).__name__}: {text}"
+    return f"torch.compile failed ({reason}); the blocks run eagerly"
 
 
 def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> None:
@@ -327,7 +412,7 @@ def flop_model_of(model, config: TrainConfig) -> FlopModel:
         head_params=mc.d_model * mc.embedding_size,
         n_layers=mc.n_layers,
         d_model=mc.d_model,
-        recompute=config.gradient_checkpointing,
+        recompute=is_on(config.gradient_checkpointing),
     )
 
 
@@ -343,7 +428,7 @@ def plan_run(config: TrainConfig, objective, records, world_size: int):
     say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
     say(f"logs in {config.logs_dir}/, merged checkpoints in {config.ckpt_dir}_stepNNNN/")
     items = items[: steps * samples_per_step]
-    if config.group_by_length:
+    if is_on(resolve_grouping(config, uses_gpu(config)).ran):  # run_train has resolved it already
         items = group_by_length(
             items,
             [len(r["full_ids"]) for r in records],

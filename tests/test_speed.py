@@ -1,0 +1,222 @@
+"""The training run's speed settings: ``auto`` resolved per device (CPU: what always ran), the peak
+memory estimate against the H200 measurements, length grouping only where it keeps the recipe's
+semantics, compiling that falls back to eager with one note, and what config.json records."""
+
+import functools
+import json
+
+import pytest
+
+from blocksft.train.config import TrainConfig, config_differences, resolve_recipe
+from blocksft.train.speed import (
+    estimate_training_memory,
+    format_choices,
+    is_on,
+    needs_checkpointing,
+    normalise_switch,
+    resolve_checkpointing,
+    resolve_compile,
+    resolve_grouping,
+)
+
+GIB = 2**30
+
+
+# ----- The memory estimate against what one H200 measured (bench/RESULTS.md) -----
+
+
+def llada_8b_lora_estimate(checkpointing: bool):
+    """LLaDA-8B (bf16) with LoRA r256 on q, k, v, up (float32 adapters), micro-batch 32 x 256,
+    blockwise (at most 32 loss positions per sample), as bench/gpu_check.py measured it."""
+    d, mlp, layers, vocab, r = 4096, 12288, 32, 126464, 256
+    base = layers * (4 * d * d + 3 * d * mlp + 2 * d) + 2 * vocab * d + d
+    lora = layers * (3 * (r * d + d * r) + (r * d + mlp * r))
+    assert round(lora / 1e6, 1) == 335.5 and round((base + lora) / 1e9, 2) == 8.35  # RESULTS' counts
+    return estimate_training_memory(
+        weight_bytes=2 * base + 4 * lora,
+        trainable_bytes=4 * lora,
+        n_layers=layers,
+        d_model=d,
+        mlp_hidden=mlp,
+        vocab=vocab,
+        tokens=32 * 256,
+        logit_positions=32 * 32,
+        checkpointing=checkpointing,
+    )
+
+
+@pytest.mark.parametrize("checkpointing, measured_gib", [(False, 66.5), (True, 23.0)])
+def test_memory_estimate_meets_the_h200_measurements_from_above(checkpointing, measured_gib):
+    estimate = llada_8b_lora_estimate(checkpointing)
+    assert measured_gib <= estimate.total / GIB <= 1.05 * measured_gib
+    assert round(estimate.weights / GIB, 2) == 16.18  # 8.02 B bf16 + 335.5 M float32
+    assert round(estimate.optimizer / GIB, 2) == 3.75  # gradients and two AdamW moments, float32
+
+
+def test_checkpointing_is_needed_only_where_the_step_does_not_fit():
+    without = llada_8b_lora_estimate(False)  # 69.1 GiB
+    assert not needs_checkpointing(without, int(139 * GIB))  # an H200
+    assert not needs_checkpointing(without, int(79 * GIB))  # an 80 GB H100: 69.1 < 0.9 x 79
+    assert needs_checkpointing(without, int(75 * GIB))  # less free: no margin left
+    assert needs_checkpointing(without, int(39 * GIB))  # a 40 GB A100 ...
+    assert not needs_checkpointing(llada_8b_lora_estimate(True), int(39 * GIB))  # ... where it fits with
+
+
+def test_estimate_terms_on_a_hand_made_shape():
+    shape = dict(
+        weight_bytes=1000,
+        trainable_bytes=10,
+        n_layers=3,
+        d_model=2,
+        mlp_hidden=5,
+        vocab=7,
+        tokens=4,
+        logit_positions=2,
+    )
+    estimate = estimate_training_memory(**shape, checkpointing=False)
+    per_block = 4 * (24 * 2 + 8 * 5)  # tokens x (24 d_model + 8 mlp) = 352
+    assert (estimate.weights, estimate.optimizer, estimate.head) == (1000, 30, 2 * 7 * 10)
+    assert estimate.activations == 3 * per_block
+    kept = estimate_training_memory(**shape, checkpointing=True)
+    assert kept.activations == 3 * 4 * 2 * 2 + per_block and kept.head == 0  # inputs kept + one block
+
+
+# ----- Switches: auto/on/off, older booleans -----
+
+
+def test_switches_read_flags_yaml_values_and_older_booleans():
+    assert [normalise_switch(v) for v in (True, False, "AUTO", "on", "false", "true")] == [
+        "on",
+        "off",
+        "auto",
+        "on",
+        "off",
+        "on",
+    ]
+    with pytest.raises(ValueError, match="auto, on or off"):
+        normalise_switch("maybe")
+    config = TrainConfig(gradient_checkpointing=True, torch_compile=False)
+    assert (config.gradient_checkpointing, config.torch_compile, config.group_by_length) == (
+        "on",
+        "off",
+        "auto",
+    )
+    with pytest.raises(ValueError, match="before it was resolved"):
+        is_on("auto")
+    # A run saved before the switches (booleans, or no key at all) resumes with the same grouping.
+    current = {**TrainConfig().__dict__, "group_by_length": "off"}
+    saved = {k: v for k, v in current.items() if k != "group_by_length"}
+    assert "group_by_length" not in config_differences(saved, current)
+    assert "group_by_length" not in config_differences({**saved, "group_by_length": False}, current)
+    assert config_differences({**saved, "group_by_length": True}, current)["group_by_length"] == ("on", "off")
+
+
+def test_on_cpu_every_auto_is_what_always_ran():
+    config = TrainConfig()
+    choices = [
+        resolve_grouping(config, on_gpu=False),
+        resolve_compile(config, on_gpu=False),
+        resolve_checkpointing(config, False, None, None),
+    ]
+    assert [c.ran for c in choices] == ["off", "off", "off"]
+    assert format_choices(choices) == (
+        "speed: length grouping off (auto: CPU), torch.compile off (auto: CPU), "
+        "gradient checkpointing off (auto: CPU)"
+    )
+    asked = TrainConfig(group_by_length="on", torch_compile="on", gradient_checkpointing="on")
+    assert resolve_grouping(asked, on_gpu=False).text() == "length grouping on (as asked)"
+    assert resolve_compile(asked, on_gpu=False).ran == "on"
+    assert resolve_checkpointing(asked, False, None, None).ran == "on"
+
+
+def test_grouping_is_automatic_only_where_it_keeps_the_recipes_semantics():
+    from blocksft.config import build_config
+
+    assert resolve_grouping(TrainConfig(), on_gpu=True).ran == "on"
+    assert resolve_grouping(TrainConfig(loss_normalize="answer_len"), on_gpu=True).ran == "on"
+    for recipe in ("paper_blockwise", "paper_fullseq"):
+        choice = resolve_grouping(build_config(TrainConfig, None, resolve_recipe(recipe)), on_gpu=True)
+        assert choice.ran == "off" and "padded to --max-len" in choice.why and "attended" in choice.why
+    for blocker, why in [
+        (dict(loss_normalize="batch_tokens"), "normalised by batch_tokens"),
+        (dict(loss_normalize="batch_masked"), "normalised by batch_masked"),
+        (dict(supervise_padding=True), "padding trained"),
+        (dict(attend_padding=True), "padding attended"),
+    ]:
+        choice = resolve_grouping(TrainConfig(**blocker), on_gpu=True)
+        assert choice.ran == "off" and why in choice.why
+
+
+def test_compile_and_checkpointing_on_a_gpu(monkeypatch):
+    import torch._dynamo  # imported before the patch below: it binds has_triton at import
+    import torch.utils._triton
+
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: True)
+    assert resolve_compile(TrainConfig(), on_gpu=True).text() == "torch.compile on (auto: CUDA)"
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
+    missing = resolve_compile(TrainConfig(), on_gpu=True)
+    assert missing.ran == "off" and "Triton is not installed" in missing.why
+    estimate = llada_8b_lora_estimate(False)
+    fits = resolve_checkpointing(TrainConfig(), True, estimate, int(139 * GIB))
+    assert (
+        fits.text() == "gradient checkpointing off (auto: estimated peak 69.1 GiB without it, 139.0 GiB free)"
+    )
+    assert resolve_checkpointing(TrainConfig(), True, estimate, int(40 * GIB)).ran == "on"
+    assert resolve_checkpointing(TrainConfig(gradient_checkpointing="off"), True, estimate, 0).ran == "off"
+
+
+# ----- run_train: the line, config.json, and compiling that falls back -----
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from train_utils import write_tiny_inputs
+
+    folder = tmp_path_factory.mktemp("speed")
+    model_dir, data = write_tiny_inputs(folder, n_samples=16)
+    return folder, model_dir, data
+
+
+def test_a_cpu_run_prints_its_choices_and_records_them(inputs, capsys):
+    from train_utils import tiny_config
+
+    from blocksft.train import run_train
+
+    folder, model_dir, data = inputs
+    config = tiny_config(folder, model_dir, data, "auto", total_steps=1, checkpoint_every=0)
+    result = run_train(config)
+    assert "speed: length grouping off (auto: CPU), torch.compile off (auto: CPU)" in capsys.readouterr().err
+    saved = json.loads((result.logs_dir / "config.json").read_text())
+    assert {saved["config"][k] for k in ("torch_compile", "gradient_checkpointing", "group_by_length")} == {
+        "off"
+    }
+    assert saved["derived"]["speed"]["torch_compile"] == {"asked": "auto", "ran": "off", "why": "auto: CPU"}
+    assert not any(block.gradient_checkpointing for block in result.model.get_base_model().blocks)
+
+
+def failing_backend(graph_module, example_inputs):
+    raise RuntimeError("no working compiler here")
+
+
+def test_compiling_that_fails_falls_back_to_eager_with_one_note(inputs, capsys, monkeypatch):
+    from train_utils import read_rows, tiny_config
+
+    import blocksft.train.run as run
+    from blocksft.train import run_train
+
+    folder, model_dir, data = inputs
+    common = dict(total_steps=2, lora_dropout=0.0, checkpoint_every=0)
+    eager = run_train(tiny_config(folder, model_dir, data, "eager", torch_compile="off", **common))
+    # A compiler that fails the way a missing toolchain does (dynamo wraps it: BackendCompilerFailed).
+    monkeypatch.setattr(run, "compile_blocks", functools.partial(run.compile_blocks, backend=failing_backend))
+    fell_back = run_train(tiny_config(folder, model_dir, data, "compile", torch_compile="on", **common))
+    err = capsys.readouterr().err
+    assert err.count("note: torch.compile failed (BackendCompilerFailed") == 1
+    assert "RuntimeError: no working compiler here); the blocks run eagerly" in err
+    speed = json.loads((fell_back.logs_dir / "config.json").read_text())["derived"]["speed"]
+    assert speed["torch_compile"]["ran"] == "off" and "failed" in speed["torch_compile"]["why"]
+    losses = [
+        [float(r["loss"]) for r in read_rows(r.logs_dir / "train_loss.csv")] for r in (eager, fell_back)
+    ]
+    assert losses[0] == losses[1]
+    assert not any("forward" in vars(block) for block in fell_back.model.get_base_model().blocks)
