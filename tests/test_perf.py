@@ -398,10 +398,61 @@ def run_bench_script(script: str, out: Path, *args: str) -> subprocess.Completed
 def test_gpu_check_script_runs_end_to_end_on_cpu_with_a_tiny_shape(tmp_path):
     done = run_bench_script("gpu_check.py", tmp_path, "--tiny")
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(result["train"]["paths"]) >= {"reference", "ours"}
-    assert all(check["same"] for check in result["train"]["checks"])
-    assert {row["mode"] for row in result["generate"]["rows"]} >= {"plain", "prefix + threshold 0.9"}
-    assert "speed-up" in done.stdout and "tokens/s" in done.stdout
+    train = result["train"]
+    assert set(train["paths"]) == {"reference", "ours", "eager", "fast"}
+    assert all(check["same"] for check in train["checks"]) and len(train["checks"]) == 3
+    assert train["paths"]["reference"]["settings"].startswith("eager, no checkpointing, padded to max_len")
+    assert train["paths"]["fast"]["settings"].startswith("compiled, no checkpointing, grouped")
+    assert "torch.compile off (auto: CPU)" in train["choices"]["ours"]  # CPU: what always ran
+    rows = result["decode"]["rows"]
+    assert {(r["mode"], r["decode"]) for r in rows} == {
+        (mode, decode)
+        for mode in ("plain", "dual", "threshold 0.9", "dual + threshold 0.9")
+        for decode in ("loop", "graph")
+    }
+    for mode in ("plain", "threshold 0.9"):  # one row: the graph step decodes what the loop decodes
+        loop, graph = (
+            next(r for r in rows if (r["mode"], r["decode"]) == (mode, d)) for d in ("loop", "graph")
+        )
+        assert graph["nfe"] == loop["nfe"] and graph["agree"] == loop["agree"]
+    assert {r["batch"] for r in result["decode_batches"]["rows"]} == {2, 3}
+    default, fast = (result[key]["rows"][0] for key in ("eval_default", "eval_fast"))
+    assert (
+        default["problems_per_minute"] > 0 and fast["mean_nfe_per_problem"] < default["mean_nfe_per_problem"]
+    )
+    assert "target: ours >= 2.0x the reference" in done.stdout and "fast / default" in done.stdout
+
+
+def test_eval_benchmark_decodes_gsm8k_prompts_or_prompts_of_their_lengths(tmp_path, capsys):
+    from blocksft.bench.eval import GSM8K_PROMPT_LENGTHS, benchmark, gsm8k_prompts, parse_args
+
+    rows = [
+        {
+            "question": "A farmer has 12 cows and buys 7 more. How many cows does he have?",
+            "answer": "#### 19",
+        },
+        {
+            "question": "Mia reads 15 pages a day for 4 days. How many pages does she read?",
+            "answer": "#### 60",
+        },
+    ]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = parse_args(["--tiny", "--problems", "3", "--data", str(data)])
+    prompts, source = gsm8k_prompts(args, vocab=512)
+    assert source == str(data) and len(prompts) == 3 and prompts[2] == prompts[0]  # the rows, cycled
+    synthetic, source = gsm8k_prompts(parse_args(["--problems", "200", "--data", "none"]), vocab=512)
+    lengths = [len(p) for p in synthetic]
+    assert source.startswith("random ids") and GSM8K_PROMPT_LENGTHS[0] <= min(lengths)
+    assert max(lengths) <= GSM8K_PROMPT_LENGTHS[-1] and 120 < sum(lengths) / len(lengths) < 145
+    argv = ["--tiny", "--problems", "2", "--gen-length", "16", "--block-length", "8", "--data", str(data)]
+    result = benchmark(argv + ["--default-batch", "1", "--fast-batch", "2"])
+    assert [r["setting"] for r in result["rows"]] == ["default", "fast"]
+    assert result["rows"][0]["mean_nfe_per_problem"] == 16 and result["rows"][0]["speed_up"] == 1.0
+    assert (
+        result["rows"][1]["sampler"]["decode"] == "graph"
+        and "throughput, not accuracy" in result["description"]
+    )
 
 
 def test_gpu_train_cli_script_trains_and_exports_on_cpu_with_a_tiny_shape(tmp_path):

@@ -160,8 +160,8 @@ def time_generate(model, prompt, settings: dict, repeats: int):
 
 
 def bench_model(name: str, model, prompt, args, floor_ms: float | None = None):
-    """Every mode and decoder on one model and batch, timed against its plain loop run; yields one
-    result dict per (mode, decoder)."""
+    """Every mode and decoder on one model and batch, timed against the first of them (the plain
+    loop run unless ``--modes`` leaves it out); yields one result dict per (mode, decoder)."""
     from blocksft.generation.static import DecoderCache
 
     base = dict(
@@ -183,8 +183,8 @@ def bench_model(name: str, model, prompt, args, floor_ms: float | None = None):
             extra = {} if decode == "loop" else {"decode": decode, "decoders": decoders}
             out, seconds, first = time_generate(model, prompt, {**settings, **extra}, args.repeats)
             tokens_per_s = prompt.shape[0] * args.gen_length / seconds
-            if plain is None:
-                plain = (out, tokens_per_s)
+            if plain is None:  # the first mode and decoder: plain and loop unless left out
+                plain = (out, tokens_per_s, f"{mode} {decode}")
             ms_per_forward = 1000 * seconds / out.nfe
             yield {
                 "model": name,
@@ -197,6 +197,7 @@ def bench_model(name: str, model, prompt, args, floor_ms: float | None = None):
                 "first_seconds": first,
                 "tokens_per_s": tokens_per_s,
                 "speed_up": tokens_per_s / plain[1],
+                "baseline": plain[2],
                 "nfe_ratio": plain[0].nfe / out.nfe,
                 "ms_per_forward": ms_per_forward,
                 "over_floor": ms_per_forward / floor_ms if floor_ms else None,
