@@ -18,8 +18,8 @@ start after ``--budget-s`` is skipped), most important first:
    (``blocksft bench generate --gpu-8b``);
 3. ``eval``: GSM8K problems per minute at ``blocksft eval``'s defaults (batch 8) and at the fast
    settings (threshold 0.9, dual cache, CUDA graphs, batch 32) (``blocksft bench eval --gpu-8b``);
-4. ``decode_batches``: batches 8 and 32, threshold 0.9 with and without the dual cache, loop
-   against graph;
+4. ``decode_batch8``, ``decode_batch32``: batch 8 with threshold 0.9 with and without the dual
+   cache, batch 32 with both (threshold alone there: a minute per decoder), loop against graph;
 5. ``decode_compiled``: batch 1, dual cache + threshold, the step compiled whole with
    ``torch.compile`` and captured (``--decode compiled``), if time is left.
 
@@ -50,15 +50,18 @@ def sections(tiny: bool) -> list[tuple[str, str, list[str]]]:
             f"--gpu-8b --tiny --device cpu --micro-batch 4 --max-len 64 --lora-r 8 --steps 1 --warmup 0 "
             f"--compile-backend eager --paths {TRAIN_PATHS}"
         )
-        shape = "--gpu-8b --tiny --device cpu --gen-length 16 --block-length 8"
-        decode = f"{shape} --batch 1 --repeats 1 --models confident"
-        batches = f"{shape} --batch 2 3 --repeats 1 --models confident"
-        evaluate = f"{shape} --problems 4 --default-batch 2 --fast-batch 4 --data none"
+        shape = "--gpu-8b --tiny --device cpu --gen-length 16 --block-length 8 --models confident"
+        decode = f"{shape} --batch 1 --repeats 1"
+        batches = (f"{shape} --batch 2 --repeats 1", f"{shape} --batch 3 --repeats 1")
+        evaluate = (
+            "--gpu-8b --tiny --device cpu --gen-length 16 --block-length 8 --default-batch 2 --fast-batch 4"
+        )
+        evaluate += " --data none"
     else:
         train = f"--gpu-8b --steps 3 --warmup 2 --paths {TRAIN_PATHS}"
         shape = "--gpu-8b --gen-length 256 --block-length 32 --threshold 0.9 --models confident"
         decode = f"{shape} --batch 1 --repeats 2"
-        batches = f"{shape} --batch 8 32 --repeats 1"
+        batches = (f"{shape} --batch 8 --repeats 1", f"{shape} --batch 32 --repeats 1")
         evaluate = "--gpu-8b --gen-length 256 --block-length 32"
     chosen = [
         ("train", "train", train),
@@ -69,7 +72,13 @@ def sections(tiny: bool) -> list[tuple[str, str, list[str]]]:
         ),
         ("eval_default", "eval", f"{evaluate} --settings default --problems {4 if tiny else 16}"),
         ("eval_fast", "eval", f"{evaluate} --settings fast --problems {4 if tiny else 32}"),
-        ("decode_batches", "generate", f"{batches} --modes threshold 'dual + threshold' --decode loop graph"),
+        # Threshold alone at batch 32 runs ~120 full forwards of 32 x 320 positions: a minute per decoder.
+        (
+            "decode_batch8",
+            "generate",
+            f"{batches[0]} --modes threshold 'dual + threshold' --decode loop graph",
+        ),
+        ("decode_batch32", "generate", f"{batches[1]} --modes 'dual + threshold' --decode loop graph"),
     ]
     if not tiny:  # compiling the whole step takes minutes on a CPU
         chosen.append(
@@ -133,7 +142,7 @@ def summary(results: dict) -> str:
             lines.append(f"  target: ours >= 2.0x the reference -> {ratio:.2f}x; MFU >= 45 % -> {mfu}")
     else:
         lines.append(f"train: {train}")
-    for key in ("decode", "decode_batches", "decode_compiled"):
+    for key in ("decode", "decode_batch8", "decode_batch32", "decode_compiled"):
         result = results.get(key)
         if key not in results:
             continue

@@ -220,3 +220,33 @@ def test_compiling_that_fails_falls_back_to_eager_with_one_note(inputs, capsys, 
     ]
     assert losses[0] == losses[1]
     assert not any("forward" in vars(block) for block in fell_back.model.get_base_model().blocks)
+
+
+def test_a_runs_estimate_counts_its_own_model_and_batch_and_decides_on_a_gpu(tokenizer, monkeypatch):
+    import blocksft.train.run as run
+    from blocksft.objectives import get_objective
+    from blocksft.testing import tiny_llada_model
+    from blocksft.train.lora import apply_lora
+    from blocksft.train.speed import run_memory_estimate
+
+    model, _ = apply_lora(tiny_llada_model(tokenizer), targets="reference", r=4, alpha=8, dropout=0.0)
+    vocab, shape = model.config.embedding_size, model.config
+    config = TrainConfig(micro_batch=4, max_len=64, block_size=8)
+    estimate = run_memory_estimate(model, config, blockwise=True)
+    params = list(model.parameters())
+    assert estimate.weights == sum(p.numel() * p.element_size() for p in params)
+    assert estimate.optimizer == 3 * sum(p.numel() * 4 for p in params if p.requires_grad)  # float32 adapters
+    assert estimate.activations == shape.n_layers * 4 * 64 * (24 * shape.d_model + 8 * shape.mlp_hidden_size)
+    assert estimate.head == 4 * 8 * vocab * 10  # at most a block of loss positions per sample
+    assert (
+        run_memory_estimate(model, config, blockwise=False).head == 4 * 32 * vocab * 10
+    )  # half the positions
+    chunked = TrainConfig(micro_batch=4, max_len=64, ce_chunk_size=16)
+    assert run_memory_estimate(model, chunked, blockwise=False).head == 16 * vocab * 10
+    full = TrainConfig(micro_batch=4, max_len=64, sparse_logits=False)
+    assert run_memory_estimate(model, full, blockwise=True).head == 4 * 64 * vocab * 10
+    objective = get_objective("blockwise", mask_id=2, block_size=8)
+    for free, wanted in ((2 * estimate.total, "off"), (estimate.total, "on")):
+        monkeypatch.setattr(run, "free_device_memory", lambda free=free: free)
+        _, checkpointing = run.resolve_model_speed(config, model, objective, on_gpu=True)
+        assert checkpointing.ran == wanted and "estimated peak" in checkpointing.why

@@ -175,3 +175,16 @@ def test_a_decoder_cache_reuses_one_decoder_for_prompts_of_the_same_shape(model,
     assert torch.equal(flipped.sequences.flip(0), first.sequences)
     decode(model, prompts[0], **settings)  # another shape: a new decoder, the old one let go
     assert len(decoders.decoders) == 1 and next(iter(decoders.decoders.values())) is not kept
+
+
+def test_the_command_line_decodes_with_static_steps_and_refuses_streaming_them(tiny_checkpoint, capsys):
+    from blocksft.cli import main
+
+    small = ["--model", tiny_checkpoint, "--prompt", "How many?", "--gen-length", "16", "--block-length", "8"]
+    assert main(["generate", *small, "--steps", "16"]) == 0
+    looped = capsys.readouterr().out
+    assert main(["generate", *small, "--steps", "16", "--decode", "static"]) == 0
+    assert capsys.readouterr().out == looped
+    assert main(["generate", *small, "--steps", "16", "--decode", "graph", "--stream"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--stream shows every step: it needs --decode loop" in err

@@ -53,6 +53,8 @@ class GenerateConfig(SamplerConfig):
             raise ValueError("--model is required (a hub id or a checkpoint folder)")
         if self.prompt is None:
             raise ValueError("--prompt is required")
+        if self.stream and self.decode != "loop":
+            raise ValueError(f"--stream shows every step: it needs --decode loop, not {self.decode}")
 
 
 def add_arguments(parser) -> None:
