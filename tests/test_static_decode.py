@@ -94,8 +94,11 @@ def test_a_one_row_static_decode_counts_its_forwards_and_tokens(model, prompts):
     assert prefix.row_nfe.tolist() == [16]
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-@pytest.mark.parametrize("cache", [None, "prefix", "dual"], ids=["plain", "prefix", "dual"])
+@pytest.mark.parametrize(
+    "backend, cache",
+    [("eager", None), ("eager", "prefix"), ("eager", "dual"), ("aot_eager", "dual")],
+    ids=["plain", "prefix", "dual", "dual-aot"],
+)
 def test_static_steps_compile_whole_and_give_the_same_tokens(eos_model, prompts, cache, backend):
     # fullgraph=True raises on any graph break: a host sync (.item(), .tolist(), a Python branch on
     # a tensor) or a data-dependent shape inside a step would fail here.
