@@ -130,6 +130,20 @@ def test_graph_decoding_off_cuda_runs_the_same_steps_eagerly(model, prompts):
     assert torch.equal(graph.sequences, static.sequences) and graph.nfe == static.nfe
 
 
+def test_ranks_from_pairwise_comparisons_are_a_stable_descending_argsorts():
+    from blocksft.generation.schedule import descending_rank
+
+    assert descending_rank(torch.tensor([[0.5, 0.9, 0.5, float("-inf"), 0.1, float("-inf")]])).tolist() == [
+        [1, 0, 2, 4, 3, 5]
+    ]
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 4, (64, 9), generator=generator).double()  # many ties
+    values[torch.rand(64, 9, generator=generator) < 0.2] = float("-inf")
+    order = values.argsort(dim=-1, descending=True, stable=True)
+    expected = torch.empty_like(order).scatter_(-1, order, torch.arange(9).expand_as(order))
+    assert torch.equal(descending_rank(values), expected)
+
+
 def test_static_cache_span_writes_fresh_columns_in_place_and_keeps_the_rest():
     buffers = (torch.arange(2 * 5, dtype=torch.float).view(2, 1, 5, 1), torch.zeros(2, 1, 5, 1))
     key, value = torch.full((2, 1, 3, 1), -1.0), torch.full((2, 1, 3, 1), 7.0)  # [B, n_kv, T, hs]

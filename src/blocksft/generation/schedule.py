@@ -44,11 +44,19 @@ def select_transfer(
         ``[B, K]`` bool. Ties in confidence go to the leftmost position.
     """
     counts = transfer_counts(confidence, masked, counts, threshold)
-    ranked = confidence.masked_fill(~masked, float("-inf"))
-    order = ranked.argsort(dim=-1, descending=True, stable=True)  # [B, K]
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    rank = descending_rank(confidence.masked_fill(~masked, float("-inf")))  # [B, K]
     return (rank < counts[:, None]) & masked
+
+
+def descending_rank(values: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` each value's 0-based place in its row sorted in descending order, ties to the
+    leftmost: the number of values ahead of it (larger, or equal and to its left). Pairwise
+    comparisons (``K x K`` per row) instead of a sort kernel: the same ranks as a stable descending
+    argsort, and nothing that a CUDA graph capture or ``torch.compile(fullgraph=True)`` objects to."""
+    width = values.shape[-1]
+    left = torch.ones(width, width, dtype=torch.bool, device=values.device).tril(-1)  # [i, j]: j < i
+    other, own = values[..., None, :], values[..., :, None]  # [B, 1, K] (j), [B, K, 1] (i)
+    return ((other > own) | ((other == own) & left)).sum(-1)
 
 
 def transfer_counts(

@@ -224,7 +224,8 @@ class StaticDecoder:
         if self.stop_at_eos:
             block_end = (gen_idx[:, -1] + 1)[:, None]  # [B, 1] generated columns before it are decoded
             generated = s.canvas[:, self.prompt_len :]  # [B, G] (a view: filled in place)
-            seen = (torch.isin(generated, self.eos) & (self.gen_columns < block_end)).any(-1)
+            is_eos = (generated[..., None] == self.eos).any(-1)  # [B, G]
+            seen = (is_eos & (self.gen_columns < block_end)).any(-1)
             stop = done & seen
             generated.masked_fill_(stop[:, None] & (self.gen_columns >= block_end), self.eos_fill)
             next_block = torch.where(stop, self.num_blocks, next_block)
