@@ -373,7 +373,7 @@ def test_train_benchmark_compares_the_paths_with_identical_losses(capsys):
         "--lora-r",
         "4",
     ]
-    paths = ["reference", "ours", "full-logits", "chunked-ce", "grouped", "ours+chunked+grouped"]
+    paths = ["reference", "ours", "paper", "full-logits", "chunked-ce", "grouped", "ours+chunked+grouped"]
     assert main(argv + ["--paths", *paths, "--objective", "fullseq"]) == 0
     out = capsys.readouterr().out
     for path in paths:
