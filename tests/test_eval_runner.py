@@ -274,7 +274,7 @@ def test_compare_command(full_run, tmp_path, capsys):
 
 def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, tmp_path):
     from blocksft.data.tasks import load_gsm8k
-    from blocksft.evaluate.runner import DistContext, evaluate_problems
+    from blocksft.evaluate.runner import DistContext, evaluate_problems, load_problems
     from blocksft.model.loading import load_model, load_tokenizer
 
     output = tmp_path / "res.jsonl"
@@ -282,6 +282,7 @@ def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, t
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
     problems = load_gsm8k(str(GSM8K_TEST), limit=8)
     kwargs = dict(config=config, sampler=SAMPLER, model_name=checkpoint, output=output, progress=False)
+    kwargs["data_sha256"] = load_problems(config)[1]  # the whole file's, as `blocksft eval` records it
     # Rank 1 finishes first: it writes its part file and leaves the merge to rank 0.
     assert (
         evaluate_problems(model, tokenizer, problems, dist=DistContext(rank=1, world_size=2), **kwargs)

@@ -184,6 +184,7 @@ def test_sidecar_records_tokenizer_template_counts_and_command(rows_file, tmp_pa
         "dropped_too_long": 1,
         "skipped_boundary_mismatch": 0,
         "split_at_boundary": 0,
+        "skipped_special_text": 0,
         "kept": 2,
     }
     assert meta["command"].startswith("blocksft prepare --output")

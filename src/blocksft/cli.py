@@ -30,8 +30,15 @@ def _command_module(name: str):
     return importlib.import_module(f"blocksft.commands.{name}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, as every other error (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="blocksft",
         description="Blockwise SFT for masked diffusion language models (LLaDA).",
     )
@@ -44,9 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand they were given to, not by the top-level parser
+        _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     # The command line as given, for commands that record it next to their outputs.
     args.invocation = ["blocksft", *(sys.argv[1:] if argv is None else argv)]
     try:
