@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_utils import write_tiny_inputs
+from train_utils import TINY_TRAIN_FLAGS, write_tiny_inputs
 
 from blocksft.cli import main
 from blocksft.data.records import save_records, tokenizer_fingerprint
@@ -134,31 +134,8 @@ def prepare(w: World, t: Path, *extra: str) -> list[str]:
 
 
 def train(w: World, t: Path, *extra: str, data: Path | None = None, model: Path | None = None) -> list[str]:
-    return [
-        "train",
-        "--model",
-        str(model or w.model),
-        "--data",
-        str(data or w.data),
-        "--ckpt-dir",
-        str(t / "run"),
-        "--micro-batch",
-        "8",
-        "--max-samples",
-        "0",
-        "--block-size",
-        "8",
-        "--lora-r",
-        "8",
-        "--lora-alpha",
-        "16",
-        "--max-len",
-        "64",
-        "--use-cpu",
-        "--total-steps",
-        "2",
-        *extra,
-    ]
+    paths = ["--model", str(model or w.model), "--data", str(data or w.data), "--ckpt-dir", str(t / "run")]
+    return ["train", *paths, *TINY_TRAIN_FLAGS, "--total-steps", "2", *extra]
 
 
 def generate(w: World, t: Path, *extra: str, model: Path | None = None) -> list[str]:

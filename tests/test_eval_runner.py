@@ -154,6 +154,28 @@ def test_other_settings_are_refused_and_nothing_is_lost(full_run, checkpoint, tm
     assert output.read_text() == before
 
 
+def test_a_data_file_rewritten_in_place_is_refused_on_resume(checkpoint, tmp_path):
+    data = tmp_path / "gsm.jsonl"
+    rows = [{"question": q, "answer": a} for q, a in _STAND_IN_ROWS[:4]]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "res.jsonl"
+    evaluate(checkpoint, output, data=str(data), limit=2)
+    before = output.read_text()
+    moved = tmp_path / "moved" / "gsm.jsonl"  # the same content elsewhere is the same data
+    moved.parent.mkdir()
+    shutil.copy(data, moved)
+    evaluate(checkpoint, output, data=str(moved), limit=4)
+    assert output.read_text().startswith(before) and len(results.read_rows(output)) == 4
+    rows[1]["question"] = rows[1]["question"].replace("15 pages", "16 pages")  # same path, other data
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    extended = output.read_text()
+    with pytest.raises(
+        BlocksftError, match=r"other settings .*data_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"
+    ):
+        evaluate(checkpoint, output, data=str(data), limit=4)
+    assert output.read_text() == extended
+
+
 def test_prompt_styles(tokenizer, tmp_path):
     from blocksft.evaluate.runner import build_prompt_ids, prompt_template
     from blocksft.tokenizer import ASSISTANT_HEADER

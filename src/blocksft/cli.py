@@ -13,6 +13,7 @@ import sys
 
 from blocksft import __version__
 from blocksft.errors import BlocksftError
+from blocksft.progress import quiet_library_bars
 
 COMMANDS = {
     "prepare": "preprocess an instruction dataset into a record file (.pt) for training",
@@ -57,6 +58,7 @@ def _subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.A
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_bars()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand they were given to, not by the top-level parser

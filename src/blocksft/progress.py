@@ -21,19 +21,35 @@ def progress(
     desc: str,
     *,
     unit: str = "it",
+    initial: int = 0,
     disable: bool = False,
     stream=None,
     every_seconds: float = 30.0,
     every_fraction: float = 0.1,
 ):
-    """A progress reporter for ``total`` units of work (see the module docstring)."""
+    """A progress reporter for ``total`` units of work, ``initial`` of them done before (a resumed
+    run); see the module docstring."""
     from tqdm.auto import tqdm
 
     stream = stream if stream is not None else sys.stderr
     if disable or _is_terminal(stream):
-        return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=disable, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            initial=initial,
+            file=stream,
+            disable=disable,
+            dynamic_ncols=True,
+        )
     return LineProgress(
-        total, desc, unit=unit, stream=stream, every_seconds=every_seconds, every_fraction=every_fraction
+        total,
+        desc,
+        unit=unit,
+        initial=initial,
+        stream=stream,
+        every_seconds=every_seconds,
+        every_fraction=every_fraction,
     )
 
 
@@ -56,7 +72,8 @@ class LineProgress:
     Args:
         total: units of work.
         desc: what is being done (starts every line).
-        unit: the unit's name, for the rate.
+        unit: the unit's name.
+        initial: units done before this process started (the time left is estimated without them).
         stream: where lines go (default stderr).
         every_seconds, every_fraction: a line when either much time or work has passed since the last.
         clock: seconds (tests pass a fake one).
@@ -68,6 +85,7 @@ class LineProgress:
         desc: str,
         *,
         unit: str = "it",
+        initial: int = 0,
         stream=None,
         every_seconds: float = 30.0,
         every_fraction: float = 0.1,
@@ -76,9 +94,9 @@ class LineProgress:
         self.total, self.desc, self.unit = total, desc, unit
         self.stream = stream if stream is not None else sys.stderr
         self.every_seconds, self.every_fraction, self.clock = every_seconds, every_fraction, clock
-        self.n, self.postfix = 0, ""
+        self.n = self.initial = self.last_n = initial
+        self.postfix = ""
         self.start = self.last_time = clock()
-        self.last_n = 0
         self.closed = False
 
     def update(self, n: int = 1) -> None:
@@ -114,8 +132,8 @@ class LineProgress:
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
         parts.append(f"{_clock(elapsed)} elapsed")
-        if self.total and 0 < self.n < self.total:
-            parts.append(f"~{_clock(elapsed * (self.total - self.n) / self.n)} left")
+        if self.total and self.initial < self.n < self.total:
+            parts.append(f"~{_clock(elapsed * (self.total - self.n) / (self.n - self.initial))} left")
         if self.postfix:
             parts.append(self.postfix)
         return ", ".join(parts)

@@ -278,20 +278,24 @@ def _next_chunk_size(remaining: int, wanted: int, kept: int, scanned: int) -> in
     return min(remaining, math.ceil((wanted - kept) / max(keep_rate, 0.05) * 1.1) + 64)
 
 
-def _encode_rows(subset, encode, config: PrepareConfig, chunk_number: int) -> dict[str, list]:
+def _encode_rows(subset, encode, config: PrepareConfig) -> dict[str, list]:
+    import datasets
+
+    from blocksft.data.tasks import quiet_datasets
+
     num_proc = config.num_proc if config.num_proc > 1 and len(subset) > config.num_proc else None
-    mapped = subset.map(
-        encode,
-        batched=True,
-        batch_size=config.batch_size,
-        num_proc=num_proc,
-        remove_columns=subset.column_names,
-        features=_encoded_features(),
-        keep_in_memory=True,
-        # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
-        new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
-        desc=f"Tokenizing{f' (part {chunk_number})' if chunk_number > 1 else ''}",
-    )
+    with quiet_datasets(datasets):  # progress is ours (per chunk), not a bar per map call
+        mapped = subset.map(
+            encode,
+            batched=True,
+            batch_size=config.batch_size,
+            num_proc=num_proc,
+            remove_columns=subset.column_names,
+            features=_encoded_features(),
+            keep_in_memory=True,
+            # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
+            new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
+        )
     return mapped.to_dict()
 
 
@@ -420,6 +424,7 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
             merging across the prompt/answer boundary (unless skipped), or nothing kept.
     """
     from blocksft.data.tasks import require_columns
+    from blocksft.progress import progress
     from blocksft.tokenizer import special_text_pattern
 
     template = load_prompt_template(config.prompt_template) if template is None else template
@@ -442,14 +447,17 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         special_text=special_text_pattern(tokenizer),
     )
     scan = _Scan(config)
-    chunk_number = 0
-    while scan.scanned < len(candidates) and not scan.must_stop:
-        size = _next_chunk_size(
-            len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
-        )
-        rows = candidates[scan.scanned : scan.scanned + size]
-        chunk_number += 1
-        scan.take(rows, _encode_rows(texts.select(rows), encode, config, chunk_number))
+    # Chunks of at most a tenth of the rows (10,000 at least), so that progress shows on long data.
+    most = max(10_000, len(candidates) // 10)
+    with progress(len(candidates), "tokenizing", unit="row") as bar:
+        while scan.scanned < len(candidates) and not scan.must_stop:
+            size = _next_chunk_size(
+                len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
+            )
+            rows = candidates[scan.scanned : scan.scanned + min(size, most)]
+            before = scan.scanned
+            scan.take(rows, _encode_rows(texts.select(rows), encode, config))
+            bar.update(scan.scanned - before)
     counts = scan.finish(len(dataset))
     if scan.mismatches and config.on_boundary_mismatch == "error":
         raise _boundary_error(scan.mismatches, scan.scanned, config.dataset, tokenizer)

@@ -57,7 +57,7 @@ def _is_local(source: str) -> bool:
 
 
 @contextmanager
-def _quiet(datasets):
+def quiet_datasets(datasets):
     """No progress bar and no log lines from ``datasets`` while a local file loads: it takes moments,
     and a parse failure must surface as our one-line error, not a logged traceback before it."""
     was_enabled, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
@@ -100,7 +100,7 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
                     raise BlocksftError(f"{flag} {source}: unknown file type; use .jsonl, .json or .parquet")
                 if builder == "json":
                     check_utf8(path, f"{flag} {source}")
-                with _quiet(datasets):
+                with quiet_datasets(datasets):
                     dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             dataset = datasets.load_dataset(source, config, split=split)

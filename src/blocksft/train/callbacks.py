@@ -22,8 +22,8 @@ class LossProgressCallback(ProgressCallback):
         from blocksft.progress import progress
 
         if state.is_world_process_zero:
-            self.training_bar = progress(state.max_steps, "train", unit="step")
-            self.training_bar.update(state.global_step)  # a resumed run starts part-way
+            # A resumed run starts part-way.
+            self.training_bar = progress(state.max_steps, "train", unit="step", initial=state.global_step)
         self.current_step = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
