@@ -176,6 +176,16 @@ def test_a_data_file_rewritten_in_place_is_refused_on_resume(checkpoint, tmp_pat
     assert output.read_text() == extended
 
 
+def test_progress_in_a_log_is_whole_lines(checkpoint, tmp_path, capsys):
+    sampler = SamplerConfig(gen_length=8, block_length=8, steps=8)
+    values = dict(model=[checkpoint], data=str(GSM8K_TEST), limit=4, batch_size=1, device="cpu")
+    run_eval(EvalConfig(**values, output=str(tmp_path / "r.jsonl"), block_length="8"), sampler)
+    err = capsys.readouterr().err  # stderr is not a terminal here, as in a cluster job's log
+    lines = [line for line in err.split("\n") if line.startswith("gsm8k ")]
+    assert lines[-1].startswith(f"gsm8k {Path(checkpoint).name} B=8: 4/4 problem (100%), ")
+    assert len(lines) <= 4 and not any("\r" in line for line in lines)
+
+
 def test_prompt_styles(tokenizer, tmp_path):
     from blocksft.evaluate.runner import build_prompt_ids, prompt_template
     from blocksft.tokenizer import ASSISTANT_HEADER

@@ -56,21 +56,27 @@ def train_args(inputs, *extra: str) -> list[str]:
     ]
 
 
-def race(args: list[str], cwd: Path) -> str:
-    """Start two identical runs at once; one must succeed, the other fail with one line (returned)."""
+def race(args: list[str], cwd: Path) -> tuple[str, str]:
+    """Start two identical runs at once; one must succeed, the other fail with one line.
+
+    Returns:
+        The winner's stderr and the loser's error line.
+    """
     first, second = blocksft(*args, cwd=cwd), blocksft(*args, cwd=cwd)
     (ok, ok_err), (failed, failed_err) = sorted([finish(first), finish(second)], key=lambda o: o[0])
     assert (ok, failed) == (0, 2), ok_err + failed_err
     lines = [line for line in failed_err.splitlines() if line.startswith(f"blocksft {args[0]}: error: ")]
     assert "Traceback" not in failed_err and len(lines) == 1, failed_err
-    return lines[0]
+    return ok_err, lines[0]
 
 
 def test_two_train_runs_on_one_ckpt_dir(inputs, tmp_path):
     args = train_args(inputs, "--total-steps", "6")
-    line = race(args, tmp_path)
+    log, line = race(args, tmp_path)
     # The loser met the winner's claim, or (had it started late) the finished run's logs.
     assert "is in use by another blocksft process" in line or "exists already" in line, line
+    # The winner's stderr is a pipe, as a cluster job's log file: whole lines, no bar redrawn.
+    assert "\r" not in log and "train: 6/6 step (100%)" in log, log
     steps = [int(r["step"]) for r in read_rows(tmp_path / "run_logs" / "train_loss.csv")]
     assert steps == list(range(1, 7))  # every step logged once, by one run
     assert json.loads((tmp_path / "run_logs" / "budget.json").read_text())["samples"] == 6 * 8
@@ -124,7 +130,7 @@ def test_two_prepare_runs_on_one_output(tmp_path, tokenizer):
         "--max-samples",
         "0",
     ]
-    line = race(args, tmp_path)
+    _, line = race(args, tmp_path)
     assert any(text in line for text in ("is in use by another", "already exists", "appeared while")), line
     records = load_records(tmp_path / "out.pt", tokenizer=tokenizer)
     assert len(records) == 400 and read_meta(tmp_path / "out.pt")["num_records"] == 400  # sidecar matches

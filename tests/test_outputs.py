@@ -144,27 +144,3 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
 
     assert isinstance(progress(5, "x", stream=(tmp_path / "log").open("w")), LineProgress)
     assert not isinstance(progress(5, "x", stream=Terminal()), LineProgress)
-
-
-def test_a_logged_eval_writes_whole_lines_only(tmp_path, tiny_checkpoint):
-    """`blocksft eval` with stderr in a file, as in a cluster job: no carriage returns at all."""
-    rows = tmp_path / "gsm.jsonl"
-    rows.write_text(
-        "".join(f'{{"question": "What is {i} + 1?", "answer": "#### {i + 1}"}}\n' for i in range(4))
-    )
-    with (tmp_path / "stderr.log").open("w") as log:
-        done = subprocess.run(
-            [sys.executable, "-m", "blocksft", "eval", "--model", tiny_checkpoint, "--data", str(rows)]
-            + ["--output", str(tmp_path / "r.jsonl"), "--gen-length", "8", "--block-length", "8"]
-            + ["--steps", "8", "--batch-size", "1", "--device", "cpu"],
-            stderr=log,
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=300,
-        )
-    text = (tmp_path / "stderr.log").read_text()
-    assert done.returncode == 0, text
-    assert "\r" not in text, text
-    progress_lines = [line for line in text.splitlines() if line.startswith("gsm8k ")]
-    assert progress_lines and progress_lines[-1].startswith("gsm8k tiny-llada B=8: 4/4 problem (100%)")
-    assert len(progress_lines) <= 4

@@ -259,11 +259,11 @@ def generate_rows(
 ) -> list[dict]:
     """Decode one batch of ``(index, problem)`` pairs and score the answers."""
     from blocksft.generate import decode_answer, generate, left_pad, stop_token_ids
+    from blocksft.generation.text import tokenizer_pad_id
 
     device = next(model.parameters()).device
     prompts = [build_prompt_ids(tokenizer, problem.question, template) for _, problem in batch]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids, attention_mask = left_pad(prompts, pad_id)
+    input_ids, attention_mask = left_pad(prompts, tokenizer_pad_id(tokenizer))
     stops = stop_token_ids(tokenizer)
     generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch[0][0]))
     start = time.perf_counter()

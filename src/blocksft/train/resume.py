@@ -49,10 +49,11 @@ def saved_run(logs: Path) -> dict | None:
     return saved
 
 
-def check_output(config: TrainConfig) -> Path | None:
+def check_output(config: TrainConfig, saved: dict | None = None) -> Path | None:
     """Refuse to overwrite a previous run; with ``--resume``, find where to continue from.
 
-    Settings named in ``--allow-changes`` may differ from the run's; every other one must not.
+    Settings named in ``--allow-changes`` may differ from the run's (``saved``, its
+    :func:`saved_run`); every other one must not.
     """
     logs = config.logs_dir
     if not config.resume:
@@ -62,7 +63,6 @@ def check_output(config: TrainConfig) -> Path | None:
                 "another --ckpt-dir"
             )
         return None
-    saved = saved_run(logs)
     if saved is not None:
         changed = resume_changes(saved, config)
         refused = {k: v for k, v in changed.items() if k not in config.allowed_changes}
@@ -92,8 +92,9 @@ def check_data_identity(saved: dict | None, data: dict, source: str) -> None:
 
     Args:
         saved: the run's ``config.json`` (:func:`saved_run`).
-        data: this run's :func:`blocksft.data.records.records_digest` values (``trained_records_sha256``
-            is what the run trains on: the first ``--max-samples`` records).
+        data: this run's :func:`blocksft.data.records.records_sha256` digests: ``records_sha256`` of
+            the file's records, ``trained_records_sha256`` of those the run trains on (the first
+            ``--max-samples``), which is what must match.
         source: the record file, for the message.
     """
     before = ((saved or {}).get("derived") or {}).get("data") or {}

@@ -97,13 +97,15 @@ def _train_claimed(config: TrainConfig, args, world_size: int, state, callbacks)
     from blocksft.generation.text import resolve_mask_id
     from blocksft.model.loading import load_model, load_tokenizer
 
-    resume_from = check_output(config)
     saved = saved_run(config.logs_dir) if config.resume else None
+    resume_from = check_output(config, saved)
     finished = finished_run(config)
     if finished is not None:
         exports = [p for _, p in sorted(read_exports(config.logs_dir).items())]
-        say(f"the run in {config.logs_dir} finished already ({finished['steps']} steps; merged checkpoints "
-            f"{', '.join(map(str, exports)) or 'none recorded'}): nothing to do")  # fmt: skip
+        say(
+            f"the run in {config.logs_dir} finished already ({finished['steps']} steps; merged "
+            f"checkpoints {', '.join(map(str, exports)) or 'none recorded'}): nothing to do"
+        )
         return TrainResult(finished["steps"], exports, config.logs_dir, finished)
     if state.is_main_process:
         for folder in remove_partial_exports(config.ckpt_dir):
