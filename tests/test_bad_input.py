@@ -870,6 +870,16 @@ CASES = [
     ),
     # ----- bench -----
     Case("bench-unknown", lambda w, t: ["bench", "nothing"], r"unknown benchmark 'nothing'"),
+    Case(
+        "bench-train-unknown-flag",
+        lambda w, t: ["bench", "train", "--nope"],
+        r"^blocksft bench train: error: unrecognized arguments: --nope",
+    ),
+    Case(
+        "bench-generate-not-a-number",
+        lambda w, t: ["bench", "generate", "--repeats", "x"],
+        r"^blocksft bench generate: error: argument --repeats: invalid int value: 'x'",
+    ),
 ]
 
 
@@ -964,7 +974,8 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(case, world, tmp_path, c
     errors = [line for line in err.splitlines() if re.search(r"\berror\b", line, re.IGNORECASE)]
     assert "Traceback" not in err, err
     assert code == 2, err
-    assert len(errors) == 1 and errors[0].startswith(f"blocksft {command}: error: "), err
+    # (a benchmark names itself: blocksft bench train: error: ...)
+    assert len(errors) == 1 and re.match(rf"blocksft {command}( \w+)?: error: ", errors[0]), err
     assert re.search(case.match, errors[0]), errors[0]
     assert _snapshot(folder) == before, "the command left, removed or changed files"
     assert _snapshot(world.root) == before_world

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from blocksft import __version__
+from blocksft.config import OneLineParser
 from blocksft.errors import BlocksftError
 from blocksft.progress import quiet_library_bars
 
@@ -29,13 +30,6 @@ COMMANDS = {
 
 def _command_module(name: str):
     return importlib.import_module(f"blocksft.commands.{name}")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, as every other error (the usage is one --help away)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

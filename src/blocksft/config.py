@@ -39,6 +39,13 @@ def _none_or(convert):
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, as every other error (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_dataclass_arguments(
     parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()
 ) -> None:
