@@ -169,6 +169,38 @@ def test_static_decoding_writes_the_loops_rows_and_resumes_its_files(full_run, c
     assert strip_seconds(results.read_rows(resumed)) == strip_seconds(results.read_rows(full_run[0]))
 
 
+def test_a_data_file_rewritten_in_place_is_refused_on_resume(checkpoint, tmp_path):
+    data = tmp_path / "gsm.jsonl"
+    rows = [{"question": q, "answer": a} for q, a in _STAND_IN_ROWS[:4]]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "res.jsonl"
+    evaluate(checkpoint, output, data=str(data), limit=2)
+    before = output.read_text()
+    moved = tmp_path / "moved" / "gsm.jsonl"  # the same content elsewhere is the same data
+    moved.parent.mkdir()
+    shutil.copy(data, moved)
+    evaluate(checkpoint, output, data=str(moved), limit=4)
+    assert output.read_text().startswith(before) and len(results.read_rows(output)) == 4
+    rows[1]["question"] = rows[1]["question"].replace("15 pages", "16 pages")  # same path, other data
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    extended = output.read_text()
+    with pytest.raises(
+        BlocksftError, match=r"other settings .*data_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"
+    ):
+        evaluate(checkpoint, output, data=str(data), limit=4)
+    assert output.read_text() == extended
+
+
+def test_progress_in_a_log_is_whole_lines(checkpoint, tmp_path, capsys):
+    sampler = SamplerConfig(gen_length=8, block_length=8, steps=8)
+    values = dict(model=[checkpoint], data=str(GSM8K_TEST), limit=4, batch_size=1, device="cpu")
+    run_eval(EvalConfig(**values, output=str(tmp_path / "r.jsonl"), block_length="8"), sampler)
+    err = capsys.readouterr().err  # stderr is not a terminal here, as in a cluster job's log
+    lines = [line for line in err.split("\n") if line.startswith("gsm8k ")]
+    assert lines[-1].startswith(f"gsm8k {Path(checkpoint).name} B=8: 4/4 problem (100%), ")
+    assert len(lines) <= 4 and not any("\r" in line for line in lines)
+
+
 def test_prompt_styles(tokenizer, tmp_path):
     from blocksft.evaluate.runner import build_prompt_ids, prompt_template
     from blocksft.tokenizer import ASSISTANT_HEADER
@@ -289,7 +321,7 @@ def test_compare_command(full_run, tmp_path, capsys):
 
 def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, tmp_path):
     from blocksft.data.tasks import load_gsm8k
-    from blocksft.evaluate.runner import DistContext, evaluate_problems
+    from blocksft.evaluate.runner import DistContext, evaluate_problems, load_problems
     from blocksft.model.loading import load_model, load_tokenizer
 
     output = tmp_path / "res.jsonl"
@@ -297,6 +329,7 @@ def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, t
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
     problems = load_gsm8k(str(GSM8K_TEST), limit=8)
     kwargs = dict(config=config, sampler=SAMPLER, model_name=checkpoint, output=output, progress=False)
+    kwargs["data_sha256"] = load_problems(config)[1]  # the whole file's, as `blocksft eval` records it
     # Rank 1 finishes first: it writes its part file and leaves the merge to rank 0.
     assert (
         evaluate_problems(model, tokenizer, problems, dist=DistContext(rank=1, world_size=2), **kwargs)

@@ -655,9 +655,11 @@ def test_mask_id_resolution_and_prompt_encoding():
     tok = _tokenizer()
     assert resolve_mask_id(SimpleNamespace(mask_token_id=2), tok) == 2
     assert resolve_mask_id(SimpleNamespace(), tok) == 2
-    assert resolve_mask_id(SimpleNamespace(mask_token_id=7), tok, override=7) == 7
-    with pytest.raises(BlocksftError, match="mask_token_id=7 but the tokenizer"):
+    assert resolve_mask_id(SimpleNamespace(mask_token_id=7), tok, override=2) == 2
+    with pytest.raises(BlocksftError, match="mask_token_id 7 differs from the tokenizer's <.mdm_mask.> id 2"):
         resolve_mask_id(SimpleNamespace(mask_token_id=7), tok)
+    with pytest.raises(BlocksftError, match="--mask-id 7 differs from the tokenizer's <.mdm_mask.> id 2"):
+        resolve_mask_id(SimpleNamespace(mask_token_id=2), tok, override=7)  # as train refuses it
     chat = encode_prompt(tok, "Hi", chat=True)
     assert chat[0] == 0 and chat.count(0) == 1  # one BOS, from the template
     assert tok.decode(chat).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -752,7 +754,10 @@ def test_cli_bad_input_is_one_line(checkpoint, capsys):
     assert main(["generate", "--model", str(checkpoint / "nope"), "--prompt", "x"]) == 2
     assert "no such checkpoint folder" in capsys.readouterr().err
     small = ["--gen-length", "8", "--block-length", "8", "--steps", "4"]
-    assert main(["generate", "--model", str(checkpoint), "--prompt", "x", "--mask-id", "3", *small]) == 0
+    assert main(["generate", "--model", str(checkpoint), "--prompt", "x", "--mask-id", "2", *small]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", str(checkpoint), "--prompt", "x", "--mask-id", "3", *small]) == 2
+    assert "--mask-id 3 differs from the tokenizer's" in capsys.readouterr().err
 
 
 def test_benchmark_runs_quickly_on_a_tiny_shape(capsys):

@@ -127,6 +127,27 @@ def test_hand_made_rows_give_exact_records(rows_file, tmp_path, model_dir, token
     assert tokenizer.decode(first[:prompt_len]).endswith(ASSISTANT_HEADER)
 
 
+def test_special_token_text_in_a_row_is_refused_or_skipped(tmp_path, model_dir, tokenizer, capsys):
+    rows = [
+        ROWS[0],
+        {"type": "MATH_SV", "query": "Why <|eot_id|>?", "response": "2+3 = 5."},
+        {"type": "MATH_SV", "query": "What is 1+4?", "response": "<|mdm_mask|> = 5.\nThe answer is: 5"},
+        ROWS[3],
+    ]
+    rows_file = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(BlocksftError, match=r"row 1 of .*: field 'query' holds '<\|eot_id\|>'"):
+        run_prepare(config_for(rows_file, tmp_path, model_dir))
+    assert not (tmp_path / "out.pt").exists()
+    result = run_prepare(config_for(rows_file, tmp_path, model_dir, on_special_text="skip"))
+    assert result.counts.skipped_special_text == 2 and result.counts.kept == 2
+    assert [r["full_ids"].tolist() for r in result.records] == [
+        expected_record(tokenizer, row["query"], row["response"])[0] for row in (ROWS[0], ROWS[3])
+    ]
+    ids = torch.cat([r["full_ids"] for r in result.records])
+    assert (ids == 2).sum() == 0 and (ids == 5).sum() == 4  # no mask; EoT only where the template puts it
+    assert "skipped: special text" in format_summary(result, config_for(rows_file, tmp_path, model_dir))
+
+
 def test_max_samples_keeps_the_first_rows_in_order(rows_file, tmp_path, model_dir, tokenizer):
     everything = run_prepare(config_for(rows_file, tmp_path, model_dir, max_samples=0))
     assert everything.counts == PrepareCounts(rows_read=6, skipped_by_type=2, dropped_too_long=1, kept=3)
@@ -184,6 +205,7 @@ def test_sidecar_records_tokenizer_template_counts_and_command(rows_file, tmp_pa
         "dropped_too_long": 1,
         "skipped_boundary_mismatch": 0,
         "split_at_boundary": 0,
+        "skipped_special_text": 0,
         "kept": 2,
     }
     assert meta["command"].startswith("blocksft prepare --output")

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -163,12 +164,22 @@ def test_fullseq_run_in_bf16_logging_every_second_step(inputs):
 
 
 class PoisonAt(TrainerCallback):
-    """Makes the model produce NaN from step ``step + 1`` on."""
+    """Makes the model produce NaN from step ``step + 1`` on: poisoned at the end of step ``step``
+    (before its state is saved), or with ``before_step`` at the start of step ``step + 1`` (after:
+    the saved state is sound, as when a run diverges)."""
 
-    def __init__(self, step):
-        self.step = step
+    def __init__(self, step, before_step=False):
+        self.step, self.before_step = step, before_step
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self.before_step:
+            self._poison(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.before_step:
+            self._poison(state, model)
+
+    def _poison(self, state, model):
         if state.global_step == self.step:
             with torch.no_grad():
                 next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
@@ -260,5 +271,83 @@ def test_resume_refuses_a_record_file_that_changed_since(inputs, tmp_path):
         run_train(config, callbacks=[InterruptAt(2)])
     records[0]["full_ids"] = records[0]["full_ids"][:-9]  # one answer loses a block
     torch.save(records, copy_path)
-    with pytest.raises(BlocksftError, match="block schedule has num_blocks_sha256"):
+    with pytest.raises(BlocksftError, match="holds other records than the run was trained on"):
         run_train(dataclasses.replace(config, resume=True))
+
+
+def test_resume_refuses_the_same_path_with_other_content_of_the_same_shape(inputs, tmp_path):
+    from blocksft.train import run_train
+
+    folder, model_dir, data = inputs
+    records = torch.load(data)
+    copy_path = tmp_path / "data.pt"
+    save_records(records, copy_path, {"tokenizer": tokenizer_fingerprint(tiny_tokenizer())})
+    config = tiny_config(tmp_path, model_dir, copy_path, "rewritten", total_steps=4, checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        run_train(config, callbacks=[InterruptAt(2)])
+    saved = json.loads((config.logs_dir / "config.json").read_text())["derived"]["data"]
+    assert saved["trained_records_sha256"] == saved["records_sha256"]  # --max-samples 0: all of them
+    # Same path, same number of records, same lengths and blocks: only some answer tokens differ.
+    answer = records[5]["full_ids"][records[5]["prompt_len"] :]
+    answer[:] = answer.flip(0)
+    save_records(records, copy_path, {"tokenizer": tokenizer_fingerprint(tiny_tokenizer())})
+    with pytest.raises(BlocksftError, match=r"data\.pt holds other records than the run was trained on"):
+        run_train(dataclasses.replace(config, resume=True))
+    # The same records written by the reference's plain torch.save (no sidecar) are the same data.
+    torch.save(torch.load(data), copy_path)
+    copy_path.with_name("data.pt.meta.json").unlink()
+    assert run_train(dataclasses.replace(config, resume=True)).steps == 4
+
+
+def test_nan_stop_then_resume_with_a_lower_learning_rate(inputs):
+    from blocksft.train import run_train
+
+    folder, model_dir, data = inputs
+    config = tiny_config(folder, model_dir, data, "nan_then_lower", total_steps=8, checkpoint_every=2)
+    with pytest.raises(BlocksftError, match="--resume --allow-changes lr --lr <lower>") as stop:
+        run_train(config, callbacks=[PoisonAt(4, before_step=True)])
+    assert "step 5" in str(stop.value)
+    with pytest.raises(BlocksftError, match="lr: 0.02 -> 0.01.*add --allow-changes lr"):
+        run_train(dataclasses.replace(config, resume=True, lr=1e-2))
+    result = run_train(dataclasses.replace(config, resume=True, allow_changes="lr", lr=1e-2))
+    assert result.steps == 8
+    resumed = read_rows(config.logs_dir / "train_loss.csv")
+    # From the resume on, the schedule is the one a run at lr 0.01 follows: the same step, half the LR.
+    reference = tiny_config(folder, model_dir, data, "lower_from_start", total_steps=8, lr=1e-2)
+    run_train(reference)
+    expected = read_rows(reference.logs_dir / "train_loss.csv")
+    assert [float(r["lr"]) for r in resumed[4:]] == pytest.approx([float(r["lr"]) for r in expected[4:]])
+    assert [float(r["lr"]) for r in resumed[:4]] == pytest.approx([2 * float(r["lr"]) for r in expected[:4]])
+    assert all(math.isfinite(float(r["loss"])) for r in resumed)
+    saved = json.loads((config.logs_dir / "config.json").read_text())
+    assert saved["config"]["lr"] == 1e-2
+    assert saved["resumes"] == [{"step": 4, "changed": {"lr": [0.02, 0.01]}}]
+
+
+def test_resuming_a_finished_run_does_nothing(blockwise_run):
+    from blocksft.train import run_train
+
+    config, result = blockwise_run
+    parent = config.logs_dir.parent
+    before = sorted(p.name for p in parent.iterdir())
+    csv_before = (config.logs_dir / "train_loss.csv").read_text()
+    again = run_train(dataclasses.replace(config, resume=True))
+    assert again.steps == 20 and again.exports == result.exports
+    assert sorted(p.name for p in parent.iterdir()) == before  # no blockwise_step0020-v2
+    assert (config.logs_dir / "train_loss.csv").read_text() == csv_before
+
+
+def test_a_step_exported_before_an_interruption_is_replaced_not_copied(inputs, tmp_path):
+    from blocksft.train import run_train
+
+    folder, model_dir, data = inputs
+    config = tiny_config(tmp_path, model_dir, data, "redo", total_steps=8, checkpoint_every=4, save_every=6)
+    with pytest.raises(Interrupted):
+        run_train(config, callbacks=[InterruptAt(7)])  # exported step 6; resumable state at step 4
+    first = (tmp_path / "redo_step0006" / "config.json").stat().st_mtime_ns
+    result = run_train(dataclasses.replace(config, resume=True))  # trains steps 5-6 again
+    assert [p.name for p in result.exports] == ["redo_step0006", "redo_step0008"]
+    assert sorted(p.name for p in tmp_path.glob("redo_step*")) == ["redo_step0006", "redo_step0008"]
+    assert (tmp_path / "redo_step0006" / "config.json").stat().st_mtime_ns != first
+    recorded = json.loads((config.logs_dir / "exports.json").read_text())
+    assert recorded == {"6": str(tmp_path / "redo_step0006"), "8": str(tmp_path / "redo_step0008")}

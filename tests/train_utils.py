@@ -9,6 +9,11 @@ from blocksft.testing import tiny_llada_model, tiny_tokenizer
 
 PATTERN = list(range(6, 18))  # answers cycle through these ids: easy to learn, so the loss falls
 
+# `blocksft train` flags for the tiny inputs, as tiny_config sets them (LoRA r8, micro-batch 8).
+TINY_TRAIN_FLAGS = (
+    "--micro-batch 8 --max-samples 0 --block-size 8 --lora-r 8 --lora-alpha 16 --max-len 64 --use-cpu".split()
+)
+
 
 def write_tiny_inputs(folder: Path, *, n_samples: int = 64, seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny LLaDA model + tokenizer and a record file with its sidecar; return their paths."""

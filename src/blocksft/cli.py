@@ -12,7 +12,9 @@ import importlib
 import sys
 
 from blocksft import __version__
+from blocksft.config import OneLineParser
 from blocksft.errors import BlocksftError
+from blocksft.progress import quiet_library_bars
 
 COMMANDS = {
     "prepare": "preprocess an instruction dataset into a record file (.pt) for training",
@@ -31,7 +33,7 @@ def _command_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="blocksft",
         description="Blockwise SFT for masked diffusion language models (LLaDA).",
     )
@@ -44,9 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_bars()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand they were given to, not by the top-level parser
+        _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     # The command line as given, for commands that record it next to their outputs.
     args.invocation = ["blocksft", *(sys.argv[1:] if argv is None else argv)]
     try:

@@ -108,11 +108,36 @@ def build_tokenizer(
 
 
 def mask_token_id(tokenizer) -> int:
-    """The id of ``<|mdm_mask|>`` in ``tokenizer`` (LLaDA's tokenizer does not set ``mask_token``)."""
-    token_id = tokenizer.convert_tokens_to_ids(MASK)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no {MASK} token")
-    return int(token_id)
+    """The id of ``tokenizer``'s mask token: ``<|mdm_mask|>`` (LLaDA's tokenizer does not set
+    ``mask_token``), else its ``mask_token`` (Dream's ``<|mask|>``).
+
+    Raises:
+        ValueError: the tokenizer has neither.
+    """
+    for token in (MASK, getattr(tokenizer, "mask_token", None)):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            return int(token_id)
+    raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token {MASK}")
+
+
+def special_token_texts(tokenizer) -> list[str]:
+    """The texts that ``tokenizer`` encodes as control tokens: its special and added special tokens."""
+    texts = {str(t) for t in getattr(tokenizer, "all_special_tokens", ())}
+    texts |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    return sorted(t for t in texts if t)
+
+
+def special_text_pattern(tokenizer):
+    """A compiled regex that finds the texts ``tokenizer`` would encode as control tokens.
+
+    Data is text: a query that mentions ``<|eot_id|>`` must not become an end of turn. One
+    alternation, longest first, so that checking a dataset's rows costs one scan each.
+    """
+    import re
+
+    texts = sorted(special_token_texts(tokenizer), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, texts)) if texts else r"(?!)")
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, flag: str = "--model"):

@@ -24,9 +24,10 @@ graphs, ``first s`` reports it, the best repeat counts.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
+
+from blocksft.config import OneLineParser
 
 MODES = {
     "plain": {},
@@ -44,7 +45,7 @@ SPECIAL_IDS = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, mask_token_id
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="blocksft bench generate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="blocksft bench generate", description=__doc__.splitlines()[0])
     parser.add_argument("--gen-length", type=int, default=256)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="default: gen_length (one token per step)")

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from blocksft.config import OneLineParser
 from blocksft.objectives import noise_blockwise, noise_fullseq, num_blocks
 from blocksft.schedule import BlockSchedule
 
@@ -198,7 +199,7 @@ def _times_ms(fn, repeats: int, sync) -> tuple[float, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blocksft bench noise", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="blocksft bench noise", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--block-size", type=int, default=32)

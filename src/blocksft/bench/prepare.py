@@ -13,13 +13,14 @@ trained on the first rows with a realistic vocabulary size::
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import resource
 import time
 from functools import partial
 from pathlib import Path
+
+from blocksft.config import OneLineParser
 
 
 def default_data() -> Path:
@@ -85,7 +86,7 @@ def _measure(paths: dict, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blocksft bench prepare", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="blocksft bench prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(default_data()), help="JSONL with question/answer rows")
     parser.add_argument("--rows", type=int, default=0, help="use the first N rows (0 = all)")
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary of the benchmark tokenizer")

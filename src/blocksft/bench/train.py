@@ -71,6 +71,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from blocksft.config import OneLineParser
+
 # Our paths: ``blocksft train`` settings on top of its defaults (auto resolved for the device).
 VARIANTS = {
     "ours": {},
@@ -99,7 +101,7 @@ CPU_SHAPE = dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, mlp_hidden_si
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blocksft bench train", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="blocksft bench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=["reference", "ours"])
     parser.add_argument(
         "--gpu-8b", action="store_true", help="LLaDA-8B shape, bf16, CUDA, LoRA r256, micro-batch 32"

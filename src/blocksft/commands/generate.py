@@ -101,20 +101,48 @@ class CanvasStream:
             self.lines_drawn = 0
 
 
+def check_prompt_text(prompt: str, tokenizer, *, chat: bool) -> None:
+    """Refuse special-token text where it would not be read as text.
+
+    With ``--chat`` the prompt is the content of one user turn: any special token in it would
+    become a control token inside the turn. Without it the prompt is raw text the user lays out
+    (special tokens allowed), except the mask token, which the sampler cannot take in a prompt.
+    """
+    from blocksft.errors import BlocksftError
+    from blocksft.tokenizer import MASK, mask_token_id, special_text_pattern
+
+    found = special_text_pattern(tokenizer).search(prompt)
+    if found is None:
+        return
+    token = found.group(0)
+    if chat:
+        raise BlocksftError(
+            f"--prompt holds {token!r}, a special token of the tokenizer: with --chat the prompt is the text "
+            "of one user turn and would be cut by it; remove it, or drop --chat and write the whole raw "
+            "prompt yourself"
+        )
+    if tokenizer.convert_tokens_to_ids(token) == mask_token_id(tokenizer):
+        raise BlocksftError(
+            f"--prompt holds {token!r}, the mask token ({MASK}): a prompt cannot hold masks (the sampler "
+            "fills only the generated part); remove it"
+        )
+
+
 def run(args) -> int:
     cfg = build_config(GenerateConfig, args, getattr(args, "config", None))
     import torch
 
     from blocksft.generate import decode_answer, generate, stop_token_ids
-    from blocksft.generation.text import encode_prompt, resolve_mask_id
-    from blocksft.model.loading import load_model, load_tokenizer
+    from blocksft.generation.text import encode_prompt, resolve_mask_id, tokenizer_pad_id
+    from blocksft.model.loading import check_device, load_model, load_tokenizer
 
     source = str(Path(cfg.model).expanduser()) if cfg.model.startswith("~") else cfg.model
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(cfg.device) if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    check_prompt_text(cfg.prompt, tokenizer, chat=cfg.chat)
     model = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=device)
     model.eval()
-    mask_id = resolve_mask_id(model.config, tokenizer, cfg.mask_id)
+    mask_id = resolve_mask_id(model.config, tokenizer, cfg.mask_id, pad_id=tokenizer_pad_id(tokenizer))
     prompt_ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt, chat=cfg.chat)])
     stream = CanvasStream(tokenizer, mask_id, prompt_ids.shape[1]) if cfg.stream else None
     out = generate(

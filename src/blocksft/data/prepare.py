@@ -84,6 +84,13 @@ class PrepareConfig:
             "reported); 'error' stops; 'skip' drops the row (counted)"
         },
     )
+    on_special_text: Literal["error", "skip"] = field(
+        default="error",
+        metadata={
+            "help": "a row whose text holds a special token's text (e.g. '<|eot_id|>'), which the tokenizer "
+            "would encode as a control token: 'error' stops naming the row, 'skip' drops it (counted)"
+        },
+    )
     block_size: int = field(default=32, metadata={"help": "block size for the blocks-per-answer histogram"})
     plot: bool = field(default=False, metadata={"help": "also write the histograms to <output>.png"})
     trust_remote_code: bool = field(
@@ -113,6 +120,7 @@ class PrepareCounts:
     dropped_too_long: int = 0
     skipped_boundary_mismatch: int = 0
     split_at_boundary: int = 0
+    skipped_special_text: int = 0
     kept: int = 0
 
 
@@ -149,6 +157,23 @@ def _row_problem(query, response, query_field: str, response_field: str) -> str:
     return ""
 
 
+def special_text_problem(fields: dict[str, str], special_text) -> str:
+    """Why a row cannot be encoded as text (``""`` if it can): a field holds a special token's text.
+
+    Args:
+        fields: field name -> text of one row.
+        special_text: :func:`blocksft.tokenizer.special_text_pattern` of the tokenizer.
+    """
+    for name, text in fields.items():
+        found = special_text.search(text)
+        if found:
+            return (
+                f"field {name!r} holds {found.group(0)!r}, which the tokenizer would encode as a control "
+                "token rather than as text"
+            )
+    return ""
+
+
 def encode_batch(
     batch: dict[str, list],
     *,
@@ -158,6 +183,7 @@ def encode_batch(
     response_field: str,
     appends_header: bool,
     max_len: int,
+    special_text=None,
 ) -> dict[str, list]:
     """Render and tokenize a batch of rows (the ``datasets.map`` function).
 
@@ -168,11 +194,18 @@ def encode_batch(
         Columns ``length`` (tokens of the full conversation), ``full_ids`` and ``prompt_len`` (rows
         that fit; ``[]`` and ``-1`` otherwise), ``boundary_ok`` (``full_ids[:prompt_len]`` equals
         the user-only ids), ``mismatch_prompt_ids`` (the user-only ids where it does not) and
-        ``problem`` (why a row is unusable, ``""`` for good rows).
+        ``problem`` (why a row is unusable, ``""`` for good rows), ``special_text`` (why a row is not
+        encoded: it holds a special token's text, found by the ``special_text`` pattern).
     """
     queries, responses = batch[query_field], batch[response_field]
     problems = [_row_problem(q, r, query_field, response_field) for q, r in zip(queries, responses)]
-    good = [i for i, problem in enumerate(problems) if not problem]
+    specials = [
+        ""
+        if problem or special_text is None
+        else special_text_problem({query_field: q, response_field: r}, special_text)
+        for problem, q, r in zip(problems, queries, responses)
+    ]
+    good = [i for i, (problem, special) in enumerate(zip(problems, specials)) if not (problem or special)]
     full_texts = render_conversation_texts(
         tokenizer,
         [queries[i] for i in good],
@@ -182,7 +215,7 @@ def encode_batch(
     )
     n = len(queries)
     out = {"length": [0] * n, "full_ids": [[]] * n, "prompt_len": [-1] * n, "boundary_ok": [False] * n}
-    out["mismatch_prompt_ids"], out["problem"] = [[]] * n, problems
+    out["mismatch_prompt_ids"], out["problem"], out["special_text"] = [[]] * n, problems, specials
     fitting, full_text_of = [], dict(zip(good, full_texts))
     for i, full in zip(good, encode_texts(tokenizer, full_texts)):
         out["length"][i] = len(full)
@@ -217,6 +250,7 @@ def _encoded_features():
             "mismatch_prompt_ids": id_list,
             "split_full_ids": id_list,
             "problem": datasets.Value("string"),
+            "special_text": datasets.Value("string"),
         }
     )
 
@@ -244,20 +278,24 @@ def _next_chunk_size(remaining: int, wanted: int, kept: int, scanned: int) -> in
     return min(remaining, math.ceil((wanted - kept) / max(keep_rate, 0.05) * 1.1) + 64)
 
 
-def _encode_rows(subset, encode, config: PrepareConfig, chunk_number: int) -> dict[str, list]:
+def _encode_rows(subset, encode, config: PrepareConfig) -> dict[str, list]:
+    import datasets
+
+    from blocksft.data.tasks import quiet_datasets
+
     num_proc = config.num_proc if config.num_proc > 1 and len(subset) > config.num_proc else None
-    mapped = subset.map(
-        encode,
-        batched=True,
-        batch_size=config.batch_size,
-        num_proc=num_proc,
-        remove_columns=subset.column_names,
-        features=_encoded_features(),
-        keep_in_memory=True,
-        # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
-        new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
-        desc=f"Tokenizing{f' (part {chunk_number})' if chunk_number > 1 else ''}",
-    )
+    with quiet_datasets(datasets):  # progress is ours (per chunk), not a bar per map call
+        mapped = subset.map(
+            encode,
+            batched=True,
+            batch_size=config.batch_size,
+            num_proc=num_proc,
+            remove_columns=subset.column_names,
+            features=_encoded_features(),
+            keep_in_memory=True,
+            # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
+            new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
+        )
     return mapped.to_dict()
 
 
@@ -308,6 +346,14 @@ class _Scan:
             if columns["problem"][k]:
                 raise BlocksftError(f"row {row} of {self.config.dataset}: {columns['problem'][k]}")
             self.scanned, self.last_row = self.scanned + 1, row
+            if columns["special_text"][k]:
+                if self.config.on_special_text == "error":
+                    raise BlocksftError(
+                        f"row {row} of {self.config.dataset}: {columns['special_text'][k]}; remove it from "
+                        "the data, or pass --on-special-text skip to drop such rows"
+                    )
+                self.counts.skipped_special_text += 1
+                continue
             length, full_ids = columns["length"][k], columns["full_ids"][k]
             self.shortest = length if self.shortest is None else min(self.shortest, length)
             split_ids = columns["split_full_ids"][k]
@@ -355,7 +401,8 @@ def _nothing_kept_error(scan: _Scan, shortest_prompt) -> BlocksftError:
         )
     return BlocksftError(
         f"no row of {source} was kept ({counts.skipped_boundary_mismatch} skipped for merging tokens "
-        "across the prompt/answer boundary); use another tokenizer or template"
+        f"across the prompt/answer boundary, {counts.skipped_special_text} for special-token text); use "
+        "another tokenizer or template, or clean the data"
     )
 
 
@@ -377,6 +424,8 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
             merging across the prompt/answer boundary (unless skipped), or nothing kept.
     """
     from blocksft.data.tasks import require_columns
+    from blocksft.progress import progress
+    from blocksft.tokenizer import special_text_pattern
 
     template = load_prompt_template(config.prompt_template) if template is None else template
     require_columns(
@@ -395,16 +444,20 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         response_field=config.response_field,
         appends_header=chat_template_appends_header(tokenizer),
         max_len=config.max_len,
+        special_text=special_text_pattern(tokenizer),
     )
     scan = _Scan(config)
-    chunk_number = 0
-    while scan.scanned < len(candidates) and not scan.must_stop:
-        size = _next_chunk_size(
-            len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
-        )
-        rows = candidates[scan.scanned : scan.scanned + size]
-        chunk_number += 1
-        scan.take(rows, _encode_rows(texts.select(rows), encode, config, chunk_number))
+    # Chunks of at most a tenth of the rows (10,000 at least), so that progress shows on long data.
+    most = max(10_000, len(candidates) // 10)
+    with progress(len(candidates), "tokenizing", unit="row") as bar:
+        while scan.scanned < len(candidates) and not scan.must_stop:
+            size = _next_chunk_size(
+                len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
+            )
+            rows = candidates[scan.scanned : scan.scanned + min(size, most)]
+            before = scan.scanned
+            scan.take(rows, _encode_rows(texts.select(rows), encode, config))
+            bar.update(scan.scanned - before)
     counts = scan.finish(len(dataset))
     if scan.mismatches and config.on_boundary_mismatch == "error":
         raise _boundary_error(scan.mismatches, scan.scanned, config.dataset, tokenizer)
@@ -422,8 +475,9 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
-    if output.is_dir():
-        raise BlocksftError(f"--output {output} is a folder; give a file name such as {output / 'data.pt'}")
+    from blocksft.outputs import check_output_path
+
+    check_output_path(output, "--output", kind="file")
     if output.exists() and not overwrite:
         raise BlocksftError(f"--output {output} already exists; pass --overwrite to replace it")
 
@@ -432,6 +486,20 @@ def _load_tokenizer(config: PrepareConfig):
     from blocksft.tokenizer import load_tokenizer
 
     return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+
+
+def require_mask_token(tokenizer, flag: str, source: str) -> None:
+    """Refuse a tokenizer without a mask token: it is not a masked diffusion model's."""
+    from blocksft.tokenizer import MASK, mask_token_id
+
+    try:
+        mask_token_id(tokenizer)
+    except ValueError:
+        raise BlocksftError(
+            f"{flag} {source}: its tokenizer has no mask token {MASK} (nor a mask_token), so it is not the "
+            "tokenizer of a masked diffusion model; give the model you will train (e.g. "
+            "GSAI-ML/LLaDA-8B-Instruct)"
+        ) from None
 
 
 def build_meta(config: PrepareConfig, tokenizer, template: str, counts: PrepareCounts, command: str | None):
@@ -469,18 +537,22 @@ def run_prepare(config: PrepareConfig, *, tokenizer=None, command: str | None = 
     from blocksft.data.prepare_report import write_histogram_plot
     from blocksft.data.records import save_records
     from blocksft.data.tasks import open_dataset
+    from blocksft.outputs import claim
 
     started = time.perf_counter()
     output = Path(config.output)
     _check_output(output, config.overwrite)
     template = load_prompt_template(config.prompt_template)
-    tokenizer = _load_tokenizer(config) if tokenizer is None else tokenizer
-    dataset = open_dataset(config.dataset, config.split, config.dataset_config)
-    result = build_records(dataset, tokenizer, config, template)
-    meta = build_meta(config, tokenizer, template, result.counts, command)
-    result.sidecar = save_records(result.records, output, meta)
-    result.output = output
-    if config.plot:
-        result.plot = write_histogram_plot(result.records, config.block_size, Path(f"{output}.png"))
+    # One writer per output: a second run on the same file stops here instead of racing this one.
+    with claim(output.with_name(f".{output.name}.lock"), f"--output {output}"):
+        tokenizer = _load_tokenizer(config) if tokenizer is None else tokenizer
+        require_mask_token(tokenizer, "--model", config.model)
+        dataset = open_dataset(config.dataset, config.split, config.dataset_config)
+        result = build_records(dataset, tokenizer, config, template)
+        meta = build_meta(config, tokenizer, template, result.counts, command)
+        result.sidecar = save_records(result.records, output, meta, overwrite=config.overwrite)
+        result.output = output
+        if config.plot:
+            result.plot = write_histogram_plot(result.records, config.block_size, Path(f"{output}.png"))
     result.seconds = time.perf_counter() - started
     return result

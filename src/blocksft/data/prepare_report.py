@@ -63,6 +63,8 @@ def format_summary(result: PrepareResult, config: PrepareConfig) -> str:
         table.append(
             ("skipped: boundary merge", counts.skipped_boundary_mismatch, "--on-boundary-mismatch skip")
         )
+    if counts.skipped_special_text:
+        table.append(("skipped: special text", counts.skipped_special_text, "--on-special-text skip"))
     if counts.split_at_boundary:
         table.append(
             (

@@ -57,7 +57,11 @@ def load_prompt_template(value: str) -> str:
         )
     try:
         text = path.read_text(encoding="utf-8").removesuffix("\n")
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise BlocksftError(
+            f"--prompt-template file {path} is not UTF-8 text (byte {err.start}); re-encode it as UTF-8"
+        ) from err
+    except OSError as err:
         raise BlocksftError(f"--prompt-template file {path} cannot be read: {err}") from err
     if QUERY_SLOT not in text:
         raise BlocksftError(

@@ -91,7 +91,9 @@ def stage_weights(config: DemoConfig, pretrain_len: int = 40, sft_len: int = 80)
 
 
 def prepare_output(config: DemoConfig) -> Path:
-    out = Path(config.out)
+    from blocksft.outputs import check_output_path
+
+    out = check_output_path(config.out, "--out", kind="folder")
     if out.exists() and any(out.iterdir()):
         if not config.overwrite:
             raise BlocksftError(

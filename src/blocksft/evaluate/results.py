@@ -67,7 +67,15 @@ def part_paths(output: str | Path) -> list[Path]:
 
 def _parse_lines(path: Path) -> tuple[list[tuple[str, dict]], bool]:
     """(raw line, row) pairs of a JSONL file, and whether its last line was torn (cut mid-write)."""
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise BlocksftError(f"{path} is a folder, not a results file; give a .jsonl file name")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BlocksftError(
+            f"{path} is not UTF-8 text (byte {err.start}), so not a blocksft results file; choose another "
+            "--output"
+        ) from err
     lines = text.split("\n")
     torn = False
     if lines and lines[-1] == "":

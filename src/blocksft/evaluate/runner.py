@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from blocksft.errors import BlocksftError
 from blocksft.evaluate import gsm8k, results
@@ -72,10 +71,13 @@ def distributed_context(timeout_minutes: int = 180) -> DistContext:
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything else as given."""
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything else as given
+    (checked: this machine must have it)."""
+    from blocksft.model.loading import check_device
+
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    return check_device(spec)
 
 
 # --- prompts and problems -----------------------------------------------------------------------
@@ -124,12 +126,18 @@ def source_name(name: str | None) -> str | None:
     return str(Path(name).resolve())
 
 
-def load_problems(config: EvalConfig) -> list:
-    """The task's problems (``Problem(id, question, solution, gold)``), checked for emptiness and ids."""
+def load_problems(config: EvalConfig) -> tuple[list, str]:
+    """The task's first ``--limit`` problems (``Problem(id, question, solution, gold)``), checked for
+    emptiness and ids, and the digest of every problem of the source.
+
+    The whole source is read so that the digest, which a resumed results file must match, names the
+    data and not how much of it this run takes: a larger ``--limit`` extends a file, changed data
+    is refused.
+    """
     from blocksft.data.tasks import load_gsm8k, load_math
 
     loader = {"gsm8k": load_gsm8k, "math": load_math}[config.task]
-    kwargs = {"split": config.split, "limit": config.limit}
+    kwargs = {"split": config.split}
     if config.data is not None:
         kwargs["source"] = config.data
     problems = list(loader(**kwargs))
@@ -139,7 +147,28 @@ def load_problems(config: EvalConfig) -> list:
     ids = [str(p.id) for p in problems]
     if len(set(ids)) != len(ids):
         raise BlocksftError(f"{where}: problem ids are not unique, so results cannot be resumed or compared")
-    return problems
+    return problems[: config.limit], problems_digest(problems)
+
+
+def problems_digest(problems: list) -> str:
+    """SHA-256 of the problems' ids, questions, solutions and gold answers, in order."""
+    import hashlib
+    import json
+
+    rows = [[str(p.id), p.question, p.solution, p.gold] for p in problems]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+
+def check_question_text(problems: list, tokenizer, source: str) -> None:
+    """Refuse a question that holds a special token's text: the model would read a control token."""
+    from blocksft.data.prepare import special_text_problem
+    from blocksft.tokenizer import special_text_pattern
+
+    pattern = special_text_pattern(tokenizer)
+    for index, problem in enumerate(problems):
+        problem_text = special_text_problem({"question": problem.question}, pattern)
+        if problem_text:
+            raise BlocksftError(f"row {index} of {source}: {problem_text}; remove it from the data")
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -151,13 +180,14 @@ def load_problems(config: EvalConfig) -> list:
 SPEED_SETTINGS = ("decode",)
 
 
-def run_settings(config: EvalConfig, sampler, model: str) -> dict:
-    """Everything that changes what a row contains: the fingerprint a resumed file must match."""
+def run_settings(config: EvalConfig, sampler, model: str, data_sha256: str) -> dict:
+    """Everything that changes what a row contains: the fingerprint a resumed file must match. The
+    data enters by its content digest, not its path: a file rewritten in place is other data."""
     decoding = {k: v for k, v in sampler.generate_kwargs().items() if k not in SPEED_SETTINGS}
     return {
         "model": source_name(model),
         "task": config.task,
-        "data": source_name(config.data),
+        "data_sha256": data_sha256,
         "split": config.split,
         "prompt_style": config.prompt_style,
         "prompt_template": prompt_template(config.prompt_style),
@@ -235,15 +265,15 @@ def generate_rows(
     template: str | None,
     seed: int,
     settings_id: str,
+    mask_id: int,
 ) -> list[dict]:
     """Decode one batch of ``(index, problem)`` pairs and score the answers."""
     from blocksft.generate import decode_answer, generate, left_pad, stop_token_ids
-    from blocksft.tokenizer import mask_token_id
+    from blocksft.generation.text import tokenizer_pad_id
 
     device = next(model.parameters()).device
     prompts = [build_prompt_ids(tokenizer, problem.question, template) for _, problem in batch]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids, attention_mask = left_pad(prompts, pad_id)
+    input_ids, attention_mask = left_pad(prompts, tokenizer_pad_id(tokenizer))
     stops = stop_token_ids(tokenizer)
     generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch[0][0]))
     start = time.perf_counter()
@@ -252,7 +282,7 @@ def generate_rows(
             model,
             input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            mask_id=mask_token_id(tokenizer),
+            mask_id=mask_id,
             eos_token_ids=stops,
             generator=generator,
             **sampler.generate_kwargs(),
@@ -293,6 +323,7 @@ def evaluate_problems(
     output: str | Path,
     dist: DistContext | None = None,
     progress: bool = True,
+    data_sha256: str | None = None,
 ) -> dict | None:
     """Evaluate ``problems`` into ``output``, resuming what is already there.
 
@@ -303,80 +334,91 @@ def evaluate_problems(
         model_name: what the rows and summary record as the model (its path or hub id).
         output: the results JSONL.
         dist: this process's rank among the evaluation processes (default: a single process).
+        data_sha256: the digest of the whole data source (:func:`load_problems`); default: that of
+            ``problems``.
 
     Returns:
         The summary (on rank 0; None on other ranks).
     """
+    from blocksft.generation.text import resolve_mask_id, tokenizer_pad_id
+    from blocksft.outputs import claim
+    from blocksft.progress import progress as progress_bar
+
     dist = dist or DistContext()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    settings = run_settings(config, sampler, model_name)
+    check_question_text(problems, tokenizer, config.data or f"the {config.task} data")
+    mask_id = resolve_mask_id(model.config, tokenizer, pad_id=tokenizer_pad_id(tokenizer))
+    settings = run_settings(config, sampler, model_name, data_sha256 or problems_digest(problems))
     sid = results.settings_id(settings)
-    wall_start = time.perf_counter()
+    # One writer per results file (per rank): a second run on the same --output stops here.
+    with claim(output.with_name(f".{output.name}.rank{dist.rank}.lock"), f"--output {output}"):
+        wall_start = time.perf_counter()
 
-    # === 1. What is left to do: skip every id already written (merged file or any part) ===
-    own_part = results.part_path(output, dist.rank)
-    results.repair_part(own_part)
-    done = results.load_done(output, sid, settings)
-    todo = [
-        (i, p) for i, p in enumerate(problems) if i % dist.world_size == dist.rank and str(p.id) not in done
-    ]
-    mine_done = [r for r in done.values() if int(r["index"]) % dist.world_size == dist.rank]
+        # === 1. What is left to do: skip every id already written (merged file or any part) ===
+        own_part = results.part_path(output, dist.rank)
+        results.repair_part(own_part)
+        done = results.load_done(output, sid, settings)
+        todo = [
+            (i, p)
+            for i, p in enumerate(problems)
+            if i % dist.world_size == dist.rank and str(p.id) not in done
+        ]
+        mine_done = [r for r in done.values() if int(r["index"]) % dist.world_size == dist.rank]
 
-    # === 2. Generate batch by batch, appending finished rows to this rank's part file ===
-    model.eval()
-    metrics = TASK_MODULES[config.task].METRICS
-    tally = {m: sum(1 for r in mine_done if r["correct"].get(m)) for m in metrics}
-    count = len(mine_done)
-    bar = tqdm(
-        total=len(todo),
-        desc=f"{config.task} {model_tag(model_name)} B={sampler.block_length}",
-        disable=not progress or dist.rank != 0,
-        unit="problem",
-    )
-    for start in range(0, len(todo), config.batch_size):
-        batch = todo[start : start + config.batch_size]
-        rows = generate_rows(
-            model,
-            tokenizer,
-            batch,
-            task=config.task,
-            sampler=sampler,
-            template=settings["prompt_template"],
-            seed=config.seed,
-            settings_id=sid,
-        )
-        results.append_rows(own_part, rows)
-        for row in rows:
-            count += 1
-            for m in metrics:
-                tally[m] += bool(row["correct"][m])
-        bar.update(len(batch))
-        bar.set_postfix({m: f"{100 * tally[m] / count:.1f}%" for m in metrics})
-    bar.close()
+        # === 2. Generate batch by batch, appending finished rows to this rank's part file ===
+        model.eval()
+        metrics = TASK_MODULES[config.task].METRICS
+        tally = {m: sum(1 for r in mine_done if r["correct"].get(m)) for m in metrics}
+        count = len(mine_done)
+        with progress_bar(
+            len(todo),
+            f"{config.task} {model_tag(model_name)} B={sampler.block_length}",
+            unit="problem",
+            disable=not progress or dist.rank != 0,
+        ) as bar:
+            for start in range(0, len(todo), config.batch_size):
+                batch = todo[start : start + config.batch_size]
+                rows = generate_rows(
+                    model,
+                    tokenizer,
+                    batch,
+                    task=config.task,
+                    sampler=sampler,
+                    template=settings["prompt_template"],
+                    seed=config.seed,
+                    settings_id=sid,
+                    mask_id=mask_id,
+                )
+                results.append_rows(own_part, rows)
+                for row in rows:
+                    count += 1
+                    for m in metrics:
+                        tally[m] += bool(row["correct"][m])
+                bar.update(len(batch))
+                bar.set_postfix({m: f"{100 * tally[m] / count:.1f}%" for m in metrics})
 
-    # === 3. Rank 0 merges every part into the output and writes the summary ===
-    dist.barrier()
-    summary = None
-    if dist.rank == 0:
-        all_rows = results.merge_parts(output)
-        selected = {str(p.id) for p in problems}
-        rows = [r for r in all_rows if str(r["id"]) in selected]
-        summary = {
-            "task": config.task,
-            "model": model_name,
-            "output": str(output),
-            "metrics": results.metric_summary(rows),
-            "problems": len(problems),
-            "rows_in_file": len(all_rows),
-            "settings": settings,
-            "settings_id": sid,
-            **run_record(config, sampler, rows, dist, next(model.parameters()).device),
-            "wall_seconds_this_run": round(time.perf_counter() - wall_start, 3),
-        }
-        results.write_summary(output, summary)
-    dist.barrier()
-    return summary
+        # === 3. Rank 0 merges every part into the output and writes the summary ===
+        dist.barrier()
+        summary = None
+        if dist.rank == 0:
+            all_rows = results.merge_parts(output)
+            selected = {str(p.id) for p in problems}
+            rows = [r for r in all_rows if str(r["id"]) in selected]
+            summary = {
+                "task": config.task,
+                "model": model_name,
+                "output": str(output),
+                "metrics": results.metric_summary(rows),
+                "problems": len(problems),
+                "rows_in_file": len(all_rows),
+                "settings": settings,
+                "settings_id": sid,
+                **run_record(config, sampler, rows, dist, next(model.parameters()).device),
+                "wall_seconds_this_run": round(time.perf_counter() - wall_start, 3),
+            }
+            results.write_summary(output, summary)
+        dist.barrier()
+        return summary
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -395,10 +437,11 @@ def run_eval(config: EvalConfig, sampler, *, progress: bool = True) -> list[dict
         raise BlocksftError("--model is required (a checkpoint folder or hub id)")
     # Check every block length against the sampler before loading anything.
     samplers = {b: dataclasses.replace(sampler, block_length=b) for b in config.block_lengths}
+    check_outputs(config, sampler)
     dist = distributed_context()
     try:
         device = resolve_device(config.device, dist.local_rank)
-        problems = load_problems(config)
+        problems, data_sha256 = load_problems(config)
         cells = []
         for model_name in config.model:
             tokenizer = load_tokenizer(model_name, trust_remote_code=config.trust_remote_code)
@@ -417,6 +460,7 @@ def run_eval(config: EvalConfig, sampler, *, progress: bool = True) -> list[dict
                     output=output,
                     dist=dist,
                     progress=progress,
+                    data_sha256=data_sha256,
                 )
                 cells.append(
                     {
@@ -437,6 +481,18 @@ def run_eval(config: EvalConfig, sampler, *, progress: bool = True) -> list[dict
         return cells
     finally:
         dist.close()
+
+
+def check_outputs(config: EvalConfig, sampler) -> None:
+    """Refuse, before anything loads, results files (and a grid's tables) that cannot be written."""
+    from blocksft.outputs import check_output_path
+
+    for model_name in config.model:
+        for block_length in config.block_lengths:
+            path = output_path(config, model_name, block_length, sampler.gen_length, sampler.steps)
+            check_output_path(path, "--output", kind="file")
+    if config.is_grid:
+        check_output_path(f"{grid_stem(config)}.grid.md", "--output", kind="file")
 
 
 def results_grid(cells: list[dict], config: EvalConfig, sampler) -> dict:

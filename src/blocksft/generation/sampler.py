@@ -242,6 +242,18 @@ def _check_prompt(prompt_ids, attention_mask, mask_id: int, model) -> tuple[torc
     return prompt_ids, attention_mask
 
 
+def _check_length(model, prompt_len: int, gen_length: int) -> None:
+    """Refuse a canvas longer than the context the model was trained for (its positions beyond are
+    ones it has never seen: the output would be noise, silently)."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and prompt_len + gen_length > limit:
+        raise BlocksftError(
+            f"gen_length {gen_length} after a prompt of {prompt_len} tokens is {prompt_len + gen_length} "
+            f"tokens, longer than the model's max_sequence_length {limit}; lower --gen-length (or the prompt)"
+        )
+
+
 def _check_generator(generator, device: torch.device) -> None:
     if generator is not None and generator.device.type != device.type:
         raise BlocksftError(
@@ -366,6 +378,7 @@ def generate(
     device = prompt_ids.device
     _check_generator(generator, device)
     batch, prompt_len = prompt_ids.shape
+    _check_length(model, prompt_len, gen_length)
     if decode != "loop":
         if block_logits.llada is None:
             raise BlocksftError(

@@ -71,28 +71,54 @@ def render_canvas(tokenizer, ids: Sequence[int], mask_id: int, glyph: str = MASK
     return "".join(parts)
 
 
-def resolve_mask_id(model_config, tokenizer, override: int | None = None) -> int:
-    """The mask id to decode with: ``override``, else the model config's ``mask_token_id``,
-    cross-checked with the tokenizer's ``<|mdm_mask|>``.
+def tokenizer_pad_id(tokenizer) -> int | None:
+    """The id that pads prompts: the tokenizer's pad token, else EOS (as LLaDA pads)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def resolve_mask_id(
+    model_config, tokenizer, override: int | None = None, *, pad_id: int | None = None
+) -> int:
+    """The mask id: ``override`` (``--mask-id``), else the model config's ``mask_token_id``, checked
+    against the vocabulary, the tokenizer's mask token and the padding id.
+
+    A tokenizer without a mask token is accepted only with an explicit ``override``: the config's id
+    may then be an ordinary token of it.
 
     Raises:
-        BlocksftError: when the two disagree or neither knows it.
+        BlocksftError: naming the mismatch and the fix.
     """
-    if override is not None:
-        return int(override)
-    from_config = getattr(model_config, "mask_token_id", None)
+    from blocksft.tokenizer import MASK
+
     try:
         from_tokenizer = mask_token_id(tokenizer)
     except ValueError:
         from_tokenizer = None
-    if from_config is not None and from_tokenizer is not None and int(from_config) != from_tokenizer:
+    from_config = getattr(model_config, "mask_token_id", None)
+    mask_id = override if override is not None else from_config
+    what = f"--mask-id {mask_id}" if override is not None else f"the model config's mask_token_id {mask_id}"
+    if mask_id is None:
+        if from_tokenizer is None:
+            raise BlocksftError(
+                "neither the model config nor the tokenizer names a mask token: pass --mask-id"
+            )
+        mask_id, what = from_tokenizer, f"the tokenizer's {MASK} id {from_tokenizer}"
+    vocab = getattr(model_config, "vocab_size", None)
+    if vocab is not None and not 0 <= mask_id < vocab:
+        raise BlocksftError(f"{what} is outside the model's vocabulary [0, {vocab})")
+    if pad_id is not None and mask_id == pad_id:
+        raise BlocksftError(f"{what} equals the padding id: masks and padding must differ")
+    if from_tokenizer is None and override is None:
         raise BlocksftError(
-            f"the model config says mask_token_id={from_config} but the tokenizer's <|mdm_mask|> is "
-            f"{from_tokenizer}: check that they belong together, or pass --mask-id"
+            f"tokenizer {tokenizer.name_or_path!r} has no mask token {MASK}, so {what} may be an ordinary "
+            f"token of it: use the model's own tokenizer, or pass --mask-id {mask_id} if that id is its mask"
         )
-    if from_config is None and from_tokenizer is None:
-        raise BlocksftError("neither the model config nor the tokenizer names a mask token: pass --mask-id")
-    return int(from_config if from_config is not None else from_tokenizer)
+    if from_tokenizer is not None and from_tokenizer != mask_id:
+        raise BlocksftError(
+            f"{what} differs from the tokenizer's {MASK} id {from_tokenizer}: check that model and tokenizer "
+            f"belong together, or pass --mask-id {from_tokenizer}"
+        )
+    return int(mask_id)
 
 
 def encode_prompt(tokenizer, text: str, *, chat: bool = False) -> list[int]:

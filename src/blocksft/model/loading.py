@@ -34,6 +34,30 @@ def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
     return _DTYPES[dtype]
 
 
+def check_device(spec: str, flag: str = "--device") -> torch.device:
+    """The torch device named by ``spec``, refused when this machine cannot run on it.
+
+    Raises:
+        BlocksftError: not a device name, no CUDA in this torch build or machine, or no such GPU.
+    """
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise BlocksftError(f"{flag} {spec} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise BlocksftError(f"{flag} {spec}: {build}; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise BlocksftError(f"{flag} {spec}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise BlocksftError(f"{flag} {spec}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise BlocksftError(f"{flag} {spec}: blocksft runs on cpu, cuda or mps")
+    return device
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -82,4 +106,4 @@ def _load(name_or_path: str, torch_dtype, trust_remote_code: bool) -> PreTrained
     return model
 
 
-__all__ = ["load_model", "load_tokenizer", "resolve_dtype"]
+__all__ = ["check_device", "load_model", "load_tokenizer", "resolve_dtype"]

@@ -230,6 +230,13 @@ class TrainConfig:
     resume: bool = field(
         default=False, metadata=_help("continue the run in <ckpt_dir>_logs from its last complete state")
     )
+    allow_changes: str = field(
+        default="",
+        metadata=_help(
+            "with --resume: settings that may differ from the run's, as a comma list (lr, max_grad_norm), "
+            "e.g. --allow-changes lr --lr 5e-6 after a NaN stop; each change is recorded in config.json"
+        ),
+    )
     log_every: int = field(default=1, metadata=_help("write a CSV row every N optimizer steps"))
     report_to: Literal["none", "tensorboard", "wandb"] = field(
         default="none", metadata=_help("also report metrics to TensorBoard or Weights & Biases")
@@ -272,6 +279,19 @@ class TrainConfig:
             )
         if self.deepspeed is not None and self.deepspeed.lower() == "none":
             self.deepspeed = None
+        refused = [name for name in self.allowed_changes if name not in CHANGEABLE_ON_RESUME]
+        if refused:
+            raise ValueError(
+                f"--allow-changes {','.join(refused)}: only {', '.join(CHANGEABLE_ON_RESUME)} may change "
+                "when resuming (the others change the data plan or the model)"
+            )
+        if self.allowed_changes and not self.resume:
+            raise ValueError("--allow-changes only applies with --resume")
+
+    @property
+    def allowed_changes(self) -> list[str]:
+        """``allow_changes`` as a list of setting names."""
+        return [name.strip().replace("-", "_") for name in self.allow_changes.split(",") if name.strip()]
 
     @property
     def logs_dir(self) -> Path:
@@ -286,6 +306,7 @@ class TrainConfig:
 # Settings a resumed run may change; every other one must equal the interrupted run's.
 RESUMABLE_CHANGES = (
     "resume",
+    "allow_changes",
     "ce_chunk_size",
     "gradient_checkpointing",
     "torch_compile",
@@ -295,6 +316,11 @@ RESUMABLE_CHANGES = (
     "checkpoint_every",
     "keep_checkpoints",
 )
+
+
+# Settings that may change on resume when named in --allow-changes: the optimiser's step size and
+# clipping (what a NaN stop calls for). The new peak LR rescales the restored schedule.
+CHANGEABLE_ON_RESUME = ("lr", "max_grad_norm")
 
 
 def config_differences(saved: dict, current: dict) -> dict[str, tuple]:

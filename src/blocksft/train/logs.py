@@ -91,12 +91,38 @@ def truncate_after(path: Path, step: int, *, csv_file: bool) -> None:
 
 
 def read_loss_csv(path: Path) -> dict[str, list[float]]:
-    """Columns of a ``train_loss.csv`` as float lists (empty cells become NaN)."""
-    with Path(path).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {c: [] for c in CSV_COLUMNS}
-    return {c: [float(r[c]) if r.get(c) not in (None, "") else math.nan for r in rows] for c in rows[0]}
+    """Columns of a ``train_loss.csv`` as float lists (empty cells become NaN).
+
+    Raises:
+        BlocksftError: the file is not UTF-8 text or a cell is not a number.
+    """
+    from blocksft.errors import BlocksftError
+
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns: dict[str, list[float]] = {c: [] for c in reader.fieldnames or []}
+            for row in reader:
+                for name, cell in row.items():
+                    if name is None or name not in columns:
+                        continue
+                    columns[name].append(_number(cell, path, reader.line_num, name))
+    except UnicodeDecodeError as err:
+        raise BlocksftError(f"{path} is not UTF-8 text (byte {err.start}); is it a train_loss.csv?") from err
+    return columns or {c: [] for c in CSV_COLUMNS}
+
+
+def _number(cell: str | None, path: Path, line: int, column: str) -> float:
+    from blocksft.errors import BlocksftError
+
+    if cell in (None, ""):
+        return math.nan
+    try:
+        return float(cell)
+    except ValueError:
+        raise BlocksftError(
+            f"{path} line {line}: {cell!r} in column {column!r} is not a number; is it a train_loss.csv?"
+        ) from None
 
 
 def budget_summary(csv_path: Path) -> dict:
@@ -121,9 +147,18 @@ def format_budget(budget: dict) -> str:
 
 
 def write_run_config(
-    config, objective, *, steps: int, world_size: int, modules, speed: dict | None = None
+    config,
+    objective,
+    *,
+    steps: int,
+    world_size: int,
+    modules,
+    data: dict | None = None,
+    resumes=(),
+    speed: dict | None = None,
 ) -> None:
-    """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``.
+    """``config.json`` (every setting, resolved; the data's content digests; the resumes that
+    changed settings) and the reference's ``ablation_config.json``.
 
     ``speed``: per speed setting what was asked, what ran and why (``derived.speed``).
     """
@@ -141,11 +176,12 @@ def write_run_config(
         "world_size": world_size,
         "samples_per_step": world_size * config.micro_batch * config.grad_accum,
         "lora_modules": list(modules),
+        "data": data or {},
         "blocksft_version": __version__,
         "torch_version": torch.__version__,
         "speed": speed or {},
     }
-    payload = {"config": config_to_dict(config), "derived": derived}
+    payload = {"config": config_to_dict(config), "derived": derived, "resumes": list(resumes)}
     write_json(config.logs_dir / "config.json", payload)
     ablation = {
         "BLOCK_SIZE": config.block_size,

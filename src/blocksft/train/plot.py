@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from blocksft.errors import BlocksftError
+from blocksft.outputs import check_output_path
 
 from .logs import read_loss_csv
 
@@ -80,6 +81,19 @@ def cumulative(values: list[float]) -> list[float]:
     return out
 
 
+def plotted_columns(path: Path, config: PlotConfig) -> dict[str, list[float]]:
+    """The columns of one run's CSV, refused when there is nothing to draw."""
+    columns = read_loss_csv(path)
+    if config.metric not in columns or config.x not in columns or "step" not in columns:
+        missing = next(c for c in (config.metric, config.x, "step") if c not in columns)
+        raise BlocksftError(f"{path} has no column {missing!r}; columns: {', '.join(columns) or 'none'}")
+    if not columns["step"]:
+        raise BlocksftError(f"{path} has no rows (the run logged no step yet); nothing to plot")
+    if all(math.isnan(v) for v in columns[config.metric]):
+        raise BlocksftError(f"{path}: column {config.metric!r} has no values; choose another --metric")
+    return columns
+
+
 def plot_runs(runs: list[str | Path], config: PlotConfig) -> Path:
     """Draw ``config.metric`` of every run against ``config.x`` into ``config.output``.
 
@@ -95,13 +109,11 @@ def plot_runs(runs: list[str | Path], config: PlotConfig) -> Path:
         raise BlocksftError("give at least one run (a <ckpt_dir>_logs folder or a train_loss.csv)")
     if config.labels is not None and len(config.labels) != len(runs):
         raise BlocksftError(f"--labels: {len(config.labels)} labels for {len(runs)} runs")
+    output = check_output_path(config.output, "--output", kind="file")
+    paths = [loss_csv_of(run) for run in runs]
+    curves = [(path, plotted_columns(path, config)) for path in paths]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for k, run in enumerate(runs):
-        path = loss_csv_of(run)
-        columns = read_loss_csv(path)
-        if config.metric not in columns or config.x not in columns:
-            missing = config.metric if config.metric not in columns else config.x
-            raise BlocksftError(f"{path} has no column {missing!r}; columns: {', '.join(columns)}")
+    for k, (path, columns) in enumerate(curves):
         xs = columns["step"] if config.x == "step" else cumulative(columns[config.x])
         ys = columns[config.metric]
         label = config.labels[k] if config.labels else run_label(path)
@@ -118,7 +130,6 @@ def plot_runs(runs: list[str | Path], config: PlotConfig) -> Path:
     ax.legend()
     if config.title:
         ax.set_title(config.title)
-    output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.tmp{output.suffix or '.png'}")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")

@@ -15,7 +15,7 @@ from pathlib import Path
 from blocksft.config import config_to_dict
 from blocksft.errors import BlocksftError
 
-from .config import TrainConfig, config_differences
+from .config import CHANGEABLE_ON_RESUME, TrainConfig, config_differences
 from .logs import say
 
 # Written into a Trainer checkpoint folder once every rank has saved its part: --resume only
@@ -33,10 +33,29 @@ def last_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
     return max(done, key=checkpoint_step, default=None)
 
 
-def check_output(config: TrainConfig) -> Path | None:
-    """Refuse to overwrite a previous run; with ``--resume``, find where to continue from."""
+def saved_run(logs: Path) -> dict | None:
+    """The ``config.json`` a run wrote into its logs folder (``None`` when there is none)."""
+    path = logs / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BlocksftError(
+            f"{path} is damaged ({err}); restore it, or start a new run (another --ckpt-dir)"
+        ) from err
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise BlocksftError(f"{path} is not a blocksft run configuration; choose another --ckpt-dir")
+    return saved
+
+
+def check_output(config: TrainConfig, saved: dict | None = None) -> Path | None:
+    """Refuse to overwrite a previous run; with ``--resume``, find where to continue from.
+
+    Settings named in ``--allow-changes`` may differ from the run's (``saved``, its
+    :func:`saved_run`); every other one must not.
+    """
     logs = config.logs_dir
-    saved_config = logs / "config.json"
     if not config.resume:
         if logs.exists() and any(logs.iterdir()):
             raise BlocksftError(
@@ -44,16 +63,60 @@ def check_output(config: TrainConfig) -> Path | None:
                 "another --ckpt-dir"
             )
         return None
-    if saved_config.is_file():
-        saved = json.loads(saved_config.read_text())["config"]
-        differences = config_differences(saved, config_to_dict(config))
-        if differences:
-            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
-            raise BlocksftError(f"--resume: settings differ from the run in {logs}: {details}")
+    if saved is not None:
+        changed = resume_changes(saved, config)
+        refused = {k: v for k, v in changed.items() if k not in config.allowed_changes}
+        if refused:
+            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+            changeable = ", ".join(n for n in CHANGEABLE_ON_RESUME if n in refused)
+            hint = (
+                f"; to change {changeable} on purpose, add --allow-changes {changeable}" if changeable else ""
+            )
+            raise BlocksftError(
+                f"--resume: settings differ from the run in {logs}: {details}; resume with the run's "
+                f"settings{hint}"
+            )
     found = last_complete_checkpoint(config.checkpoints_dir)
     if found is None:
         say(f"--resume: no complete resumable state under {config.checkpoints_dir}; starting from step 0")
     return found
+
+
+def resume_changes(saved: dict, config: TrainConfig) -> dict[str, tuple]:
+    """The settings of ``config`` that differ from the saved run's: name -> (old, new)."""
+    return config_differences(saved["config"], config_to_dict(config))
+
+
+def check_data_identity(saved: dict | None, data: dict, source: str) -> None:
+    """Refuse to resume on other data than the run started with (compared by content, not path).
+
+    Args:
+        saved: the run's ``config.json`` (:func:`saved_run`).
+        data: this run's :func:`blocksft.data.records.records_sha256` digests: ``records_sha256`` of
+            the file's records, ``trained_records_sha256`` of those the run trains on (the first
+            ``--max-samples``), which is what must match.
+        source: the record file, for the message.
+    """
+    before = ((saved or {}).get("derived") or {}).get("data") or {}
+    if not before.get("trained_records_sha256"):
+        if saved is not None:
+            say(
+                f"--resume: the run's config.json has no data digest (an older blocksft); cannot check "
+                f"{source}"
+            )
+        return
+    if before["trained_records_sha256"] != data["trained_records_sha256"]:
+        raise BlocksftError(
+            f"--resume: {source} holds other records than the run was trained on (content sha256 "
+            f"{before['trained_records_sha256'][:12]} when it started, {data['trained_records_sha256'][:12]} "
+            "now); resume with the original file, or start a new run with another --ckpt-dir"
+        )
+
+
+def finished_run(config: TrainConfig) -> dict | None:
+    """The budget of a run that ran to its end (``budget.json`` is written last), else ``None``."""
+    path = config.logs_dir / "budget.json"
+    return json.loads(path.read_text()) if config.resume and path.is_file() else None
 
 
 def check_schedule(resume_from: Path, schedule, expected: dict) -> None:

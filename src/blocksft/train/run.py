@@ -22,13 +22,23 @@ from .callbacks import (
     ExportCallback,
     LossProgressCallback,
     MergedExporter,
+    read_exports,
 )
+from .checkpoint import remove_partial_exports
 from .config import TrainConfig, resolve_deepspeed_config
 from .data import ItemDataset, PadCollator, group_by_length, plan_items, schedule_state_at, steps_for
 from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_run_config
 from .lr_schedule import WarmupCosine
 from .metrics import FlopModel, StepMeter
-from .resume import check_output, check_schedule, checkpoint_step
+from .resume import (
+    check_data_identity,
+    check_output,
+    check_schedule,
+    checkpoint_step,
+    finished_run,
+    resume_changes,
+    saved_run,
+)
 from .speed import (
     Choice,
     format_choices,
@@ -72,12 +82,11 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     Returns:
         A :class:`TrainResult` (on every rank; ``exports`` and ``budget`` are filled on rank 0).
     """
-    from accelerate import PartialState
-    from transformers import AutoConfig
+    from contextlib import nullcontext
 
-    import blocksft.model  # noqa: F401  (registers LLaDA with the Auto classes)
-    from blocksft.data.records import load_records
-    from blocksft.model.loading import load_model, load_tokenizer
+    from accelerate import PartialState
+
+    from blocksft.outputs import check_output_path, claim
 
     # ----- Engine and output folders -----
     on_gpu = uses_gpu(config)
@@ -85,19 +94,58 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     config = dataclasses.replace(config, group_by_length=grouping.ran)
     args = training_arguments(config)
     check_engine(config, args.deepspeed)
+    check_output_path(config.logs_dir, f"--ckpt-dir {config.ckpt_dir}: its logs folder", kind="folder")
     world_size = start_distributed(args)
     state = PartialState()
-    resume_from = check_output(config)
+    # One writer per run folder: rank 0 holds the claim for the run's life (a second run on the same
+    # --ckpt-dir stops here; the kernel frees it if this process dies).
+    lock = Path(config.ckpt_dir).with_name(f".{Path(config.ckpt_dir).name}.lock")
+    with claim(lock, f"--ckpt-dir {config.ckpt_dir}") if state.is_main_process else nullcontext():
+        return _train_claimed(config, args, world_size, state, callbacks, grouping=grouping)
+
+
+def _train_claimed(
+    config: TrainConfig, args, world_size: int, state, callbacks, *, grouping: Choice
+) -> TrainResult:
+    """:func:`run_train` once the run folder is this run's (``grouping``: the length-grouping choice,
+    made before the resume check since it decides the data order)."""
+    on_gpu = uses_gpu(config)
+    from transformers import AutoConfig
+
+    import blocksft.model  # noqa: F401  (registers LLaDA with the Auto classes)
+    from blocksft.data.records import check_no_mask_tokens, load_records, records_sha256
+    from blocksft.generation.text import resolve_mask_id
+    from blocksft.model.loading import load_model, load_tokenizer
+
+    saved = saved_run(config.logs_dir) if config.resume else None
+    resume_from = check_output(config, saved)
+    finished = finished_run(config)
+    if finished is not None:
+        exports = [p for _, p in sorted(read_exports(config.logs_dir).items())]
+        say(
+            f"the run in {config.logs_dir} finished already ({finished['steps']} steps; merged "
+            f"checkpoints {', '.join(map(str, exports)) or 'none recorded'}): nothing to do"
+        )
+        return TrainResult(finished["steps"], exports, config.logs_dir, finished)
+    if state.is_main_process:
+        for folder in remove_partial_exports(config.ckpt_dir):
+            say(f"removed {folder}, a merged checkpoint left half-written by an interrupted run")
     state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
 
     # ----- Tokenizer, records, mask id and objective: all checked before the weights load -----
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
+    data = {"records_sha256": records_sha256(records)}
     if config.max_samples:
         records = records[: config.max_samples]
+    data["trained_records_sha256"] = records_sha256(records) if config.max_samples else data["records_sha256"]
+    if config.resume:
+        check_data_identity(saved, data, config.data)
     model_config = AutoConfig.from_pretrained(config.model)
     pad_id = padding_id(tokenizer, model_config)
-    objective = build_objective(config, resolve_mask_id(config.mask_id, model_config, tokenizer, pad_id))
+    mask_id = resolve_mask_id(model_config, tokenizer, config.mask_id, pad_id=pad_id)
+    check_no_mask_tokens(records, mask_id, config.data)
+    objective = build_objective(config, mask_id)
     model = load_model(config.model, dtype=training_dtype(config))
 
     # ----- The block schedule, the item plan, steps -----
@@ -124,11 +172,21 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         setattr(args, name, value)
     say(format_choices(choices))
 
+    resume_step = checkpoint_step(resume_from) if resume_from else 0
+    resumes = resume_history(saved, config, resume_step)
+
     def write_config() -> None:
         speed = {c.setting: c.as_dict() for c in choices}
         run_config = dataclasses.replace(config, **{c.setting: c.ran for c in choices})
         write_run_config(
-            run_config, objective, steps=steps, world_size=world_size, modules=lora_modules, speed=speed
+            run_config,
+            objective,
+            steps=steps,
+            world_size=world_size,
+            modules=lora_modules,
+            data=data,
+            resumes=resumes,
+            speed=speed,
         )
 
     def back_to_eager(note: str) -> None:
@@ -141,7 +199,6 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         compile_blocks(model, on_fallback=back_to_eager)
 
     # ----- Logs and the Trainer -----
-    resume_step = checkpoint_step(resume_from) if resume_from else 0
     csv_log = None
     if state.is_main_process:
         config.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -158,13 +215,20 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
         meter=StepMeter(flop_model=flop_model_of(model, config)),
         csv_log=csv_log,
     )
-    exporter = MergedExporter(trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer)
-    add_callbacks(trainer, exporter, config.save_every, CompleteMarkerCallback(schedule_state), *callbacks)
+    exporter = MergedExporter(
+        trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer, logs_dir=config.logs_dir
+    )
+    bar = add_callbacks(
+        trainer, exporter, config.save_every, CompleteMarkerCallback(schedule_state), *callbacks
+    )
 
     # ----- Train, then the last merged checkpoint and the budget -----
     if resume_from:
         say(f"resuming from {resume_from} (step {resume_step} of {steps})")
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        bar.close()
     if trainer.state.global_step not in exporter.exported_steps:
         exporter.export(trainer.state.global_step)
     budget = {}
@@ -338,13 +402,25 @@ def compile_failure_note(error: Exception) -> str:
     return f"torch.compile failed ({reason}); the blocks run eagerly"
 
 
-def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> None:
-    """Our progress bar instead of the stock one, merged exports, and the other callbacks."""
+def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> LossProgressCallback:
+    """Our progress bar instead of the stock one, merged exports, and the other callbacks; returns
+    the progress callback (to close its bar however training ends)."""
     from transformers.trainer_callback import ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
-    for callback in (LossProgressCallback(), ExportCallback(exporter, save_every), *extra):
+    bar = LossProgressCallback()
+    for callback in (bar, ExportCallback(exporter, save_every), *extra):
         trainer.add_callback(callback)
+    return bar
+
+
+def resume_history(saved: dict | None, config: TrainConfig, resume_step: int) -> list[dict]:
+    """The run's resumes with changed settings (``--allow-changes``), for ``config.json``."""
+    history = list((saved or {}).get("resumes", []))
+    changed = resume_changes(saved, config) if saved is not None else {}
+    if changed:
+        history.append({"step": resume_step, "changed": {k: list(v) for k, v in changed.items()}})
+    return history
 
 
 # ----- Model, tokens -----------------------------------------------------------------------------
@@ -356,27 +432,6 @@ def padding_id(tokenizer, model_config) -> int:
         if candidate is not None:
             return int(candidate)
     raise BlocksftError("the tokenizer has neither a pad nor an EOS token: cannot pad batches")
-
-
-def resolve_mask_id(requested: int | None, model_config, tokenizer, pad_id: int) -> int:
-    """``--mask-id`` or the model config's, checked against the vocabulary, the tokenizer and pad."""
-    from blocksft.tokenizer import MASK
-
-    mask_id = requested if requested is not None else getattr(model_config, "mask_token_id", None)
-    if mask_id is None:
-        raise BlocksftError("the model config has no mask_token_id: pass --mask-id")
-    vocab = model_config.vocab_size
-    if not 0 <= mask_id < vocab:
-        raise BlocksftError(f"--mask-id {mask_id} is outside the model's vocabulary [0, {vocab})")
-    if mask_id == pad_id:
-        raise BlocksftError(f"--mask-id {mask_id} equals the padding id: masks and padding must differ")
-    token_id = tokenizer.convert_tokens_to_ids(MASK)
-    if token_id is not None and token_id != tokenizer.unk_token_id and token_id != mask_id:
-        raise BlocksftError(
-            f"--mask-id {mask_id} differs from the tokenizer's {MASK} id {token_id}: "
-            f"pass --mask-id {token_id}"
-        )
-    return int(mask_id)
 
 
 def attach_adapters(model, config: TrainConfig):

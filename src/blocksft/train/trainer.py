@@ -148,6 +148,11 @@ class BlockSFTTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            set_peak_lr(self.optimizer, self.lr_scheduler, self.args.learning_rate)
+
     def _get_train_sampler(self, train_dataset=None):
         # The item list is already in training order (seeded shuffling per epoch, see data.py).
         return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
@@ -163,6 +168,19 @@ class BlockSFTTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def set_peak_lr(optimizer, scheduler, peak_lr: float) -> None:
+    """Make a restored schedule run at ``peak_lr``: its base LR (and the optimizer's current one,
+    scaled alike) were saved with the run's old ``--lr`` (``--resume --allow-changes lr``)."""
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    if not base_lrs or all(base == peak_lr for base in base_lrs):
+        return
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = group["lr"] * peak_lr / base
+        group["initial_lr"] = peak_lr
+    scheduler.base_lrs = [peak_lr] * len(base_lrs)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 class NonFiniteLossError(BlocksftError):
     """The loss became NaN or infinite: the run stops; saved checkpoints are left as they are."""
 
@@ -171,7 +189,8 @@ class NonFiniteLossError(BlocksftError):
         samples = sorted({s for b in bad for s in b["samples"]})
         super().__init__(
             f"loss is {loss} at step {step} (samples {samples[:64]}{' ...' if len(samples) > 64 else ''}); "
-            "training stopped and no checkpoint was written for this step. Resume from the last complete "
-            "state with --resume (after lowering --lr, say) or inspect those samples"
+            "training stopped and no checkpoint was written for this step. Inspect those samples, or resume "
+            "from the last complete state with a lower learning rate: the same command with --resume "
+            "--allow-changes lr --lr <lower>"
         )
         self.step, self.samples = step, samples
