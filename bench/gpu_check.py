@@ -33,12 +33,16 @@ import argparse
 import gc
 import json
 import os
-import sys
+import shlex
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch
+
+from blocksft.bench import eval as eval_bench
+from blocksft.bench import generate as generate_bench
+from blocksft.bench import train as train_bench
 
 TRAIN_PATHS = "reference ours eager fast"
 
@@ -84,13 +88,7 @@ def sections(tiny: bool) -> list[tuple[str, str, list[str]]]:
         chosen.append(
             ("decode_compiled", "generate", f"{decode} --modes 'dual + threshold' --decode graph compiled")
         )
-    return [(key, benchmark, split(argv)) for key, benchmark, argv in chosen]
-
-
-def split(argv: str) -> list[str]:
-    import shlex
-
-    return shlex.split(argv)
+    return [(key, benchmark, shlex.split(argv)) for key, benchmark, argv in chosen]
 
 
 def run_section(benchmark: str, argv: list[str]) -> dict:
@@ -98,19 +96,12 @@ def run_section(benchmark: str, argv: list[str]) -> dict:
         print(text, flush=True)
 
     if benchmark == "train":
-        from blocksft.bench.train import benchmark as train_benchmark
-        from blocksft.bench.train import format_report
-
-        result = train_benchmark(argv)
-        say(format_report(result))
+        result = train_bench.benchmark(argv)
+        say(train_bench.format_report(result))
         return result
     if benchmark == "eval":
-        from blocksft.bench.eval import benchmark as eval_benchmark
-
-        return eval_benchmark(argv, on_line=say)
-    from blocksft.bench.generate import benchmark as generate_benchmark
-
-    return generate_benchmark(argv, on_row=say)
+        return eval_bench.benchmark(argv, on_line=say)
+    return generate_bench.benchmark(argv, on_row=say)
 
 
 def find_row(result, **match) -> dict | None:
@@ -206,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=None, help="run only these sections")
     parser.add_argument("--json", default=None, help="default: $OUT/gpu_check.json when OUT is set")
     args = parser.parse_args(argv)
-    import torch
-
     path = args.json or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
     start = time.perf_counter()
     results: dict = {

@@ -16,11 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from train_utils import TINY_TRAIN_FLAGS, write_tiny_inputs
 
-from blocksft.cli import main
+from blocksft.cli import COMMANDS, main
+from blocksft.config.flags import config_to_dict
+from blocksft.config.train import TrainConfig
 from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.testing import tiny_llada_model, tiny_tokenizer
 from blocksft.train.logs import CSV_COLUMNS
@@ -71,8 +75,6 @@ def _tokenizer_without_mask(src: Path, dst: Path) -> Path:
 
 
 def _adapter(model_dir: Path, dst: Path, **config_overrides) -> Path:
-    from peft import LoraConfig, get_peft_model
-
     tokenizer = tiny_tokenizer()
     peft_model = get_peft_model(
         tiny_llada_model(tokenizer, seed=0, **config_overrides),
@@ -108,8 +110,6 @@ def world(tmp_path_factory) -> World:
 
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path_factory, monkeypatch):
-    import datasets
-
     cache = tmp_path_factory.getbasetemp() / "hf_datasets_cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
@@ -900,8 +900,6 @@ def _folder_with(folder: Path, name: str) -> Path:
 
 def _saved_run(w: World, t: Path) -> list[str]:
     """A run folder as an interrupted run leaves it: its settings saved (lr 0.02)."""
-    from blocksft.config import config_to_dict
-    from blocksft.train.config import TrainConfig
 
     config = TrainConfig(
         model=str(w.model),
@@ -982,7 +980,5 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(case, world, tmp_path, c
 
 
 def test_the_table_covers_every_command():
-    from blocksft.cli import COMMANDS
-
     assert {c.id.split("-", 1)[0] for c in CASES} == set(COMMANDS)
     assert len({c.id for c in CASES}) == len(CASES)

@@ -8,15 +8,18 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+import lm_eval
 from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager
 
+from blocksft.errors import BlocksftError
 from blocksft.evaluate.lm_eval_model import BlocksftLM, cut_at_strings  # noqa: E402
+from blocksft.generation.sampler import generate
+from blocksft.testing import tiny_llada_model
 
 
 @pytest.fixture(scope="module")
 def lm(tokenizer):
-    from blocksft.testing import tiny_llada_model
-
     model = tiny_llada_model(tokenizer, seed=0)
     return BlocksftLM(
         pretrained=model,
@@ -84,8 +87,6 @@ def test_loglikelihood_requests(lm):
 
 
 def test_is_greedy_recognises_the_greedy_continuation(tokenizer, lm):
-    from blocksft.generate import generate
-
     checker = BlocksftLM(pretrained=lm.model, tokenizer=tokenizer, mc_num=2, greedy_check=True)
     context = "Natalia sold"
     context_ids = checker._encode(context)
@@ -109,8 +110,6 @@ def test_generate_until_cuts_at_stop_strings(lm):
 
 
 def test_the_confidence_mode_is_a_model_arg(lm):
-    from blocksft.errors import BlocksftError
-
     assert lm.sampler.confidence == "float64"
     exact = BlocksftLM(pretrained=lm.model, tokenizer=lm.tokenizer, confidence="llada", greedy_check=False)
     assert exact.sampler.confidence == "llada"
@@ -153,9 +152,6 @@ def write_tiny_tasks(folder):
 
 
 def test_simple_evaluate_with_a_tiny_task(tiny_checkpoint, tmp_path):
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
     write_tiny_tasks(tmp_path)
     out = lm_eval.simple_evaluate(
         model="blocksft",

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
+from blocksft.config.eval import EvalConfig, grid_stem, model_tag, output_path
 from blocksft.errors import BlocksftError
 from blocksft.evaluate import grid, results, stats
-from blocksft.evaluate.config import EvalConfig, grid_stem, model_tag, output_path
 
 # --- statistics ------------------------------------------------------------------------------------
 

@@ -7,15 +7,28 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+import blocksft.evaluate.runner as runner
+from blocksft.cli import main
+from blocksft.config.eval import EvalConfig
+from blocksft.config.sampler import SamplerConfig
+from blocksft.data.tasks import load_gsm8k
 from blocksft.errors import BlocksftError
 from blocksft.evaluate import results
-from blocksft.evaluate.config import EvalConfig
-from blocksft.evaluate.runner import run_eval
-from blocksft.generate import SamplerConfig
+from blocksft.evaluate.runner import (
+    DistContext,
+    build_prompt_ids,
+    evaluate_problems,
+    load_problems,
+    prompt_template,
+    run_eval,
+)
+from blocksft.model.loading import load_model
+from blocksft.tokenizer import ASSISTANT_HEADER, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared GSM8K test file sits in a "shared" folder beside the checkout (or is named by the env).
@@ -38,8 +51,6 @@ _STAND_IN_ROWS = [
 
 
 def _stand_in_file() -> Path:
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="blocksft-gsm8k-"))
     lines = [json.dumps({"question": q, "answer": a}) for q, a in _STAND_IN_ROWS]
     (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
@@ -121,8 +132,6 @@ def test_existing_output_is_extended_never_overwritten(full_run, checkpoint, tmp
 
 
 def test_interrupted_run_resumes_from_its_part_file(full_run, checkpoint, tmp_path, monkeypatch):
-    import blocksft.evaluate.runner as runner
-
     output = tmp_path / "res.jsonl"
     real = runner.generate_rows
     calls = []
@@ -202,9 +211,6 @@ def test_progress_in_a_log_is_whole_lines(checkpoint, tmp_path, capsys):
 
 
 def test_prompt_styles(tokenizer, tmp_path):
-    from blocksft.evaluate.runner import build_prompt_ids, prompt_template
-    from blocksft.tokenizer import ASSISTANT_HEADER
-
     def text(style, question="How many?"):
         return tokenizer.decode(build_prompt_ids(tokenizer, question, prompt_template(style)))
 
@@ -231,8 +237,6 @@ def test_prompt_styles(tokenizer, tmp_path):
     ],
 )
 def test_bad_data_file_gives_one_clear_error(checkpoint, tmp_path, content, message, capsys):
-    from blocksft.cli import main
-
     data = tmp_path / "bad.jsonl"
     data.write_text(content)
     code = main(
@@ -308,8 +312,6 @@ def test_grid_refuses_block_lengths_the_sampler_cannot_take(checkpoint, tmp_path
 
 
 def test_compare_command(full_run, tmp_path, capsys):
-    from blocksft.cli import main
-
     assert main(["eval", "--compare", str(full_run[0]), str(full_run[0])]) == 0
     out = capsys.readouterr().out
     assert "shared problems: 8" in out and "McNemar" in out
@@ -320,10 +322,6 @@ def test_compare_command(full_run, tmp_path, capsys):
 
 
 def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, tmp_path):
-    from blocksft.data.tasks import load_gsm8k
-    from blocksft.evaluate.runner import DistContext, evaluate_problems, load_problems
-    from blocksft.model.loading import load_model, load_tokenizer
-
     output = tmp_path / "res.jsonl"
     config = EvalConfig(model=[checkpoint], data=str(GSM8K_TEST), limit=8, batch_size=4, output=str(output))
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)

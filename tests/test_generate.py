@@ -14,21 +14,16 @@ import pytest
 import torch
 from torch import nn
 
+from blocksft.bench.generate import main as bench_main
 from blocksft.cli import main
-from blocksft.commands.generate import CanvasStream
+from blocksft.config.sampler import SamplerConfig
 from blocksft.errors import BlocksftError
-from blocksft.generate import (
-    SamplerConfig,
-    cut_at_stop,
-    decode_answer,
-    generate,
-    left_pad,
-    render_canvas,
-    select_transfer,
-    stop_token_ids,
-    transfer_schedule,
-)
-from blocksft.generation.text import encode_prompt, resolve_mask_id
+from blocksft.generation.run import CanvasStream
+from blocksft.generation.sampler import generate
+from blocksft.generation.text import cut_at_stop, decode_answer, encode_prompt, render_canvas
+from blocksft.generation.transfer import left_pad, select_transfer, select_transfer_topk, transfer_schedule
+from blocksft.reference import generate_py
+from blocksft.special_tokens import resolve_mask_id, stop_token_ids
 from blocksft.testing import tiny_llada_model, tiny_tokenizer
 
 MASK, EOS, EOT = 2, 1, 5  # ids of the tiny tokenizer
@@ -205,42 +200,9 @@ def test_matches_reference_with_options(model, prompts, options):
 
 
 # --------------------------------------------------------------------------------------------------
-# LLaDA's generate.py restated as published (the canvas, the softmax in the logits' dtype, topk),
-# against the two confidence modes.
+# LLaDA's generate.py restated as published (blocksft.reference.generate_py: the canvas, the softmax
+# in the logits' dtype, topk), against the two confidence modes.
 # --------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def generate_py(model, prompt, *, gen_length, block_length, steps, cfg_scale=0.0):
-    """``generate.py``'s ``generate`` at temperature 0, low-confidence remasking, one unpadded prompt."""
-    width = len(prompt)
-    x = torch.full((1, width + gen_length), MASK, dtype=torch.long)
-    x[0, :width] = torch.tensor(prompt)
-    prompt_index = x != MASK
-    num_blocks = gen_length // block_length
-    per_block = steps // num_blocks
-    for block in range(num_blocks):
-        end = width + (block + 1) * block_length
-        masks_left = int((x[:, end - block_length : end] == MASK).sum())
-        counts = [masks_left // per_block + (i < masks_left % per_block) for i in range(per_block)]
-        for i in range(per_block):
-            mask_index = x == MASK
-            if cfg_scale > 0:
-                unconditional = x.masked_fill(prompt_index, MASK)
-                conditional, uncond = model(torch.cat([x, unconditional])).logits.chunk(2)
-                logits = uncond + (cfg_scale + 1) * (conditional - uncond)
-            else:
-                logits = model(x).logits  # [1, L, V] in the model's dtype
-            x0 = logits.argmax(-1)
-            p = torch.softmax(logits, dim=-1)  # in the logits' dtype
-            x0_p = p.gather(-1, x0[..., None]).squeeze(-1)
-            x0_p[:, end:] = -float("inf")
-            x0 = torch.where(mask_index, x0, x)
-            confidence = torch.where(mask_index, x0_p, -float("inf"))
-            transfer = torch.zeros_like(x, dtype=torch.bool)
-            transfer[0, torch.topk(confidence[0], k=counts[i]).indices] = True
-            x[transfer] = x0[transfer]
-    return x[0].tolist()
 
 
 GENERATE_PY_SETTINGS = [
@@ -260,7 +222,7 @@ def test_llada_confidence_is_generate_py_token_for_token_in_bf16(init_std):
     for text in MORE_PROMPTS:
         prompt = tok(text)["input_ids"]
         for settings in GENERATE_PY_SETTINGS:
-            expected = generate_py(model, prompt, **settings)
+            expected = generate_py(model, prompt, mask_id=MASK, **settings)
             assert run(model, prompt, confidence="llada", **settings).sequences[0].tolist() == expected
             differs += run(model, prompt, **settings).sequences[0].tolist() != expected
     if init_std == 0.02:  # flat predictions: bf16 probabilities tie, float64 ones do not
@@ -274,14 +236,12 @@ def test_both_confidences_are_generate_py_token_for_token_in_fp32(init_std):
     for text in MORE_PROMPTS:
         prompt = tok(text)["input_ids"]
         for settings in GENERATE_PY_SETTINGS:
-            expected = generate_py(model, prompt, **settings)
+            expected = generate_py(model, prompt, mask_id=MASK, **settings)
             for confidence in ("float64", "llada"):
                 assert run(model, prompt, confidence=confidence, **settings).sequences[0].tolist() == expected
 
 
 def test_topk_selection_keeps_the_left_tie_rule_apart_from_ties():
-    from blocksft.generation.schedule import select_transfer_topk
-
     generator = torch.Generator().manual_seed(0)
     confidence = torch.rand(4, 8, dtype=torch.float64, generator=generator)
     masked = torch.rand(4, 8, generator=generator) < 0.7
@@ -761,8 +721,6 @@ def test_cli_bad_input_is_one_line(checkpoint, capsys):
 
 
 def test_benchmark_runs_quickly_on_a_tiny_shape(capsys):
-    from blocksft.bench.generate import main as bench_main
-
     assert bench_main(["--tiny", "--gen-length", "16", "--block-length", "8", "--repeats", "1"]) == 0
     report = capsys.readouterr().out
     for mode in ("plain", "prefix", "dual", "threshold 0.9", "prefix + threshold 0.9"):

@@ -1,5 +1,6 @@
-"""The training-step optimisations give the plain path's loss and gradients; length grouping keeps the
-schedule's guarantees; the benchmarks and the GPU check script run on CPU with a tiny shape."""
+"""The fast training paths give the plain path's loss and gradients (equivalences, no timings); length
+grouping keeps the schedule's guarantees; the benchmarks and the GPU check script run on CPU with a
+tiny shape."""
 
 import dataclasses
 import itertools
@@ -14,11 +15,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from train_utils import read_rows, tiny_config, write_tiny_inputs
 
+from blocksft.bench.eval import GSM8K_PROMPT_LENGTHS, benchmark, gsm8k_prompts, parse_args
+from blocksft.bench.train import main
+from blocksft.config.train import DEEPSPEED_DIR
 from blocksft.errors import BlocksftError
 from blocksft.objectives import get_objective, linear_cross_entropy, loss_weights, masked_ce_loss
 from blocksft.testing import tiny_llada_model
-from blocksft.train.data import Item, PadCollator, group_by_length
+from blocksft.train.block_schedule import BlockSchedule
+from blocksft.train.engine import check_engine
+from blocksft.train.items import Item, PadCollator, group_by_length, plan_items
+from blocksft.train.lora import apply_lora
+from blocksft.train.metrics import FlopModel
+from blocksft.train.run import run_train
+from blocksft.train.speed import compile_blocks
 from blocksft.train.trainer import TrainStep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,8 +149,6 @@ def make_batch(tokenizer, lengths=((4, 13), (6, 21), (3, 9), (5, 17)), multiple_
 
 
 def lora_model(tokenizer, *, full=False):
-    from blocksft.train.lora import apply_lora
-
     model = tiny_llada_model(tokenizer, seed=0)
     if full:
         return model.train().requires_grad_(True)
@@ -194,8 +203,8 @@ def test_gradient_checkpointing_with_lora_gives_the_same_step(tokenizer):
 
 def test_a_batch_without_padding_drops_its_attention_mask_and_keeps_its_loss(tokenizer):
     batch = make_batch(tokenizer, lengths=((4, 12), (6, 10), (3, 13)))  # all 16 long: no padding
-    assert batch["has_padding"] is False and batch["attention_mask"].all()
-    assert make_batch(tokenizer)["has_padding"] is True
+    assert batch.has_padding is False and batch.attention_mask.all()
+    assert make_batch(tokenizer).has_padding is True
     model = lora_model(tokenizer)
     seen = []
     model.get_base_model().register_forward_pre_hook(
@@ -203,14 +212,12 @@ def test_a_batch_without_padding_drops_its_attention_mask_and_keeps_its_loss(tok
     )
     step = TrainStep(get_objective("blockwise", mask_id=2, block_size=8), seed=5)
     without_mask = loss_and_grads(model, step, batch)
-    with_mask = loss_and_grads(model, step, {**batch, "has_padding": True})
-    assert seen[0] is None and torch.equal(seen[1], batch["attention_mask"])
+    with_mask = loss_and_grads(model, step, dataclasses.replace(batch, has_padding=True))
+    assert seen[0] is None and torch.equal(seen[1], batch.attention_mask)
     assert_same(without_mask, with_mask)
 
 
 def test_compiled_blocks_trace_with_lora_and_give_the_same_step(tokenizer):
-    from blocksft.train.run import compile_blocks
-
     batch = make_batch(tokenizer)
     model = lora_model(tokenizer)
     step = TrainStep(get_objective("fullseq", mask_id=2), seed=5)
@@ -229,9 +236,6 @@ def test_compiled_blocks_trace_with_lora_and_give_the_same_step(tokenizer):
 
 
 def epoch_items(num_samples, epochs, seed=3):
-    from blocksft.schedule import BlockSchedule
-    from blocksft.train.data import plan_items
-
     blocks = torch.randint(1, 4, (num_samples,), generator=gen(seed)).tolist()
     return plan_items(BlockSchedule(blocks, seed=seed), epochs, blockwise=True)
 
@@ -282,24 +286,18 @@ def test_each_rank_takes_whole_micro_batches_of_grouped_items():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from train_utils import write_tiny_inputs
-
     folder = tmp_path_factory.mktemp("perf")
     model_dir, data = write_tiny_inputs(folder, n_samples=48)
     return folder, model_dir, data
 
 
 def run_batches(config):
-    from blocksft.train import run_train
-
     result = run_train(config)
     lines = (config.logs_dir / "batches.jsonl").read_text().splitlines()
     return result, [json.loads(line) for line in lines]
 
 
 def test_a_grouped_chunked_checkpointed_run_trains_the_same_pairs_with_less_padding(inputs):
-    from train_utils import read_rows, tiny_config
-
     folder, model_dir, data = inputs
     common = dict(total_steps=4, epochs=2, lora_dropout=0.0, checkpoint_every=0)
     plain, plain_batches = run_batches(tiny_config(folder, model_dir, data, "plain", **common))
@@ -331,23 +329,16 @@ def test_a_grouped_chunked_checkpointed_run_trains_the_same_pairs_with_less_padd
 
 
 def test_chunked_ce_is_refused_under_zero3_and_without_sparse_logits(inputs):
-    from train_utils import tiny_config
-
-    from blocksft.train.config import CONFIGS_PACKAGE_DIR
-    from blocksft.train.run import check_engine
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "zero3", ce_chunk_size=64)
     with pytest.raises(BlocksftError, match="ZeRO-3"):
-        check_engine(config, str(CONFIGS_PACKAGE_DIR / "deepspeed" / "zero3.json"))
-    check_engine(config, str(CONFIGS_PACKAGE_DIR / "deepspeed" / "zero2.json"))
+        check_engine(config, str(DEEPSPEED_DIR / "zero3.json"))
+    check_engine(config, str(DEEPSPEED_DIR / "zero2.json"))
     with pytest.raises(ValueError, match="needs sparse_logits"):
         dataclasses.replace(config, sparse_logits=False)
 
 
 def test_flop_count_gives_attention_a_backward_of_twice_its_forward():
-    from blocksft.train.metrics import FlopModel
-
     model = FlopModel(body_params=100, trained_params=10, head_params=50, n_layers=2, d_model=4)
     attention = 4 * 2 * 4 * 8 * 16  # forward: 4 * layers * d_model * context * tokens
     weights = 2 * 100 * 16 + 2 * 50 * 3  # body at 16 tokens, head at 3 positions
@@ -358,8 +349,6 @@ def test_flop_count_gives_attention_a_backward_of_twice_its_forward():
 
 
 def test_train_benchmark_compares_the_paths_with_identical_losses(capsys):
-    from blocksft.bench.train import main
-
     argv = [
         "--tiny",
         "--micro-batch",
@@ -424,8 +413,6 @@ def test_gpu_check_script_runs_end_to_end_on_cpu_with_a_tiny_shape(tmp_path):
 
 
 def test_eval_benchmark_decodes_gsm8k_prompts_or_prompts_of_their_lengths(tmp_path, capsys):
-    from blocksft.bench.eval import GSM8K_PROMPT_LENGTHS, benchmark, gsm8k_prompts, parse_args
-
     rows = [
         {
             "question": "A farmer has 12 cows and buys 7 more. How many cows does he have?",

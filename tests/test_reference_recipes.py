@@ -9,28 +9,22 @@ import pytest
 import torch
 from torch import nn
 from train_utils import read_rows, write_tiny_inputs
+from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-from blocksft.bench.noise import (
+from blocksft.bench.noise import synthetic_examples
+from blocksft.config.flags import build_config
+from blocksft.config.train import TrainConfig, config_differences, resolve_recipe
+from blocksft.objectives import NoisedBatch
+from blocksft.reference import (
     ReferenceBlockwiseDataset,
     ReferenceFullSeqDataset,
     reference_collate,
-    synthetic_examples,
+    reference_loss,
 )
-from blocksft.bench.train import reference_loss
-from blocksft.config import build_config
-from blocksft.objectives import NoisedBatch
 from blocksft.testing import tiny_llada_model
-from blocksft.train.config import TrainConfig, config_differences, resolve_recipe
-from blocksft.train.data import Item, ItemDataset, PadCollator
+from blocksft.train.items import Item, ItemDataset, PadCollator, block_schedule, plan_run
 from blocksft.train.lr_schedule import WarmupCosine, lr_multiplier, warmup_steps_for
-from blocksft.train.run import (
-    block_schedule,
-    build_collator,
-    build_objective,
-    build_train_step,
-    lr_schedule_of,
-    plan_run,
-)
+from blocksft.train.run import build_collator, build_objective, build_train_step, lr_schedule_of, run_train
 
 MASK, PAD = 2, 1  # the tiny tokenizer's mask and pad (EOS) ids
 PEAK = 1e-5
@@ -100,7 +94,6 @@ def test_a_paper_blockwise_run_logs_deepspeeds_learning_rate_at_every_step(tmp_p
         lora_alpha=16,
         use_cpu=True,
     )
-    from blocksft.train import run_train
 
     result = run_train(config)
     rows = read_rows(result.logs_dir / "train_loss.csv")
@@ -109,8 +102,6 @@ def test_a_paper_blockwise_run_logs_deepspeeds_learning_rate_at_every_step(tmp_p
 
 
 def test_log_warmup_is_deepspeeds_and_linear_warmup_is_transformers_at_every_size():
-    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
-
     for total in [*range(10, 70), 97, 200, 300, 1000]:
         for ratio in (0.1, 0.05, 0.3):
             if int(ratio * total) == 0:
@@ -193,8 +184,8 @@ def test_paper_recipe_batches_and_loss_are_the_reference_scripts(tokenizer, name
     # The same ids, padded to 256 with EOS; no attention mask reaches the model.
     dataset = ItemDataset(records, items)
     batch = build_collator(config, objective, PAD)([dataset[k] for k in range(len(items))])
-    assert batch["input_ids"].shape == (len(records), 256)
-    assert torch.equal(batch["input_ids"], theirs["input_ids"])
+    assert batch.input_ids.shape == (len(records), 256)
+    assert torch.equal(batch.input_ids, theirs["input_ids"])
     model = tiny_llada_model(tokenizer, seed=0)
     spy = ForwardSpy(model)
     shared = NoisedBatch(theirs["noisy_ids"], theirs["mask_flags"], torch.ones(len(records)))
@@ -207,7 +198,7 @@ def test_paper_recipe_batches_and_loss_are_the_reference_scripts(tokenizer, name
     # Our defaults differ exactly there: each batch padded to its longest record, padding masked.
     default = TrainConfig(objective=config.objective)
     short = build_collator(default, objective, PAD)([dataset[k] for k in range(len(items))])
-    assert short["input_ids"].shape[1] < 256 and short["has_padding"]
+    assert short.input_ids.shape[1] < 256 and short.has_padding
     assert not default.attend_padding and default.warmup_type == "linear"
 
 
@@ -231,15 +222,15 @@ def features(tokenizer, lengths, blocks=None):
 def test_supervised_padding_pads_each_batch_to_its_longest_record_and_completes_last_blocks(tokenizer):
     rows = features(tokenizer, ((4, 13), (6, 21), (3, 9)))  # lengths 17, 27, 12
     batch = PadCollator(pad_id=PAD, supervise_padding=True)(rows)
-    assert batch["input_ids"].shape == (3, 27)  # the longest, not rounded to 8, not --max-len
-    assert batch["attention_mask"].all() and not batch["has_padding"]
-    assert (batch["input_ids"][0, 17:] == PAD).all()
+    assert batch.input_ids.shape == (3, 27)  # the longest, not rounded to 8, not --max-len
+    assert batch.attention_mask.all() and not batch.has_padding
+    assert (batch.input_ids[0, 17:] == PAD).all()
     # Blockwise: every row reaches its last block's end (4 + 16, 6 + 24, 3 + 16), at most max_len.
     blockwise = PadCollator(pad_id=PAD, supervise_padding=True, complete_blocks=8)
-    assert blockwise(rows)["input_ids"].shape[1] == 30
+    assert blockwise(rows).input_ids.shape[1] == 30
     capped = PadCollator(pad_id=PAD, supervise_padding=True, complete_blocks=8, max_len=28)
-    assert capped(rows)["input_ids"].shape[1] == 28
-    assert PadCollator(pad_id=PAD, supervise_padding=True, pad_to=40)(rows)["input_ids"].shape[1] == 40
+    assert capped(rows).input_ids.shape[1] == 28
+    assert PadCollator(pad_id=PAD, supervise_padding=True, pad_to=40)(rows).input_ids.shape[1] == 40
 
 
 def test_supervised_padding_loss_is_llada_guidelines_sft_loss(tokenizer):
@@ -256,18 +247,18 @@ def test_supervised_padding_loss_is_llada_guidelines_sft_loss(tokenizer):
     model = ForwardSpy(tiny_llada_model(tokenizer, seed=0))
     with torch.no_grad():
         ours = step.loss(model, batch, noised)
-        noisy, ids = noised.noised_ids, batch["input_ids"]
+        noisy, ids = noised.noised_ids, batch.input_ids
         logits = model.model(input_ids=noisy).logits
     assert model.masks == [None]
     seq_len = ids.shape[1]
-    prompt_mask = torch.arange(seq_len)[None, :] < batch["prompt_lens"][:, None]
+    prompt_mask = torch.arange(seq_len)[None, :] < batch.prompt_lens[:, None]
     answer_lengths = (~prompt_mask).sum(-1, keepdim=True).expand(-1, seq_len)
     masked = noisy == MASK
     p_mask = noised.p[:, None].expand(-1, seq_len)
     token_loss = nn.functional.cross_entropy(logits[masked], ids[masked], reduction="none") / p_mask[masked]
     expected = (token_loss / answer_lengths[masked]).sum() / ids.shape[0]
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
-    true_end = (batch["prompt_lens"] + batch["answer_lens"])[:, None]
+    true_end = (batch.prompt_lens + batch.answer_lens)[:, None]
     assert (masked & (torch.arange(seq_len)[None, :] >= true_end)).any()  # the EOS tail is trained
 
 
@@ -293,8 +284,8 @@ def test_supervised_padding_with_blocks_trains_each_answers_end_followed_by_eos(
     for row, (prompt, answer) in enumerate(lengths):
         start = prompt + 8 * last[row]
         assert noised.loss_mask[row].nonzero().flatten().tolist() == list(range(start, start + 8))
-        assert (batch["input_ids"][row, prompt + answer : start + 8] == PAD).all()
+        assert (batch.input_ids[row, prompt + answer : start + 8] == PAD).all()
     spans = objective.span_lens(
-        batch["prompt_lens"], batch["answer_lens"], seq_len=batch["input_ids"].shape[1], block_index=last
+        batch.prompt_lens, batch.answer_lens, seq_len=batch.input_ids.shape[1], block_index=last
     )
     assert spans.tolist() == [8, 8, 8]

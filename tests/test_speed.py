@@ -3,20 +3,31 @@ memory estimate against the H200 measurements, length grouping only where it kee
 semantics, compiling that falls back to eager with one note, and what config.json records."""
 
 import functools
+import importlib.util
 import json
 
 import pytest
+import torch._dynamo
+import torch.utils._triton
+from train_utils import read_rows, tiny_config, write_tiny_inputs
 
-from blocksft.train.config import TrainConfig, config_differences, resolve_recipe
+import blocksft.train.run as run
+import blocksft.train.speed as speed
+from blocksft.config.flags import build_config, config_to_dict
+from blocksft.config.train import TrainConfig, config_differences, is_on, normalise_switch, resolve_recipe
+from blocksft.objectives import get_objective
+from blocksft.testing import tiny_llada_model
+from blocksft.train.choices import format_choices
+from blocksft.train.engine import resolve_deepspeed, resolve_dtype, resolved_config
+from blocksft.train.lora import apply_lora
+from blocksft.train.run import run_train
 from blocksft.train.speed import (
     estimate_training_memory,
-    format_choices,
-    is_on,
     needs_checkpointing,
-    normalise_switch,
     resolve_checkpointing,
     resolve_compile,
     resolve_grouping,
+    run_memory_estimate,
 )
 
 GIB = 2**30
@@ -130,8 +141,6 @@ def test_on_cpu_every_auto_is_what_always_ran():
 
 
 def test_grouping_is_automatic_only_where_it_keeps_the_recipes_semantics():
-    from blocksft.config import build_config
-
     assert resolve_grouping(TrainConfig(), on_gpu=True).ran == "on"
     assert resolve_grouping(TrainConfig(loss_normalize="answer_len"), on_gpu=True).ran == "on"
     for recipe in ("paper_blockwise", "paper_fullseq"):
@@ -148,9 +157,6 @@ def test_grouping_is_automatic_only_where_it_keeps_the_recipes_semantics():
 
 
 def test_compile_and_checkpointing_on_a_gpu(monkeypatch):
-    import torch._dynamo  # imported before the patch below: it binds has_triton at import
-    import torch.utils._triton
-
     monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: True)
     assert resolve_compile(TrainConfig(), on_gpu=True).text() == "torch.compile on (auto: CUDA)"
     monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
@@ -170,18 +176,12 @@ def test_compile_and_checkpointing_on_a_gpu(monkeypatch):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from train_utils import write_tiny_inputs
-
     folder = tmp_path_factory.mktemp("speed")
     model_dir, data = write_tiny_inputs(folder, n_samples=16)
     return folder, model_dir, data
 
 
 def test_a_cpu_run_prints_its_choices_and_records_them(inputs, capsys):
-    from train_utils import tiny_config
-
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "auto", total_steps=1, checkpoint_every=0)
     result = run_train(config)
@@ -194,16 +194,56 @@ def test_a_cpu_run_prints_its_choices_and_records_them(inputs, capsys):
     assert not any(block.gradient_checkpointing for block in result.model.get_base_model().blocks)
 
 
+def test_a_cpu_run_prints_and_records_what_dtype_and_deepspeed_auto_became(inputs, capsys):
+    folder, model_dir, data = inputs
+    config = tiny_config(
+        folder, model_dir, data, "engine", total_steps=1, checkpoint_every=0, deepspeed="auto"
+    )
+    assert (config.dtype, config.deepspeed) == ("auto", "auto")
+    result = run_train(config)
+    assert "engine: dtype fp32 (auto: CPU), DeepSpeed none (auto: CPU)" in capsys.readouterr().err
+    saved = json.loads((result.logs_dir / "config.json").read_text())
+    assert (saved["config"]["dtype"], saved["config"]["deepspeed"]) == ("fp32", None)  # what ran
+    assert saved["derived"]["engine"] == {
+        "dtype": {"asked": "auto", "ran": "fp32", "why": "auto: CPU"},
+        "deepspeed": {"asked": "auto", "ran": "none", "why": "auto: CPU"},
+    }
+
+
+def test_engine_auto_on_a_gpu_says_why(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert resolve_dtype(TrainConfig(), on_gpu=True).text() == "dtype bf16 (auto: the GPU computes in bf16)"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert resolve_dtype(TrainConfig(), on_gpu=True).text() == "dtype fp32 (auto: the GPU has no bf16)"
+    assert resolve_dtype(TrainConfig(dtype="fp16"), on_gpu=True).text() == "dtype fp16 (as asked)"
+    installed = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "deepspeed" else installed(name)
+    )
+    missing = resolve_deepspeed(TrainConfig(), on_gpu=True)
+    assert (missing.ran, missing.why) == ("none", "auto: deepspeed is not installed")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert (
+        resolve_deepspeed(TrainConfig(), on_gpu=True).text()
+        == "DeepSpeed zero2 (auto: GPUs and deepspeed installed)"
+    )
+    assert resolve_deepspeed(TrainConfig(deepspeed="none"), on_gpu=True).text() == "DeepSpeed none (as asked)"
+    resolved = resolved_config(TrainConfig(), [missing, resolve_dtype(TrainConfig(), on_gpu=False)])
+    assert (resolved.deepspeed, resolved.dtype) == (None, "fp32")
+
+
+def test_a_run_saved_with_auto_dtype_and_deepspeed_resumes_with_what_they_resolve_to():
+    current = config_to_dict(TrainConfig(dtype="fp32", deepspeed=None))  # resolved, as a run records it
+    older = {**current, "dtype": "auto", "deepspeed": "auto"}  # config.json before they were resolved
+    assert config_differences(older, current) == {}
+    assert config_differences({**current, "dtype": "bf16"}, current) == {"dtype": ("bf16", "fp32")}
+
+
 def failing_backend(graph_module, example_inputs):
     raise RuntimeError("no working compiler here")
 
 
 def test_compiling_that_fails_falls_back_to_eager_with_one_note(inputs, capsys, monkeypatch):
-    from train_utils import read_rows, tiny_config
-
-    import blocksft.train.run as run
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     common = dict(total_steps=2, lora_dropout=0.0, checkpoint_every=0)
     eager = run_train(tiny_config(folder, model_dir, data, "eager", torch_compile="off", **common))
@@ -223,12 +263,6 @@ def test_compiling_that_fails_falls_back_to_eager_with_one_note(inputs, capsys, 
 
 
 def test_a_runs_estimate_counts_its_own_model_and_batch_and_decides_on_a_gpu(tokenizer, monkeypatch):
-    import blocksft.train.run as run
-    from blocksft.objectives import get_objective
-    from blocksft.testing import tiny_llada_model
-    from blocksft.train.lora import apply_lora
-    from blocksft.train.speed import run_memory_estimate
-
     model, _ = apply_lora(tiny_llada_model(tokenizer), targets="reference", r=4, alpha=8, dropout=0.0)
     vocab, shape = model.config.embedding_size, model.config
     config = TrainConfig(micro_batch=4, max_len=64, block_size=8)
@@ -247,6 +281,6 @@ def test_a_runs_estimate_counts_its_own_model_and_batch_and_decides_on_a_gpu(tok
     assert run_memory_estimate(model, full, blockwise=True).head == 4 * 64 * vocab * 10
     objective = get_objective("blockwise", mask_id=2, block_size=8)
     for free, wanted in ((2 * estimate.total, "off"), (estimate.total, "on")):
-        monkeypatch.setattr(run, "free_device_memory", lambda free=free: free)
-        _, checkpointing = run.resolve_model_speed(config, model, objective, on_gpu=True)
+        monkeypatch.setattr(speed, "free_device_memory", lambda free=free: free)
+        _, checkpointing = speed.resolve_model_speed(config, model, objective, on_gpu=True)
         assert checkpointing.ran == wanted and "estimated peak" in checkpointing.why

@@ -8,9 +8,12 @@ import test_generate
 import torch
 from test_generate import EOS, EOT, MASK
 
+from blocksft.cli import main
+from blocksft.config.sampler import SamplerConfig
 from blocksft.errors import BlocksftError
-from blocksft.generate import SamplerConfig, generate, left_pad
-from blocksft.generation.static import StaticDecoder
+from blocksft.generation.sampler import generate
+from blocksft.generation.static import DecoderCache, StaticDecoder
+from blocksft.generation.transfer import descending_rank, left_pad
 from blocksft.model.modeling_llada import StaticCacheSpan
 
 # test_generate's fixtures: the tiny model with a wide init (rows finish their blocks at different
@@ -131,8 +134,6 @@ def test_graph_decoding_off_cuda_runs_the_same_steps_eagerly(model, prompts):
 
 
 def test_ranks_from_pairwise_comparisons_are_a_stable_descending_argsorts():
-    from blocksft.generation.schedule import descending_rank
-
     assert descending_rank(torch.tensor([[0.5, 0.9, 0.5, float("-inf"), 0.1, float("-inf")]])).tolist() == [
         [1, 0, 2, 4, 3, 5]
     ]
@@ -176,8 +177,6 @@ def test_what_the_static_steps_do_not_do_is_one_clear_error(model, prompts, kwar
 
 
 def test_a_decoder_cache_reuses_one_decoder_for_prompts_of_the_same_shape(model, prompts):
-    from blocksft.generation.static import DecoderCache
-
     decoders = DecoderCache(size=1)
     settings = dict(decode="static", cache="dual", threshold=0.5, decoders=decoders)
     ids, mask = left_pad(prompts, pad_id=EOS)
@@ -195,8 +194,6 @@ def test_a_decoder_cache_reuses_one_decoder_for_prompts_of_the_same_shape(model,
 
 
 def test_the_command_line_decodes_with_static_steps_and_refuses_streaming_them(tiny_checkpoint, capsys):
-    from blocksft.cli import main
-
     small = ["--model", tiny_checkpoint, "--prompt", "How many?", "--gen-length", "16", "--block-length", "8"]
     assert main(["generate", *small, "--steps", "16"]) == 0
     looped = capsys.readouterr().out

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 from train_utils import read_rows, safetensors_dtypes, tiny_config, write_tiny_inputs
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.errors import BlocksftError
 from blocksft.testing import tiny_tokenizer
 from blocksft.train.logs import CSV_COLUMNS
+from blocksft.train.run import run_train
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,6 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def blockwise_run(inputs):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(
         folder, model_dir, data, "blockwise", total_steps=20, save_every=10, checkpoint_every=10
@@ -81,8 +80,6 @@ def test_blockwise_run_logs_every_step_and_the_loss_falls(blockwise_run):
 
 
 def test_merged_checkpoints_reload_with_the_in_memory_merged_logits(blockwise_run):
-    from transformers import AutoModelForCausalLM
-
     config, result = blockwise_run
     assert [p.name for p in result.exports] == ["blockwise_step0010", "blockwise_step0020"]
     final = result.exports[-1]
@@ -110,8 +107,6 @@ def test_merged_checkpoints_reload_with_the_in_memory_merged_logits(blockwise_ru
 
 
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(inputs, blockwise_run):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     reference_config, _ = blockwise_run
     config = dataclasses.replace(reference_config, ckpt_dir=str(folder / "resumed"))
@@ -136,8 +131,6 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(inputs, b
 
 
 def test_fullseq_run_in_bf16_logging_every_second_step(inputs):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(
         folder,
@@ -186,8 +179,6 @@ class PoisonAt(TrainerCallback):
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_samples(inputs):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "nan", total_steps=8, checkpoint_every=2)
     with pytest.raises(BlocksftError, match=r"loss is nan at step 5 \(samples \[\d+, "):
@@ -211,8 +202,6 @@ def test_nonfinite_loss_stops_naming_the_step_and_samples(inputs):
     ],
 )
 def test_bad_settings_are_clear_errors(inputs, overrides, message):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "bad", **overrides)
     with pytest.raises(BlocksftError, match=message):
@@ -220,8 +209,6 @@ def test_bad_settings_are_clear_errors(inputs, overrides, message):
 
 
 def test_bad_record_files_are_clear_errors(inputs, tmp_path):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     bad = tmp_path / "bad.pt"
     torch.save([{"prompt_len": 50, "full_ids": torch.arange(6, 20)}], bad)
@@ -242,10 +229,6 @@ def test_bad_record_files_are_clear_errors(inputs, tmp_path):
 
 
 def test_full_finetuning_saves_the_whole_model_without_an_adapter(inputs):
-    from transformers import AutoModelForCausalLM
-
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "full", full_finetune=True, total_steps=2, lr=1e-3)
     result = run_train(config)
@@ -260,8 +243,6 @@ def test_full_finetuning_saves_the_whole_model_without_an_adapter(inputs):
 
 
 def test_resume_refuses_a_record_file_that_changed_since(inputs, tmp_path):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     records = torch.load(data)
     copy_path = tmp_path / "data.pt"
@@ -276,8 +257,6 @@ def test_resume_refuses_a_record_file_that_changed_since(inputs, tmp_path):
 
 
 def test_resume_refuses_the_same_path_with_other_content_of_the_same_shape(inputs, tmp_path):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     records = torch.load(data)
     copy_path = tmp_path / "data.pt"
@@ -300,8 +279,6 @@ def test_resume_refuses_the_same_path_with_other_content_of_the_same_shape(input
 
 
 def test_nan_stop_then_resume_with_a_lower_learning_rate(inputs):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "nan_then_lower", total_steps=8, checkpoint_every=2)
     with pytest.raises(BlocksftError, match="--resume --allow-changes lr --lr <lower>") as stop:
@@ -325,8 +302,6 @@ def test_nan_stop_then_resume_with_a_lower_learning_rate(inputs):
 
 
 def test_resuming_a_finished_run_does_nothing(blockwise_run):
-    from blocksft.train import run_train
-
     config, result = blockwise_run
     parent = config.logs_dir.parent
     before = sorted(p.name for p in parent.iterdir())
@@ -338,8 +313,6 @@ def test_resuming_a_finished_run_does_nothing(blockwise_run):
 
 
 def test_a_step_exported_before_an_interruption_is_replaced_not_copied(inputs, tmp_path):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(tmp_path, model_dir, data, "redo", total_steps=8, checkpoint_every=4, save_every=6)
     with pytest.raises(Interrupted):

@@ -10,6 +10,7 @@ only if nothing is there (no overwrite, also when another process races for the 
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,8 +93,6 @@ def _make_folders(folder: Path) -> list[Path]:
 
 @contextmanager
 def _flock(lock_path: Path, what: str) -> Iterator[None]:
-    import fcntl
-
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -4,16 +4,17 @@ Cluster jobs send stderr to a file, where a redrawn bar becomes thousands of ``\
 :func:`progress` gives a tqdm bar when the stream is a terminal and a :class:`LineProgress`
 otherwise, which prints one line when another tenth of the work is done or 30 seconds have passed,
 whichever comes first, and at the end. Both have tqdm's ``update``, ``set_postfix``, ``write`` and
-``close``, and are context managers. :func:`quiet_library_bars` turns the libraries' own bars off
-in a process that logs to a file.
+``close``, and are context managers. (The libraries' own bars are turned off in a process that logs
+to a file by :func:`blocksft.cli.quiet_library_bars`.)
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
+
+from tqdm.auto import tqdm
 
 
 def progress(
@@ -29,8 +30,6 @@ def progress(
 ):
     """A progress reporter for ``total`` units of work, ``initial`` of them done before (a resumed
     run); see the module docstring."""
-    from tqdm.auto import tqdm
-
     stream = stream if stream is not None else sys.stderr
     if disable or _is_terminal(stream):
         return tqdm(
@@ -56,14 +55,6 @@ def progress(
 def _is_terminal(stream) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
-
-
-def quiet_library_bars() -> None:
-    """Turn off the bars of huggingface_hub, transformers and datasets (loading weights, writing
-    shards, mapping rows) when stderr is not a terminal; they read these settings when imported."""
-    if not _is_terminal(sys.stderr):
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 class LineProgress:

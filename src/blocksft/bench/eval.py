@@ -22,7 +22,7 @@ process time). Tokenizing, decoding the answers and scoring take milliseconds pe
 left out. ``NFE per problem``: the forwards each problem needed (what the results rows record);
 ``batch forwards``: the forwards that ran. Settings (``--settings``):
 
-* ``default``: :class:`~blocksft.generation.options.SamplerConfig`'s defaults (gen 256, block 32,
+* ``default``: :class:`~blocksft.config.sampler.SamplerConfig`'s defaults (gen 256, block 32,
   256 steps, no cache, no threshold, the loop) at ``blocksft eval``'s batch size 8;
 * ``fast``: ``--threshold 0.9 --cache dual --decode graph`` at batch 32 (``--fast-batch``).
 """
@@ -33,8 +33,20 @@ import argparse
 import json
 import os
 import platform
+import random
 import time
 from pathlib import Path
+
+import torch
+
+from blocksft.bench.generate import SMALL_SHAPE, TINY_SHAPE, random_llada, sharpen
+from blocksft.evaluate.runner import build_prompt_ids, prompt_template
+from blocksft.generation.sampler import generate
+from blocksft.generation.static import DecoderCache
+from blocksft.generation.transfer import left_pad
+from blocksft.model.loading import resolve_dtype
+from blocksft.special_tokens import resolve_special_ids
+from blocksft.tokenizer import build_tokenizer
 
 # Prompt lengths (tokens) of the 1,319 GSM8K test questions at the 0th, 5th, ..., 100th
 # percentile: the alpaca prompt in LLaDA's chat template, tokenized by a byte-level BPE
@@ -99,13 +111,8 @@ def sampler_settings(name: str, args) -> tuple[dict, int]:
 
 def gsm8k_prompts(args, vocab: int) -> tuple[list[list[int]], str]:
     """``(prompt ids, where they come from)`` for ``--problems`` problems."""
-    import random
-
     source = default_gsm8k_file() if args.data is None else (None if args.data == "none" else Path(args.data))
     if source is not None:
-        from blocksft.evaluate.runner import build_prompt_ids, prompt_template
-        from blocksft.tokenizer import build_tokenizer
-
         rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
         texts = [r["question"] + "\n" + r["answer"] for r in rows]
         tokenizer = build_tokenizer(texts, vocab_size=min(16000, vocab))
@@ -126,11 +133,7 @@ def gsm8k_prompts(args, vocab: int) -> tuple[list[list[int]], str]:
 
 def time_setting(model, prompts: list[list[int]], settings: dict, batch_size: int) -> dict:
     """Decode every prompt in batches; wall (CUDA) or process (CPU) seconds and NFE."""
-    import torch
-
-    from blocksft.generate import generate, left_pad
-    from blocksft.generation.static import DecoderCache
-
+    special = resolve_special_ids(None, model.config)  # a random model: its config's ids
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
     clock = time.perf_counter if on_cuda else time.process_time
@@ -141,12 +144,8 @@ def time_setting(model, prompts: list[list[int]], settings: dict, batch_size: in
         torch.cuda.synchronize()
     start = clock()
     for first in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(
-            prompts[first : first + batch_size], pad_id=model.config.eos_token_id, device=device
-        )
-        out = generate(
-            model, ids, attention_mask=mask, mask_id=model.config.mask_token_id, **settings, **extra
-        )
+        ids, mask = left_pad(prompts[first : first + batch_size], pad_id=special.pad, device=device)
+        out = generate(model, ids, attention_mask=mask, mask_id=special.mask, **settings, **extra)
         nfe += int(out.row_nfe.sum()) if out.row_nfe is not None else out.nfe * len(ids)
         forwards += out.nfe
     if on_cuda:
@@ -163,11 +162,6 @@ def time_setting(model, prompts: list[list[int]], settings: dict, batch_size: in
 
 def benchmark(argv: list[str] | None = None, *, on_line=None) -> dict:
     """Run the benchmark; returns its settings and one row per setting."""
-    import torch
-
-    from blocksft.bench.generate import SMALL_SHAPE, TINY_SHAPE, random_llada, sharpen
-    from blocksft.model.loading import resolve_dtype
-
     say = on_line or (lambda text: None)
     args = parse_args(argv)
     on_cuda = args.device.startswith("cuda")

@@ -27,7 +27,14 @@ from __future__ import annotations
 import platform
 import time
 
-from blocksft.config import OneLineParser
+import torch
+
+from blocksft.config.flags import OneLineParser
+from blocksft.generation.sampler import generate
+from blocksft.generation.static import DecoderCache
+from blocksft.model import LLaDAConfig, LLaDAModelLM
+from blocksft.model.loading import resolve_dtype
+from blocksft.special_tokens import resolve_special_ids
 
 MODES = {
     "plain": {},
@@ -103,10 +110,6 @@ def random_llada(
 
     ``special``: the special token ids (default: the tiny tokenizer's for a small ``shape``, LLaDA's
     own for the 8B shape ``{}``)."""
-    import torch
-
-    from blocksft.model import LLaDAConfig, LLaDAModelLM
-
     if special is None:
         special = SPECIAL_IDS if shape else {}
     config = LLaDAConfig(
@@ -128,8 +131,6 @@ def random_llada(
 def sharpen(model, prompt, gen_length: int, logit_std: float) -> float:
     """Scale the LM head so that logits over a masked canvas have standard deviation ``logit_std``
     (a random model's are ~0.3: every prediction is unsure); returns the factor."""
-    import torch
-
     canvas = torch.cat(
         [prompt, torch.full_like(prompt[:, :1], model.config.mask_token_id).expand(-1, gen_length)], 1
     )
@@ -141,10 +142,7 @@ def sharpen(model, prompt, gen_length: int, logit_std: float) -> float:
 
 def time_generate(model, prompt, settings: dict, repeats: int):
     """``(output, best seconds, first seconds)`` of ``repeats`` identical runs."""
-    import torch
-
-    from blocksft.generate import generate
-
+    mask_id = resolve_special_ids(None, model.config).mask  # a random model: its config's ids
     # CUDA: wall time after a synchronize. CPU: this process's CPU time, which other jobs on a
     # shared machine do not inflate (wall time there varied 2x between identical runs).
     clock = time.perf_counter if prompt.is_cuda else time.process_time
@@ -153,7 +151,7 @@ def time_generate(model, prompt, settings: dict, repeats: int):
         if prompt.is_cuda:
             torch.cuda.synchronize()
         start = clock()
-        out = generate(model, prompt, mask_id=model.config.mask_token_id, **settings)
+        out = generate(model, prompt, mask_id=mask_id, **settings)
         if prompt.is_cuda:
             torch.cuda.synchronize()
         times.append(clock() - start)
@@ -163,8 +161,6 @@ def time_generate(model, prompt, settings: dict, repeats: int):
 def bench_model(name: str, model, prompt, args, floor_ms: float | None = None):
     """Every mode and decoder on one model and batch, timed against the first of them (the plain
     loop run unless ``--modes`` leaves it out); yields one result dict per (mode, decoder)."""
-    from blocksft.generation.static import DecoderCache
-
     base = dict(
         gen_length=args.gen_length,
         block_length=args.block_length,
@@ -223,8 +219,6 @@ TABLE_HEADER = (
 
 
 def describe(model, args) -> str:
-    import torch
-
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
     on_cuda = args.device.startswith("cuda")
@@ -247,10 +241,6 @@ def weight_read_floor_ms(model, bandwidth_tbs: float) -> float:
 
 def benchmark(argv: list[str] | None = None, *, on_row=None) -> dict:
     """Run the benchmark; returns its description and rows (``on_row(text)`` gets each printed line)."""
-    import torch
-
-    from blocksft.model.loading import resolve_dtype
-
     say = on_row or (lambda text: None)
     args = parse_args(argv)
     if not args.device.startswith("cuda"):

@@ -9,8 +9,8 @@ process; the paths take turns step by step (the order flips every round), so a c
 machine's load hits them alike. The records are MetaMathQA-like (prompt 60-140 tokens, answer up
 to ``--max-len``; :func:`blocksft.bench.noise.synthetic_examples`) or a record file (``--data``).
 
-* ``reference``: the reference scripts' path as they run it. A ``Dataset`` noises each item with
-  per-token Python (:class:`~blocksft.bench.noise.ReferenceBlockwiseDataset` /
+* ``reference``: the reference scripts' path as they run it (:mod:`blocksft.reference`). A
+  ``Dataset`` noises each item with per-token Python (``ReferenceBlockwiseDataset`` /
   ``ReferenceFullSeqDataset``), pads it to ``--max-len``, and the items are stacked; the model gets
   no attention mask (padding is attended), computes the full ``[B, max_len, V]`` logits, eagerly and
   without gradient checkpointing (its model code has none); the loss is the float32 cross-entropy
@@ -68,10 +68,38 @@ import statistics
 import time
 from pathlib import Path
 
+import peft
 import torch
-import torch.nn.functional as F
+import transformers
 
-from blocksft.config import OneLineParser
+from blocksft.bench.generate import TINY_SHAPE, random_llada
+from blocksft.bench.noise import synthetic_examples
+from blocksft.config.flags import OneLineParser
+from blocksft.config.train import TrainConfig, is_on
+from blocksft.data.records import load_records
+from blocksft.model.loading import resolve_dtype
+from blocksft.objectives import NoisedBatch, get_objective
+from blocksft.reference import (
+    ReferenceBlockwiseDataset,
+    ReferenceFullSeqDataset,
+    reference_collate,
+    reference_loss,
+)
+from blocksft.special_tokens import resolve_special_ids
+from blocksft.train.choices import format_choices
+from blocksft.train.items import (
+    ItemDataset,
+    TrainBatch,
+    block_schedule,
+    group_by_length,
+    plan_items,
+    round_up,
+)
+from blocksft.train.logs import write_json
+from blocksft.train.lora import apply_lora
+from blocksft.train.metrics import FlopModel, peak_flops_for
+from blocksft.train.run import build_collator, build_train_step
+from blocksft.train.speed import compile_blocks, resolve_grouping, resolve_model_speed
 
 # Our paths: ``blocksft train`` settings on top of its defaults (auto resolved for the device).
 VARIANTS = {
@@ -158,21 +186,6 @@ def parse_args(argv) -> argparse.Namespace:
 # ----- The reference's path ---------------------------------------------------------------------
 
 
-def reference_loss(
-    model, noisy_ids: torch.Tensor, input_ids: torch.Tensor, mask_flags: torch.Tensor, attention_mask=None
-) -> torch.Tensor:
-    """The reference's loss: full ``[B, L, V]`` logits, then the float32 CE at the masked positions,
-    each sample's mean over its masked positions, and the mean over samples (a sample without any
-    counts 0). Of the two usual ways to write it, this is the cheaper one (CE at the masked
-    positions only, not at all ``B x L``), so that the comparison does not flatter our path."""
-    logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
-    ce = F.cross_entropy(logits[mask_flags].float(), input_ids[mask_flags], reduction="none")  # [N]
-    per_position = torch.zeros(mask_flags.shape, dtype=ce.dtype, device=ce.device).masked_scatter(
-        mask_flags, ce
-    )
-    return (per_position.sum(1) / mask_flags.sum(1).clamp(min=1)).mean()
-
-
 class ReferencePath:
     """Per-item Python noising in a Dataset, padding to ``max_len``, stacking, then the full logits."""
 
@@ -180,9 +193,8 @@ class ReferencePath:
     settings = "eager, no checkpointing, padded to max_len, full logits, no mask"
 
     def __init__(self, records, order, args, model_config, device):
-        from blocksft.bench.noise import ReferenceBlockwiseDataset, ReferenceFullSeqDataset
-
-        ids = dict(mask_id=model_config.mask_token_id, pad_id=model_config.pad_token_id, seed=args.seed)
+        special = resolve_special_ids(None, model_config)  # a random model: its config's ids
+        ids = dict(mask_id=special.mask, pad_id=special.pad, seed=args.seed)
         if args.objective == "blockwise":
             self.dataset = ReferenceBlockwiseDataset(
                 records, block_size=args.block_size, max_len=args.max_len, **ids
@@ -193,8 +205,6 @@ class ReferencePath:
         self.cursor = 0
 
     def __call__(self, model):
-        from blocksft.bench.noise import reference_collate
-
         indices = self.order[self.cursor : self.cursor + self.micro_batch]
         self.cursor += self.micro_batch
         batch = reference_collate([self.dataset[i] for i in indices])  # what its DataLoader does
@@ -220,13 +230,9 @@ class StepShape:
 
 class OurPath:
     """``blocksft train``'s data path and :class:`TrainStep`, built by ``run_train``'s own builders
-    from a :class:`~blocksft.train.config.TrainConfig` whose speed settings are resolved."""
+    from a :class:`~blocksft.config.train.TrainConfig` whose speed settings are resolved."""
 
     def __init__(self, config, records, objective, model_config, device, steps: int):
-        from blocksft.train.data import ItemDataset, group_by_length, plan_items
-        from blocksft.train.run import block_schedule, build_collator, build_train_step
-        from blocksft.train.speed import is_on
-
         items = plan_items(block_schedule(config, objective, records), 1, blockwise=objective.blockwise)
         items = items[: steps * config.micro_batch]
         if is_on(config.group_by_length):
@@ -238,7 +244,7 @@ class OurPath:
                 seed=config.seed,
             )
         self.dataset = ItemDataset(records, items)
-        self.collate = build_collator(config, objective, model_config.pad_token_id)
+        self.collate = build_collator(config, objective, resolve_special_ids(None, model_config).pad)
         self.step = build_train_step(config, objective)
         self.compiled, self.checkpointing = is_on(config.torch_compile), is_on(config.gradient_checkpointing)
         self.micro_batch, self.device, self.cursor = config.micro_batch, device, 0
@@ -247,10 +253,8 @@ class OurPath:
     def __call__(self, model):
         batch = self.collate([self.dataset[k] for k in range(self.cursor, self.cursor + self.micro_batch)])
         self.cursor += self.micro_batch
-        tokens = int((batch["prompt_lens"] + batch["answer_lens"]).sum())
-        batch = {
-            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-        }
+        tokens = int((batch.prompt_lens + batch.answer_lens).sum())
+        batch = batch.to(self.device, non_blocking=True)
         loss, loss_mask = self.step(model, batch)
         b, seq_len = loss_mask.shape
         positions = loss_mask.sum() if self.step.sparse_logits else b * seq_len
@@ -277,10 +281,6 @@ def describe_settings(config) -> str:
 def path_config(name: str, args, model, objective):
     """The :class:`TrainConfig` of our path ``name``: the bench's shape, the variant's settings,
     ``auto`` resolved as ``run_train`` resolves it for this model and device; and the choices."""
-    from blocksft.train.config import TrainConfig
-    from blocksft.train.run import resolve_model_speed
-    from blocksft.train.speed import resolve_grouping
-
     shape = dict(
         objective=args.objective,
         micro_batch=args.micro_batch,
@@ -353,8 +353,6 @@ class PathSwitch:
         self.compiled_forwards = None
         self.notes: list[str] = []
         if any(path.compiled for path in paths.values()):
-            from blocksft.train.run import compile_blocks
-
             compile_blocks(model, backend=backend, on_fallback=self._fell_back)
             self.compiled_forwards = [block.__dict__.pop("forward") for block in self.blocks]
         if any(path.checkpointing for path in paths.values()):
@@ -451,10 +449,6 @@ def summarise(steps: list[dict], peak_flops: float | None) -> dict:
 def loss_checks(model, paths: dict, records, args, model_config, device, switch) -> list[dict]:
     """The losses of every path on one batch noised once by the reference's dataset (dropout off),
     each path in its own mode (compiled blocks where it compiles)."""
-    from blocksft.bench.noise import reference_collate
-    from blocksft.objectives import NoisedBatch
-    from blocksft.train.data import round_up
-
     reference = ReferencePath(records, list(range(len(records))), args, model_config, device)
     indices = list(range(args.micro_batch))
     batch = reference_collate([reference.dataset[i] for i in indices])
@@ -474,18 +468,22 @@ def loss_checks(model, paths: dict, records, args, model_config, device, switch)
             if name == "reference":
                 continue
             switch(path)
-            full = dict(
+            rows = torch.tensor(indices, device=device)
+            full = TrainBatch(
                 input_ids=ids,
                 attention_mask=attention,
                 prompt_lens=prompt,
                 answer_lens=lengths - prompt,
                 block_index=blocks,
+                sample_ids=rows,
+                item_ids=rows,
                 first_item=0,
+                has_padding=True,
             )
             noised = NoisedBatch(noisy, flags, torch.ones(len(indices), device=device))
             same_inputs = float(dataclasses.replace(path.step, attend_padding=True).loss(model, full, noised))
             cut = path.collate.pad_to or round_up(int(lengths.max()), path.collate.multiple_of)
-            own = {k: v[:, :cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in full.items()}
+            own = dataclasses.replace(full, input_ids=ids[:, :cut], attention_mask=attention[:, :cut])
             own_noised = NoisedBatch(noisy[:, :cut], flags[:, :cut], noised.p)
             own_loss = float(path.step.loss(model, own, own_noised))
             own_reference = attended if path.step.attend_padding else masked  # the paper recipes attend
@@ -509,8 +507,6 @@ def loss_checks(model, paths: dict, records, args, model_config, device, switch)
 
 
 def model_shape(args) -> dict:
-    from blocksft.bench.generate import TINY_SHAPE
-
     if args.tiny:
         return dict(TINY_SHAPE)
     if args.gpu_8b:
@@ -528,11 +524,7 @@ def model_shape(args) -> dict:
 
 
 def bench_records(args, vocab: int, count: int) -> list[dict]:
-    from blocksft.bench.noise import synthetic_examples
-
     if args.data:
-        from blocksft.data.records import load_records
-
         records = load_records(args.data, max_len=args.max_len)
         if len(records) < count:
             raise SystemExit(f"--data {args.data}: {len(records)} records, the run needs {count}")
@@ -551,13 +543,6 @@ def bench_records(args, vocab: int, count: int) -> list[dict]:
 
 def benchmark(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns everything it measured (what ``main`` prints)."""
-    from blocksft.bench.generate import random_llada
-    from blocksft.model.loading import resolve_dtype
-    from blocksft.objectives import get_objective
-    from blocksft.train.lora import apply_lora
-    from blocksft.train.metrics import FlopModel, peak_flops_for
-    from blocksft.train.speed import format_choices
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -565,22 +550,14 @@ def benchmark(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
 
     # ----- Model: random weights made once on the device, LoRA, AdamW -----
-    model = random_llada(
-        model_shape(args), device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed
-    )
-    model, lora = apply_lora(
-        model, targets=args.lora_targets, r=args.lora_r, alpha=2.0 * args.lora_r, dropout=0.05
-    )
-    model.train()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.95)
-    )
+    model, lora, optimizer = build_model(args)
     config = model.get_base_model().config
 
     # ----- Records and paths -----
     rounds = args.warmup + args.steps
     records = bench_records(args, config.vocab_size, rounds * args.micro_batch)
-    objective = get_objective(args.objective, mask_id=config.mask_token_id, block_size=args.block_size)
+    mask_id = resolve_special_ids(None, config).mask  # a random model: its config's ids
+    objective = get_objective(args.objective, mask_id=mask_id, block_size=args.block_size)
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).tolist()
     paths, choices = {}, {}
     for name in args.paths:
@@ -594,28 +571,20 @@ def benchmark(argv: list[str] | None = None) -> dict:
 
     # ----- Loss check, then the timed steps -----
     checks = loss_checks(model, paths, records, args, config, device, switch)
-    body = sum(p.numel() for n, p in model.named_parameters() if ".blocks." in n)
-    flop_model = FlopModel(
-        body_params=body,
-        trained_params=lora.trainable_params,
-        head_params=config.d_model * config.embedding_size,
-        n_layers=config.n_layers,
-        d_model=config.d_model,
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    timings = time_paths(
+        model,
+        paths,
+        optimizer,
+        args,
+        device,
+        flop_model_of(model, lora),
+        peak_flops_of(args, device_name),
+        switch,
     )
-    on_cuda = device.type == "cuda"
-    device_name = (
-        torch.cuda.get_device_name(device) if on_cuda else platform.processor() or platform.machine()
-    )
-    peak_flops = (
-        args.peak_tflops * 1e12 if args.peak_tflops else (peak_flops_for(device_name) if on_cuda else None)
-    )
-    timings = time_paths(model, paths, optimizer, args, device, flop_model, peak_flops, switch)
-    import peft
-    import transformers
-
     return {
         "benchmark": "train",
-        "device": device_name,
+        "device": device_name or platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "versions": {
             "torch": torch.__version__,
@@ -625,30 +594,63 @@ def benchmark(argv: list[str] | None = None) -> dict:
         "shape": "LLaDA-8B" if args.gpu_8b and not args.tiny else model_shape(args),
         "parameters": sum(p.numel() for p in model.parameters()),
         "lora": lora.summary(),
-        "settings": {
-            k: getattr(args, k)
-            for k in (
-                "objective",
-                "micro_batch",
-                "max_len",
-                "lora_r",
-                "dtype",
-                "gradient_checkpointing",
-                "steps",
-                "warmup",
-            )
-        }
-        | {
-            "records": "file " + args.data
-            if args.data
-            else ("full-length" if args.full_length else "synthetic")
-        },
+        "settings": run_settings(args),
         "memory": timings.pop("memory"),
         "paths": timings,
         "choices": choices,
         "compile_notes": switch.notes,
         "checks": checks,
     }
+
+
+def build_model(args):
+    """A random LLaDA of the bench's shape made on its device, LoRA on it, and AdamW over the adapters."""
+    model = random_llada(
+        model_shape(args), device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed
+    )
+    model, lora = apply_lora(
+        model, targets=args.lora_targets, r=args.lora_r, alpha=2.0 * args.lora_r, dropout=0.05
+    )
+    model.train()
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.95)
+    )
+    return model, lora, optimizer
+
+
+def flop_model_of(model, lora) -> FlopModel:
+    """The FLOP count of a step of the bench's model (its recompute left out: model FLOPs)."""
+    config = model.get_base_model().config
+    return FlopModel(
+        body_params=sum(p.numel() for n, p in model.named_parameters() if ".blocks." in n),
+        trained_params=lora.trainable_params,
+        head_params=config.d_model * config.embedding_size,
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+    )
+
+
+def peak_flops_of(args, device_name: str | None) -> float | None:
+    """The device's dense bf16 peak for MFU: ``--peak-tflops``, else a known GPU's, else none."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    return peak_flops_for(device_name) if device_name else None
+
+
+def run_settings(args) -> dict:
+    """The settings the report prints, and where the records came from."""
+    names = (
+        "objective",
+        "micro_batch",
+        "max_len",
+        "lora_r",
+        "dtype",
+        "gradient_checkpointing",
+        "steps",
+        "warmup",
+    )
+    records = "file " + args.data if args.data else ("full-length" if args.full_length else "synthetic")
+    return {name: getattr(args, name) for name in names} | {"records": records}
 
 
 def format_report(result: dict) -> str:
@@ -711,8 +713,6 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(result), flush=True)
     args = parse_args(argv)
     if args.json:
-        from blocksft.train.logs import write_json
-
         write_json(Path(args.json), result)
     return 0 if all(c["same"] for c in result["checks"]) else 1
 

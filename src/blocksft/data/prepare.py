@@ -24,116 +24,30 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
+import datasets
+import torch
+
+import blocksft
+from blocksft.config.flags import config_to_dict
+from blocksft.config.prepare import PrepareConfig
+from blocksft.data.prepare_report import PrepareCounts, PrepareResult, write_histogram_plot
 from blocksft.data.prompts import (
-    ALPACA_PROMPT,
     chat_template_appends_header,
     encode_texts,
     load_prompt_template,
     render_conversation_texts,
     render_prompt_texts,
 )
+from blocksft.data.records import save_records, tokenizer_fingerprint
+from blocksft.data.tasks import open_dataset, quiet_datasets, require_columns
 from blocksft.errors import BlocksftError
+from blocksft.outputs import check_output_path, claim
+from blocksft.progress import progress
+from blocksft.special_tokens import require_mask_token, special_text_pattern, special_text_problem
+from blocksft.tokenizer import load_tokenizer
 
 TYPE_FIELD = "type"
-
-
-@dataclass
-class PrepareConfig:
-    """Everything ``blocksft prepare`` does is set here; defaults are the reference ``pt.py``'s."""
-
-    output: str = field(default="MathQA_256.pt", metadata={"help": "record file to write (.pt)"})
-    model: str = field(
-        default="GSAI-ML/LLaDA-8B-Instruct",
-        metadata={"help": "tokenizer (hub id or local folder) whose chat template renders the data"},
-    )
-    dataset: str = field(
-        default="meta-math/MetaMathQA",
-        metadata={"help": "hub dataset id, or a local .jsonl/.json/.parquet file or folder"},
-    )
-    split: str = field(default="train", metadata={"help": "dataset split (hub datasets and folders)"})
-    dataset_config: str | None = field(
-        default=None, metadata={"help": "hub dataset configuration, for datasets that have several"}
-    )
-    max_len: int = field(
-        default=256, metadata={"help": "drop (never truncate) samples with more tokens than this"}
-    )
-    max_samples: int = field(
-        default=20000, metadata={"help": "keep at most this many samples, in dataset order (0 = all)"}
-    )
-    filter_type: str = field(
-        default="GSM", metadata={"help": "skip rows whose 'type' field contains this text ('' keeps all)"}
-    )
-    query_field: str = field(default="query", metadata={"help": "field holding the question"})
-    response_field: str = field(default="response", metadata={"help": "field holding the answer"})
-    prompt_template: str = field(
-        default=ALPACA_PROMPT,
-        metadata={"help": "prompt text with {query}, or a path to a text file holding it (the reference's)"},
-    )
-    num_proc: int = field(
-        default=1,
-        metadata={"help": "processes for datasets.map (a fast tokenizer already uses several threads)"},
-    )
-    batch_size: int = field(default=1000, metadata={"help": "rows rendered and tokenized per batch"})
-    on_boundary_mismatch: Literal["split", "error", "skip"] = field(
-        default="split",
-        metadata={
-            "help": "a row whose tokens merge across the prompt/answer boundary: 'split' encodes its "
-            "prompt and answer apart, so the prompt has the ids it has at inference (counted and "
-            "reported); 'error' stops; 'skip' drops the row (counted)"
-        },
-    )
-    on_special_text: Literal["error", "skip"] = field(
-        default="error",
-        metadata={
-            "help": "a row whose text holds a special token's text (e.g. '<|eot_id|>'), which the tokenizer "
-            "would encode as a control token: 'error' stops naming the row, 'skip' drops it (counted)"
-        },
-    )
-    block_size: int = field(default=32, metadata={"help": "block size for the blocks-per-answer histogram"})
-    plot: bool = field(default=False, metadata={"help": "also write the histograms to <output>.png"})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "allow the tokenizer's own code from the hub"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
-
-    def __post_init__(self):
-        for name in ("output", "model", "dataset", "query_field", "response_field", "prompt_template"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
-        if self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1, not {self.max_len}")
-        if self.max_samples < 0:
-            raise ValueError(f"max_samples must be >= 0 (0 = all), not {self.max_samples}")
-        for name in ("num_proc", "batch_size", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-
-
-@dataclass
-class PrepareCounts:
-    """What happened to the rows, up to the row where ``max_samples`` was reached."""
-
-    rows_read: int = 0
-    skipped_by_type: int = 0
-    dropped_too_long: int = 0
-    skipped_boundary_mismatch: int = 0
-    split_at_boundary: int = 0
-    skipped_special_text: int = 0
-    kept: int = 0
-
-
-@dataclass
-class PrepareResult:
-    """The records (``[{"prompt_len": int, "full_ids": LongTensor}]``), counts and where they went."""
-
-    records: list[dict]
-    counts: PrepareCounts
-    output: Path | None = None
-    sidecar: Path | None = None
-    plot: Path | None = None
-    seconds: float = 0.0
 
 
 @dataclass
@@ -154,23 +68,6 @@ def _row_problem(query, response, query_field: str, response_field: str) -> str:
             return f"field {name!r} is a {type(value).__name__}, not text"
     if not response.strip():
         return f"field {response_field!r} is empty; every row needs an answer"
-    return ""
-
-
-def special_text_problem(fields: dict[str, str], special_text) -> str:
-    """Why a row cannot be encoded as text (``""`` if it can): a field holds a special token's text.
-
-    Args:
-        fields: field name -> text of one row.
-        special_text: :func:`blocksft.tokenizer.special_text_pattern` of the tokenizer.
-    """
-    for name, text in fields.items():
-        found = special_text.search(text)
-        if found:
-            return (
-                f"field {name!r} holds {found.group(0)!r}, which the tokenizer would encode as a control "
-                "token rather than as text"
-            )
     return ""
 
 
@@ -238,8 +135,6 @@ def encode_batch(
 
 
 def _encoded_features():
-    import datasets
-
     id_list = getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32"))
     return datasets.Features(
         {
@@ -279,12 +174,8 @@ def _next_chunk_size(remaining: int, wanted: int, kept: int, scanned: int) -> in
 
 
 def _encode_rows(subset, encode, config: PrepareConfig) -> dict[str, list]:
-    import datasets
-
-    from blocksft.data.tasks import quiet_datasets
-
     num_proc = config.num_proc if config.num_proc > 1 and len(subset) > config.num_proc else None
-    with quiet_datasets(datasets):  # progress is ours (per chunk), not a bar per map call
+    with quiet_datasets():  # progress is ours (per chunk), not a bar per map call
         mapped = subset.map(
             encode,
             batched=True,
@@ -340,8 +231,6 @@ class _Scan:
         return self.full or bool(self.mismatches and self.config.on_boundary_mismatch == "error")
 
     def take(self, rows: list[int], columns: dict[str, list]) -> None:
-        import torch
-
         for k, row in enumerate(rows):
             if columns["problem"][k]:
                 raise BlocksftError(f"row {row} of {self.config.dataset}: {columns['problem'][k]}")
@@ -423,10 +312,6 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         BlocksftError: missing fields, a bad row, a template that does not end as expected, tokens
             merging across the prompt/answer boundary (unless skipped), or nothing kept.
     """
-    from blocksft.data.tasks import require_columns
-    from blocksft.progress import progress
-    from blocksft.tokenizer import special_text_pattern
-
     template = load_prompt_template(config.prompt_template) if template is None else template
     require_columns(
         dataset,
@@ -475,41 +360,15 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
-    from blocksft.outputs import check_output_path
-
     check_output_path(output, "--output", kind="file")
     if output.exists() and not overwrite:
         raise BlocksftError(f"--output {output} already exists; pass --overwrite to replace it")
 
 
-def _load_tokenizer(config: PrepareConfig):
-    from blocksft.tokenizer import load_tokenizer
-
-    return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-
-
-def require_mask_token(tokenizer, flag: str, source: str) -> None:
-    """Refuse a tokenizer without a mask token: it is not a masked diffusion model's."""
-    from blocksft.tokenizer import MASK, mask_token_id
-
-    try:
-        mask_token_id(tokenizer)
-    except ValueError:
-        raise BlocksftError(
-            f"{flag} {source}: its tokenizer has no mask token {MASK} (nor a mask_token), so it is not the "
-            "tokenizer of a masked diffusion model; give the model you will train (e.g. "
-            "GSAI-ML/LLaDA-8B-Instruct)"
-        ) from None
-
-
 def build_meta(config: PrepareConfig, tokenizer, template: str, counts: PrepareCounts, command: str | None):
     """The sidecar's contents (see :mod:`blocksft.data.records`)."""
-    from blocksft import __version__
-    from blocksft.config import config_to_dict
-    from blocksft.data.records import tokenizer_fingerprint
-
     return {
-        "blocksft_version": __version__,
+        "blocksft_version": blocksft.__version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -534,18 +393,14 @@ def run_prepare(config: PrepareConfig, *, tokenizer=None, command: str | None = 
     Raises:
         BlocksftError: any bad input; nothing is written then.
     """
-    from blocksft.data.prepare_report import write_histogram_plot
-    from blocksft.data.records import save_records
-    from blocksft.data.tasks import open_dataset
-    from blocksft.outputs import claim
-
     started = time.perf_counter()
     output = Path(config.output)
     _check_output(output, config.overwrite)
     template = load_prompt_template(config.prompt_template)
     # One writer per output: a second run on the same file stops here instead of racing this one.
     with claim(output.with_name(f".{output.name}.lock"), f"--output {output}"):
-        tokenizer = _load_tokenizer(config) if tokenizer is None else tokenizer
+        if tokenizer is None:
+            tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
         require_mask_token(tokenizer, "--model", config.model)
         dataset = open_dataset(config.dataset, config.split, config.dataset_config)
         result = build_records(dataset, tokenizer, config, template)

@@ -23,7 +23,7 @@ import torch
 
 from blocksft.errors import BlocksftError
 from blocksft.outputs import publish_new
-from blocksft.tokenizer import EOT, mask_token_id
+from blocksft.special_tokens import EOT, token_id, tokenizer_mask_id
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +50,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _token_id(tokenizer, token: str) -> int | None:
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or (tokenizer.unk_token_id is not None and token_id == tokenizer.unk_token_id):
-        return None
-    return int(token_id)
-
-
-def _mask_id_or_none(tokenizer) -> int | None:
-    try:
-        return mask_token_id(tokenizer)
-    except ValueError:
-        return None
-
-
 def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     """What identifies a tokenizer for record files: name, vocabulary size and digest, special ids.
 
@@ -80,8 +66,8 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
             "bos": tokenizer.bos_token_id,
             "eos": tokenizer.eos_token_id,
             "pad": tokenizer.pad_token_id,
-            "mask": _mask_id_or_none(tokenizer),
-            "eot": _token_id(tokenizer, EOT),
+            "mask": tokenizer_mask_id(tokenizer),
+            "eot": token_id(tokenizer, EOT),
         },
         "chat_template_sha256": _sha256_bytes(str(template).encode()) if template else None,
     }
@@ -175,6 +161,11 @@ def _check_vocab_range(records: list[dict], vocab_size: int, source: str | Path,
             )
 
 
+def answer_lengths(records: list[dict]) -> list[int]:
+    """Answer tokens of each record: ``len(full_ids) - prompt_len`` (``<|eot_id|>`` included)."""
+    return [len(r["full_ids"]) - int(r["prompt_len"]) for r in records]
+
+
 def records_sha256(records: list[dict]) -> str:
     """SHA-256 of the records' content (each ``prompt_len`` and its ids as int64), whatever file
     format or path they came from: two files with the same records have the same digest."""
@@ -262,9 +253,9 @@ def check_tokenizer(meta: dict, tokenizer, source: str | Path) -> None:
     elif saved.get("vocab_sha256") and saved["vocab_sha256"] != current["vocab_sha256"]:
         differences.append("vocabulary")
     saved_ids = saved.get("special_token_ids") or {}
-    for name, token_id in current["special_token_ids"].items():
-        if name in saved_ids and saved_ids[name] != token_id:
-            differences.append(f"{name} id {saved_ids[name]} vs {token_id}")
+    for name, current_id in current["special_token_ids"].items():
+        if name in saved_ids and saved_ids[name] != current_id:
+            differences.append(f"{name} id {saved_ids[name]} vs {current_id}")
     if differences:
         model = current["name_or_path"] or "<the model you train>"
         raise BlocksftError(

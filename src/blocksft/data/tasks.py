@@ -7,12 +7,15 @@ folder of them) with ``datasets``; bad input becomes one clear error. :func:`loa
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+
+import datasets
 
 from blocksft.errors import BlocksftError
 
@@ -57,7 +60,7 @@ def _is_local(source: str) -> bool:
 
 
 @contextmanager
-def quiet_datasets(datasets):
+def quiet_datasets():
     """No progress bar and no log lines from ``datasets`` while a local file loads: it takes moments,
     and a parse failure must surface as our one-line error, not a logged traceback before it."""
     was_enabled, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
@@ -83,8 +86,6 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
     Raises:
         BlocksftError: missing, empty or unreadable file; unknown hub id or no network; no rows.
     """
-    import datasets
-
     path = Path(source)
     try:
         if _is_local(source):
@@ -100,7 +101,7 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
                     raise BlocksftError(f"{flag} {source}: unknown file type; use .jsonl, .json or .parquet")
                 if builder == "json":
                     check_utf8(path, f"{flag} {source}")
-                with quiet_datasets(datasets):
+                with quiet_datasets():
                     dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             dataset = datasets.load_dataset(source, config, split=split)
@@ -120,8 +121,6 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
 
 def check_utf8(path: str | Path, what: str) -> None:
     """Refuse a text file that is not UTF-8, naming the first bad byte (readers decode lazily, later)."""
-    import codecs
-
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with open(path, "rb") as fh:
@@ -250,8 +249,6 @@ def _open_math(source: str, split: str, config: str | None):
     subjects = MATH_SUBJECT_CONFIGS.get(source) if config is None and not _is_local(source) else None
     if not subjects:
         return open_dataset(source, split, config, flag="MATH source")
-    import datasets
-
     return datasets.concatenate_datasets(
         [open_dataset(source, split, subject, flag="MATH source") for subject in subjects]
     )

@@ -160,7 +160,7 @@ def sft_steps(config: DemoConfig, blocks_per_sample: list[int]) -> dict[str, int
 
 
 def train_config(config: DemoConfig, **overrides):
-    from blocksft.train.config import TrainConfig
+    from blocksft.config.train import TrainConfig
 
     values = dict(
         max_len=256,
@@ -185,14 +185,16 @@ def run_demo(config: DemoConfig) -> DemoResult:
     """Run the whole demo into ``config.out``; returns what it wrote and how long each stage took."""
     import torch
 
-    from blocksft.data.prepare import PrepareConfig, run_prepare
+    from blocksft.config.eval import EvalConfig
+    from blocksft.config.prepare import PrepareConfig
+    from blocksft.config.sampler import SamplerConfig
+    from blocksft.data.prepare import run_prepare
     from blocksft.demo import task as demo_task
     from blocksft.demo.report import write_report
-    from blocksft.evaluate.config import EvalConfig
     from blocksft.evaluate.runner import run_eval
-    from blocksft.generation.options import SamplerConfig
     from blocksft.objectives import get_objective
-    from blocksft.tokenizer import build_tokenizer, mask_token_id
+    from blocksft.special_tokens import mask_token_id
+    from blocksft.tokenizer import build_tokenizer
     from blocksft.train.run import run_train
 
     if config.threads:

@@ -12,19 +12,43 @@ parts into the output in dataset order and writes the summary (see :mod:`blocksf
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from importlib import metadata
 from pathlib import Path
 
 import torch
+import transformers
 
+import blocksft
+from blocksft.config.eval import EvalConfig, grid_stem, model_tag, output_path
+from blocksft.config.prepare import ALPACA_PROMPT
+from blocksft.config.sampler import SamplerConfig
+from blocksft.data.prompts import load_prompt_template, render_prompt_ids
+from blocksft.data.tasks import Problem, load_gsm8k, load_math
 from blocksft.errors import BlocksftError
 from blocksft.evaluate import gsm8k, results
 from blocksft.evaluate import math as math_task
-from blocksft.evaluate.config import EvalConfig, grid_stem, model_tag, output_path
+from blocksft.evaluate.grid import write_grid
+from blocksft.generation.sampler import generate
+from blocksft.generation.text import decode_answer
+from blocksft.generation.transfer import left_pad
+from blocksft.model.loading import check_device, load_model
+from blocksft.outputs import check_output_path, claim
+from blocksft.progress import progress as progress_bar
+from blocksft.rng import batch_seed
+from blocksft.special_tokens import (
+    SpecialIds,
+    resolve_special_ids,
+    special_text_pattern,
+    special_text_problem,
+)
+from blocksft.tokenizer import load_tokenizer
 
 TASK_MODULES = {"gsm8k": gsm8k, "math": math_task}  # each has score(output, gold) and METRICS
 
@@ -73,8 +97,6 @@ def distributed_context(timeout_minutes: int = 180) -> DistContext:
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything else as given
     (checked: this machine must have it)."""
-    from blocksft.model.loading import check_device
-
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return check_device(spec)
@@ -89,8 +111,6 @@ def prompt_template(style: str) -> str | None:
     ``alpaca``: training's instruction wrapper; ``chat``: the bare question; a text containing
     ``{query}`` or a path to a file holding one: that wrapper.
     """
-    from blocksft.data.prompts import ALPACA_PROMPT, load_prompt_template
-
     if style == "plain":
         return None
     return {"alpaca": ALPACA_PROMPT, "chat": "{query}"}.get(style) or load_prompt_template(style)
@@ -104,8 +124,6 @@ def build_prompt_ids(tokenizer, question: str, template: str | None) -> list[int
     question with the tokenizer's own special tokens (BOS). Refuses a prompt that starts with two
     BOS tokens (the double-BOS pitfall of chat-templated evaluation).
     """
-    from blocksft.data.prompts import render_prompt_ids
-
     if template is None:
         ids = list(tokenizer(question)["input_ids"])
     else:
@@ -134,8 +152,6 @@ def load_problems(config: EvalConfig) -> tuple[list, str]:
     data and not how much of it this run takes: a larger ``--limit`` extends a file, changed data
     is refused.
     """
-    from blocksft.data.tasks import load_gsm8k, load_math
-
     loader = {"gsm8k": load_gsm8k, "math": load_math}[config.task]
     kwargs = {"split": config.split}
     if config.data is not None:
@@ -152,18 +168,12 @@ def load_problems(config: EvalConfig) -> tuple[list, str]:
 
 def problems_digest(problems: list) -> str:
     """SHA-256 of the problems' ids, questions, solutions and gold answers, in order."""
-    import hashlib
-    import json
-
     rows = [[str(p.id), p.question, p.solution, p.gold] for p in problems]
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 
 def check_question_text(problems: list, tokenizer, source: str) -> None:
     """Refuse a question that holds a special token's text: the model would read a control token."""
-    from blocksft.data.prepare import special_text_problem
-    from blocksft.tokenizer import special_text_pattern
-
     pattern = special_text_pattern(tokenizer)
     for index, problem in enumerate(problems):
         problem_text = special_text_problem({"question": problem.question}, pattern)
@@ -200,12 +210,6 @@ def run_settings(config: EvalConfig, sampler, model: str, data_sha256: str) -> d
 
 def software_versions() -> dict:
     """Versions that change generated text or scores."""
-    from importlib import metadata
-
-    import transformers
-
-    import blocksft
-
     versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -249,45 +253,35 @@ def run_record(
     }
 
 
-def _batch_seed(seed: int, first_index: int) -> int:
-    # One seed per batch, from the run seed and the batch's first problem: the same batch gets the
-    # same noise whether the run was resumed or not.
-    return (seed * 1_000_003 + first_index) % (2**63)
-
-
 def generate_rows(
     model,
     tokenizer,
-    batch: list[tuple[int, object]],
+    batch: list[tuple[int, Problem]],
     *,
     task: str,
-    sampler,
+    sampler: SamplerConfig,
     template: str | None,
     seed: int,
     settings_id: str,
-    mask_id: int,
+    ids: SpecialIds,
 ) -> list[dict]:
     """Decode one batch of ``(index, problem)`` pairs and score the answers."""
-    from blocksft.generate import decode_answer, generate, left_pad, stop_token_ids
-    from blocksft.generation.text import tokenizer_pad_id
-
     device = next(model.parameters()).device
     prompts = [build_prompt_ids(tokenizer, problem.question, template) for _, problem in batch]
-    input_ids, attention_mask = left_pad(prompts, tokenizer_pad_id(tokenizer))
-    stops = stop_token_ids(tokenizer)
-    generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch[0][0]))
+    input_ids, attention_mask = left_pad(prompts, ids.pad)
+    generator = torch.Generator(device=device).manual_seed(batch_seed(seed, batch[0][0]))
     start = time.perf_counter()
     with torch.inference_mode():
         out = generate(
             model,
             input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            mask_id=mask_id,
-            eos_token_ids=stops,
+            mask_id=ids.mask,
+            eos_token_ids=ids.stops,
             generator=generator,
             **sampler.generate_kwargs(),
         )
-    texts = decode_answer(tokenizer, out.sequences, out.prompt_length, stops)
+    texts = decode_answer(tokenizer, out.sequences, out.prompt_length, ids.stops)
     seconds = (time.perf_counter() - start) / len(batch)
     # Each row's own forwards where the decoder counts them (rows move on independently), else the batch's.
     nfe = out.row_nfe.tolist() if out.row_nfe is not None else [out.nfe] * len(batch)
@@ -315,10 +309,10 @@ def generate_rows(
 def evaluate_problems(
     model,
     tokenizer,
-    problems: list,
+    problems: list[Problem],
     *,
     config: EvalConfig,
-    sampler,
+    sampler: SamplerConfig,
     model_name: str,
     output: str | Path,
     dist: DistContext | None = None,
@@ -340,14 +334,10 @@ def evaluate_problems(
     Returns:
         The summary (on rank 0; None on other ranks).
     """
-    from blocksft.generation.text import resolve_mask_id, tokenizer_pad_id
-    from blocksft.outputs import claim
-    from blocksft.progress import progress as progress_bar
-
     dist = dist or DistContext()
     output = Path(output)
     check_question_text(problems, tokenizer, config.data or f"the {config.task} data")
-    mask_id = resolve_mask_id(model.config, tokenizer, pad_id=tokenizer_pad_id(tokenizer))
+    ids = resolve_special_ids(tokenizer, model.config)
     settings = run_settings(config, sampler, model_name, data_sha256 or problems_digest(problems))
     sid = results.settings_id(settings)
     # One writer per results file (per rank): a second run on the same --output stops here.
@@ -367,72 +357,86 @@ def evaluate_problems(
 
         # === 2. Generate batch by batch, appending finished rows to this rank's part file ===
         model.eval()
-        metrics = TASK_MODULES[config.task].METRICS
-        tally = {m: sum(1 for r in mine_done if r["correct"].get(m)) for m in metrics}
-        count = len(mine_done)
-        with progress_bar(
-            len(todo),
-            f"{config.task} {model_tag(model_name)} B={sampler.block_length}",
-            unit="problem",
-            disable=not progress or dist.rank != 0,
-        ) as bar:
+        shard = dict(
+            task=config.task, sampler=sampler, template=settings["prompt_template"], seed=config.seed
+        )
+        label = f"{config.task} {model_tag(model_name)} B={sampler.block_length}"
+        with progress_bar(len(todo), label, unit="problem", disable=not progress or dist.rank != 0) as bar:
+            tally = RunningAccuracy(TASK_MODULES[config.task].METRICS, mine_done)
             for start in range(0, len(todo), config.batch_size):
                 batch = todo[start : start + config.batch_size]
-                rows = generate_rows(
-                    model,
-                    tokenizer,
-                    batch,
-                    task=config.task,
-                    sampler=sampler,
-                    template=settings["prompt_template"],
-                    seed=config.seed,
-                    settings_id=sid,
-                    mask_id=mask_id,
-                )
+                rows = generate_rows(model, tokenizer, batch, settings_id=sid, ids=ids, **shard)
                 results.append_rows(own_part, rows)
-                for row in rows:
-                    count += 1
-                    for m in metrics:
-                        tally[m] += bool(row["correct"][m])
+                tally.add(rows)
                 bar.update(len(batch))
-                bar.set_postfix({m: f"{100 * tally[m] / count:.1f}%" for m in metrics})
+                bar.set_postfix(tally.postfix())
 
         # === 3. Rank 0 merges every part into the output and writes the summary ===
         dist.barrier()
         summary = None
         if dist.rank == 0:
-            all_rows = results.merge_parts(output)
-            selected = {str(p.id) for p in problems}
-            rows = [r for r in all_rows if str(r["id"]) in selected]
-            summary = {
-                "task": config.task,
-                "model": model_name,
-                "output": str(output),
-                "metrics": results.metric_summary(rows),
-                "problems": len(problems),
-                "rows_in_file": len(all_rows),
-                "settings": settings,
-                "settings_id": sid,
-                **run_record(config, sampler, rows, dist, next(model.parameters()).device),
-                "wall_seconds_this_run": round(time.perf_counter() - wall_start, 3),
-            }
+            device = next(model.parameters()).device
+            summary = merged_summary(config, sampler, problems, model_name, output, settings, dist, device)
+            summary["wall_seconds_this_run"] = round(time.perf_counter() - wall_start, 3)
             results.write_summary(output, summary)
         dist.barrier()
         return summary
 
 
+class RunningAccuracy:
+    """The accuracy of the rows so far, per metric (for the progress bar)."""
+
+    def __init__(self, metrics, rows_done: list[dict]):
+        self.metrics, self.count = metrics, len(rows_done)
+        self.correct = {m: sum(1 for r in rows_done if r["correct"].get(m)) for m in metrics}
+
+    def add(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.count += 1
+            for m in self.metrics:
+                self.correct[m] += bool(row["correct"][m])
+
+    def postfix(self) -> dict[str, str]:
+        return {m: f"{100 * self.correct[m] / self.count:.1f}%" for m in self.metrics}
+
+
+def merged_summary(
+    config: EvalConfig,
+    sampler: SamplerConfig,
+    problems: list[Problem],
+    model_name: str,
+    output: Path,
+    settings: dict,
+    dist: DistContext,
+    device: torch.device,
+) -> dict:
+    """Merge every rank's part into ``output``; the summary of the selected problems' rows."""
+    all_rows = results.merge_parts(output)
+    selected = {str(p.id) for p in problems}
+    rows = [r for r in all_rows if str(r["id"]) in selected]
+    return {
+        "task": config.task,
+        "model": model_name,
+        "output": str(output),
+        "metrics": results.metric_summary(rows),
+        "problems": len(problems),
+        "rows_in_file": len(all_rows),
+        "settings": settings,
+        "settings_id": results.settings_id(settings),
+        **run_record(config, sampler, rows, dist, device),
+    }
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 
-def run_eval(config: EvalConfig, sampler, *, progress: bool = True) -> list[dict]:
+def run_eval(config: EvalConfig, sampler: SamplerConfig, *, progress: bool = True) -> list[dict]:
     """Evaluate every ``--model`` at every ``--block-length``; write rows, summaries and the grid.
 
     Returns:
         One ``{"model", "block_length", "output", "metrics"}`` cell per run (on every rank; metrics
         only on rank 0).
     """
-    from blocksft.model.loading import load_model, load_tokenizer
-
     if not config.model:
         raise BlocksftError("--model is required (a checkpoint folder or hub id)")
     # Check every block length against the sampler before loading anything.
@@ -485,8 +489,6 @@ def run_eval(config: EvalConfig, sampler, *, progress: bool = True) -> list[dict
 
 def check_outputs(config: EvalConfig, sampler) -> None:
     """Refuse, before anything loads, results files (and a grid's tables) that cannot be written."""
-    from blocksft.outputs import check_output_path
-
     for model_name in config.model:
         for block_length in config.block_lengths:
             path = output_path(config, model_name, block_length, sampler.gen_length, sampler.steps)
@@ -495,9 +497,8 @@ def check_outputs(config: EvalConfig, sampler) -> None:
         check_output_path(f"{grid_stem(config)}.grid.md", "--output", kind="file")
 
 
-def results_grid(cells: list[dict], config: EvalConfig, sampler) -> dict:
-    from blocksft.evaluate.grid import write_grid
-
+def results_grid(cells: list[dict], config: EvalConfig, sampler: SamplerConfig) -> dict:
+    """The grid's table and heatmap (``<stem>.grid.md`` ...), titled with the decoding settings."""
     title = (
         f"{config.task}: gen_length {sampler.gen_length}, {sampler.steps} steps "
         f"({sampler.steps / sampler.gen_length:g} per token), {sampler.remasking}, T={sampler.temperature:g}"

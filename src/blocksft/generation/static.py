@@ -11,7 +11,7 @@ operations on them:
    position, ``dual``: the block), keys and values written into fixed-size cache buffers in place
    (:class:`~blocksft.model.modeling_llada.StaticCacheSpan`);
 3. the predictions and their float64 confidences, the commits chosen with masks
-   (:func:`~blocksft.generation.schedule.select_transfer`), written with ``scatter``;
+   (:func:`~blocksft.generation.transfer.select_transfer`), written with ``scatter``;
 4. without a cache, a row whose block has no mask left moves to its next block at once (per-row
    block pointers), so rows of a batch that finish their blocks at different steps (threshold
    decoding) do not wait for one another; a row past its last block (or stopped at EOS) idles until
@@ -41,7 +41,13 @@ from dataclasses import dataclass
 
 import torch
 
-from blocksft.generation.schedule import predict_block, select_transfer, transfer_schedule
+from blocksft.generation.output import GenerateOutput
+from blocksft.generation.transfer import (
+    positions_from_mask,
+    predict_block,
+    select_transfer,
+    transfer_schedule,
+)
 from blocksft.model.modeling_llada import StaticCacheSpan
 
 
@@ -159,8 +165,6 @@ class StaticDecoder:
     def load(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
         """Start a decode of new prompts in the same tensors (captured graphs stay valid). The
         cache buffers need no reset: every row's first step refills its cache."""
-        from blocksft.generation.schedule import positions_from_mask
-
         if not self.fits(prompt_ids, prompt_mask):
             raise ValueError("these prompts do not fit this decoder's shapes")
         s, prompt_len = self.state, self.prompt_len
@@ -286,7 +290,7 @@ class StaticDecoder:
     # ----- Running ------------------------------------------------------------------------------
 
     def run(self, decode: str, *, compile_backend: str = "inductor"):
-        """Decode to the end; returns a :class:`~blocksft.generation.sampler.GenerateOutput`.
+        """Decode to the end; returns a :class:`~blocksft.generation.output.GenerateOutput`.
 
         Args:
             decode: ``static`` (eager steps), ``graph`` (each kind of step captured in a CUDA graph
@@ -294,8 +298,6 @@ class StaticDecoder:
                 ``torch.compile(fullgraph=True, dynamic=False)``, then captured on CUDA).
             compile_backend: ``torch.compile``'s backend for ``compiled`` (tests: ``"eager"``).
         """
-        from blocksft.generation.sampler import GenerateOutput
-
         if self._steps is None:
             self._steps = self._build_steps(decode, compile_backend)
         steps = self._steps

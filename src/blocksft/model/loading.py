@@ -1,17 +1,23 @@
-"""Loading LLaDA models and tokenizers from the hub or a local folder.
+"""Loading LLaDA models from the hub or a local folder, onto a device this machine has.
 
-Our own :class:`LLaDAModelLM` is used by default; the published remote code only when asked
-(``trust_remote_code=True``), with the fix it needs under transformers 5.x (``use_cache`` set).
+Our own :class:`LLaDAModelLM` is used by default (a local folder is first checked against the
+published layout, :func:`~blocksft.model.layout.verify_checkpoint`); the published remote code only
+when asked (``trust_remote_code=True``), with the fix it needs under transformers 5.x (``use_cache``
+set). Tokenizers load with :func:`blocksft.tokenizer.load_tokenizer`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from ..errors import BlocksftError
-from ..tokenizer import check_model_source, load_tokenizer, source_error
+from blocksft.errors import BlocksftError
+from blocksft.tokenizer import check_model_source, source_error
+
 from .configuration_llada import LLaDAConfig
+from .layout import verify_checkpoint
 from .modeling_llada import LLaDAModelLM
 
 _DTYPES = {
@@ -102,8 +108,11 @@ def _load(name_or_path: str, torch_dtype, trust_remote_code: bool) -> PreTrained
                 f"{name_or_path} is a {model_type!r} checkpoint, not 'llada'; blocksft's own model "
                 "class only covers LLaDA (pass --trust-remote-code to use the checkpoint's own code)"
             )
+        folder = Path(name_or_path)
+        if folder.is_dir() and any(folder.glob("*.safetensors")):  # headers only: cheap
+            verify_checkpoint(folder)
         model = LLaDAModelLM.from_pretrained(name_or_path, dtype=torch_dtype)
     return model
 
 
-__all__ = ["check_device", "load_model", "load_tokenizer", "resolve_dtype"]
+__all__ = ["check_device", "load_model", "resolve_dtype"]

@@ -6,10 +6,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from .checkpoint import export_dir, lora_scalings, merge_lora_state_dict, write_checkpoint
+from blocksft.progress import progress
+
+from .engine import zero_stage
+from .export import export_dir, lora_scalings, merge_lora_state_dict, write_checkpoint
 from .logs import say, write_json
 from .resume import COMPLETE_MARKER
 
@@ -19,8 +23,6 @@ class LossProgressCallback(ProgressCallback):
     (:func:`blocksft.progress.progress`), with the loss instead of a printed dict per step."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from blocksft.progress import progress
-
         if state.is_world_process_zero:
             # A resumed run starts part-way.
             self.training_bar = progress(state.max_steps, "train", unit="step", initial=state.global_step)
@@ -67,8 +69,7 @@ class MergedExporter:
     def export(self, step: int) -> Path | None:
         """Merge and save at ``step``; collective (call it on every rank)."""
         trainer = self.trainer
-        ds_config = trainer.accelerator.deepspeed_config if trainer.is_deepspeed_enabled else {}
-        zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
+        zero3 = trainer.is_deepspeed_enabled and zero_stage(trainer.accelerator.deepspeed_config) == 3
         self.exported_steps.add(step)
         # Under ZeRO-3 gathering the weights is collective; otherwise rank 0 reads its own copy.
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if zero3 else None
@@ -120,16 +121,14 @@ class ExportCallback(TrainerCallback):
 class CompleteMarkerCallback(TrainerCallback):
     """Marks a resumable state complete once every rank has written its part of it.
 
-    The marker holds the block schedule's state at that step (its cursor, and a fingerprint of
-    the data and settings it is valid for), which ``--resume`` checks.
+    The marker holds the block schedule's state at that step (where in the plan it is, and a
+    fingerprint of the data and settings it is valid for), which ``--resume`` checks.
     """
 
     def __init__(self, schedule_state: Callable[[int], dict]):
         self.schedule_state = schedule_state
 
     def on_save(self, args, state, control, **kwargs):
-        from accelerate import PartialState
-
         PartialState().wait_for_everyone()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -7,8 +7,7 @@ where the reference logs one rank's micro-batch), then ``lr, grad_norm``, per-st
 ``supervised_tokens`` (loss-bearing), ``tokens`` (non-padding), ``padded_tokens`` (what the device
 computed), ``samples``, estimated ``flops``, and ``tokens_per_s`` (non-padding tokens per second).
 ``batches.jsonl`` has one line per (step, rank, micro-batch): its sample ids, blocks and loss.
-``config.json`` holds every setting of the run (resolved) and ``ablation_config.json`` the
-reference's keys.
+(``config.json`` and ``ablation_config.json`` are written by :mod:`blocksft.train.run`.)
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ import math
 import os
 import sys
 from pathlib import Path
+
+from blocksft.errors import BlocksftError
 
 CSV_COLUMNS = (
     "step",
@@ -96,8 +97,6 @@ def read_loss_csv(path: Path) -> dict[str, list[float]]:
     Raises:
         BlocksftError: the file is not UTF-8 text or a cell is not a number.
     """
-    from blocksft.errors import BlocksftError
-
     try:
         with Path(path).open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -113,8 +112,6 @@ def read_loss_csv(path: Path) -> dict[str, list[float]]:
 
 
 def _number(cell: str | None, path: Path, line: int, column: str) -> float:
-    from blocksft.errors import BlocksftError
-
     if cell in (None, ""):
         return math.nan
     try:
@@ -144,60 +141,3 @@ def format_budget(budget: dict) -> str:
         f"{budget['supervised_tokens']:,} supervised (loss-bearing) tokens of {budget['tokens']:,} processed "
         f"({budget['padded_tokens']:,} with padding); EQUAL-FLOPS: ~{budget['estimated_flops']:.3e} FLOPs"
     )
-
-
-def write_run_config(
-    config,
-    objective,
-    *,
-    steps: int,
-    world_size: int,
-    modules,
-    data: dict | None = None,
-    resumes=(),
-    speed: dict | None = None,
-) -> None:
-    """``config.json`` (every setting, resolved; the data's content digests; the resumes that
-    changed settings) and the reference's ``ablation_config.json``.
-
-    ``speed``: per speed setting what was asked, what ran and why (``derived.speed``).
-    """
-    import dataclasses
-
-    import torch
-
-    from blocksft import __version__
-    from blocksft.config import config_to_dict
-
-    mask_id = objective.options.mask_id
-    derived = {
-        "objective_options": dataclasses.asdict(objective.options),
-        "total_steps": steps,
-        "world_size": world_size,
-        "samples_per_step": world_size * config.micro_batch * config.grad_accum,
-        "lora_modules": list(modules),
-        "data": data or {},
-        "blocksft_version": __version__,
-        "torch_version": torch.__version__,
-        "speed": speed or {},
-    }
-    payload = {"config": config_to_dict(config), "derived": derived, "resumes": list(resumes)}
-    write_json(config.logs_dir / "config.json", payload)
-    ablation = {
-        "BLOCK_SIZE": config.block_size,
-        "PREFIX_MASK_RATE": config.prefix_mask_rate,
-        "SUFFIX_MASK_PROB": objective.options.suffix_mask_prob,
-        "MICRO_BSIZE": config.micro_batch,
-        "GRAD_ACC": config.grad_accum,
-        "LR": config.lr,
-        "EPOCHS": config.epochs,
-        "MAX_SAMPLES": config.max_samples,
-        "TOTAL_TRAIN_STEPS": steps,
-        "SAVE_EVERY": config.save_every or steps,
-        "CKPT_DIR": config.ckpt_dir,
-        "SEED": config.seed,
-        "MASK_ID": mask_id,
-        "MAX_LEN": config.max_len,
-        "OBJECTIVE": config.objective,
-    }
-    write_json(config.logs_dir / "ablation_config.json", ablation)

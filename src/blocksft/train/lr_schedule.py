@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from torch.optim.lr_scheduler import LambdaLR
+
 WarmupType = Literal["linear", "log"]
 WARMUP_TYPES = ("linear", "log")
 
@@ -96,6 +98,4 @@ class WarmupCosine:
 
     def build(self, optimizer, total_steps: int):
         """A ``LambdaLR`` over ``optimizer`` (its ``lr`` is the peak), stepped after each optimizer step."""
-        from torch.optim.lr_scheduler import LambdaLR
-
         return LambdaLR(optimizer, self.multiplier(total_steps))

@@ -3,8 +3,8 @@
 A resumable state is the Trainer's own checkpoint (``<ckpt_dir>_logs/checkpoints/checkpoint-N``:
 adapter or weights, optimizer, scheduler, RNG of every rank, trainer state); blocksft writes its
 marker into it last, once every rank has saved its part. Data order and the block schedule need
-no saved state: both are functions of the config (see :mod:`blocksft.train.data`), which must be
-the interrupted run's.
+no saved state: both are functions of the config (see :mod:`blocksft.train.items`), which must be
+the interrupted run's; the marker records where in the plan the state was saved, to check that.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from blocksft.config import config_to_dict
+from blocksft.config.flags import config_to_dict
+from blocksft.config.train import CHANGEABLE_ON_RESUME, TrainConfig, config_differences
 from blocksft.errors import BlocksftError
 
-from .config import CHANGEABLE_ON_RESUME, TrainConfig, config_differences
+from .block_schedule import BlockSchedule
 from .logs import say
 
 # Written into a Trainer checkpoint folder once every rank has saved its part: --resume only
@@ -119,16 +120,17 @@ def finished_run(config: TrainConfig) -> dict | None:
     return json.loads(path.read_text()) if config.resume and path.is_file() else None
 
 
-def check_schedule(resume_from: Path, schedule, expected: dict) -> None:
-    """Refuse to resume a state whose block schedule was made for other data or settings."""
+def check_schedule(resume_from: Path, schedule: BlockSchedule, expected: tuple[int, int]) -> None:
+    """Refuse to resume a state whose block schedule was made for other data or settings, or that
+    stopped elsewhere in the plan than this run's plan is at that step (``expected``: its
+    ``(epoch, position)``)."""
     saved = json.loads((resume_from / COMPLETE_MARKER).read_text()).get("schedule")
     if saved is None:
         return
-    schedule.load_state_dict(saved)  # raises, naming what differs
-    if (saved["epoch"], saved["position"]) != (expected["epoch"], expected["position"]):
+    schedule.check_state(saved)  # raises, naming what differs
+    if (saved["epoch"], saved["position"]) != expected:
         raise BlocksftError(
             f"{resume_from}: its block schedule stopped at epoch {saved['epoch']} position "
-            f"{saved['position']}, but this run's plan is at epoch {expected['epoch']} position "
-            f"{expected['position']} there; "
-            "resume with the same world size, batch size and gradient accumulation"
+            f"{saved['position']}, but this run's plan is at epoch {expected[0]} position "
+            f"{expected[1]} there; resume with the same world size, batch size and gradient accumulation"
         )

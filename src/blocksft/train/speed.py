@@ -6,7 +6,7 @@ they always did. On a GPU:
 
 * ``torch_compile``: on, when ``torch.compile`` can run here (TorchDynamo supports this Python, and
   Triton is installed for the inductor backend). Should compiling still fail at the first step,
-  the blocks go back to eager with a one-line note (:func:`blocksft.train.run.compile_blocks`).
+  the blocks go back to eager with a one-line note (:func:`compile_blocks`).
 * ``gradient_checkpointing``: on only when :func:`estimate_training_memory` (no checkpointing)
   exceeds :data:`FREE_MEMORY_SHARE` of the device's free memory (the smallest over ranks).
 * ``group_by_length``: on when grouping keeps the run's semantics: each sample's weight in the loss
@@ -24,7 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SWITCH_SETTINGS = ("torch_compile", "gradient_checkpointing", "group_by_length")
+import torch
+import torch._dynamo
+import torch.utils._triton
+from torch._dynamo.exc import TorchDynamoException
+
+from blocksft.config.train import TrainConfig
+
+from .choices import Choice
+from .engine import full_numel
 
 # Bytes that autograd keeps per token and block of a bf16 LLaDA under LoRA, per unit of d_model and
 # per unit of the MLP width (norms, projections' inputs, RoPE, attention output, SwiGLU's three
@@ -41,24 +49,6 @@ BYTES_PER_LOGIT = 10
 # the allocator's fragmentation, the CUDA context and what the estimate leaves out.
 FREE_MEMORY_SHARE = 0.9
 GROUPING_LOSSES = ("per_sample_masked", "answer_len")
-
-
-def normalise_switch(value) -> str:
-    """``auto``/``on``/``off`` from a flag, a YAML value or an older run's boolean."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = str(value).lower()
-    text = {"true": "on", "false": "off"}.get(text, text)
-    if text not in ("auto", "on", "off"):
-        raise ValueError(f"expected auto, on or off, got {value!r}")
-    return text
-
-
-def is_on(value: str) -> bool:
-    """A resolved switch as a bool (an ``auto`` must be resolved before anything reads it)."""
-    if value == "auto":
-        raise ValueError("an auto setting was read before it was resolved")
-    return value == "on"
 
 
 # ----- Peak memory ------------------------------------------------------------------------------
@@ -133,37 +123,6 @@ def needs_checkpointing(estimate: MemoryEstimate, free_bytes: int) -> bool:
 # ----- Resolving ``auto`` -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Choice:
-    """One resolved setting: what was asked, what runs, and why."""
-
-    setting: str
-    asked: str
-    ran: str
-    why: str
-
-    def text(self) -> str:
-        label = {
-            "torch_compile": "torch.compile",
-            "gradient_checkpointing": "gradient checkpointing",
-            "group_by_length": "length grouping",
-        }[self.setting]
-        return f"{label} {self.ran} ({self.why})"
-
-    def as_dict(self) -> dict:
-        return {"asked": self.asked, "ran": self.ran, "why": self.why}
-
-
-def replace_choice(choice: Choice, ran: str, why: str) -> Choice:
-    """The same setting, now running as ``ran`` for the reason ``why``."""
-    return Choice(choice.setting, choice.asked, ran, why)
-
-
-def format_choices(choices: list[Choice]) -> str:
-    """The one line a run prints about its speed settings."""
-    return "speed: " + ", ".join(choice.text() for choice in choices)
-
-
 def _choice(setting: str, asked: str, auto_on: bool, why: str) -> Choice:
     if asked != "auto":
         return Choice(setting, asked, asked, "as asked")
@@ -189,14 +148,10 @@ def resolve_grouping(config, on_gpu: bool) -> Choice:
 
 def compile_unavailable(on_gpu: bool) -> str | None:
     """Why ``torch.compile`` cannot run here, or None."""
-    import torch._dynamo
-
     if not torch._dynamo.is_dynamo_supported():
         return "TorchDynamo does not support this Python"
     if on_gpu:
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
+        if not torch.utils._triton.has_triton():
             return "Triton is not installed"
     return None
 
@@ -232,8 +187,6 @@ def run_memory_estimate(model, config, *, blockwise: bool) -> MemoryEstimate:
     ``--block-size`` per sample (blockwise), half the positions for full-sequence SFT (its mask rate
     averages one half), ``--ce-chunk-size`` at a time with the chunked head.
     """
-    from .lora import _numel
-
     params = list(model.parameters())
     shape = model.config
     tokens = config.micro_batch * config.max_len
@@ -244,8 +197,8 @@ def run_memory_estimate(model, config, *, blockwise: bool) -> MemoryEstimate:
         if config.ce_chunk_size:
             positions = min(positions, config.ce_chunk_size)
     return estimate_training_memory(
-        weight_bytes=sum(_numel(p) * p.element_size() for p in params),
-        trainable_bytes=sum(_numel(p) * p.element_size() for p in params if p.requires_grad),
+        weight_bytes=sum(full_numel(p) * p.element_size() for p in params),
+        trainable_bytes=sum(full_numel(p) * p.element_size() for p in params if p.requires_grad),
         n_layers=shape.n_layers,
         d_model=shape.d_model,
         mlp_hidden=shape.mlp_hidden_size,
@@ -259,11 +212,66 @@ def run_memory_estimate(model, config, *, blockwise: bool) -> MemoryEstimate:
 def free_device_memory() -> int:
     """The memory this process can use on its GPU: what is free plus what its allocator holds
     already (the model may be there), the smallest over ranks (every rank must choose alike)."""
-    import torch
-
     free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         value = torch.tensor([free], dtype=torch.int64, device="cuda")
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
         free = int(value.item())
     return free
+
+
+def resolve_model_speed(config: TrainConfig, model, objective, on_gpu: bool) -> list[Choice]:
+    """``torch_compile`` and ``gradient_checkpointing`` for a run whose model is built (see
+    module docstring); the memory estimate only when checkpointing is ``auto`` on a GPU."""
+    estimate = free = None
+    if on_gpu and config.gradient_checkpointing == "auto":
+        estimate = run_memory_estimate(model, config, blockwise=objective.blockwise)
+        free = free_device_memory()
+    return [resolve_compile(config, on_gpu), resolve_checkpointing(config, on_gpu, estimate, free)]
+
+
+# ----- Compiled blocks ---------------------------------------------------------------------------
+
+
+def compile_blocks(model, backend: str = "inductor", on_fallback=None) -> None:
+    """``torch.compile`` each transformer block's forward (dynamic shapes: batches differ in length).
+
+    The blocks, not the whole model: the number of loss positions makes the head's input
+    data-dependent in size, which breaks a whole-model graph. The compiled forward is an instance
+    attribute of the block; deleting it goes back to eager. ``backend``: ``torch.compile``'s (tests
+    trace with ``"eager"``, which skips code generation).
+
+    Compiling happens at a block's first call. If it fails there (no working compiler, an
+    unsupported operation: a ``TorchDynamoException``), every block goes back to eager, that call
+    runs eagerly, and ``on_fallback(note)`` is told once; errors of the compiled code itself
+    (out of memory, ...) are raised as they are.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = list(base.blocks)
+    failed: list[str] = []
+
+    def guarded(block, compiled):
+        def forward(*args, **kwargs):
+            if not failed:
+                try:
+                    return compiled(*args, **kwargs)
+                except TorchDynamoException as error:
+                    failed.append(compile_failure_note(error))
+                    for each in blocks:
+                        each.__dict__.pop("forward", None)
+                    if on_fallback is not None:
+                        on_fallback(failed[0])
+            return type(block).forward(block, *args, **kwargs)
+
+        return forward
+
+    for block in blocks:
+        block.forward = guarded(block, torch.compile(block.forward, dynamic=True, backend=backend))
+
+
+def compile_failure_note(error: Exception) -> str:
+    """One line saying why compiling failed (the compiler's own error, when dynamo wrapped it)."""
+    inner = getattr(error, "inner_exception", None) or error
+    text = (str(inner).strip().splitlines() or [""])[0][:200]
+    reason = f"{type(error).__name__}: {type(inner).__name__}: {text}"
+    return f"torch.compile failed ({reason}); the blocks run eagerly"

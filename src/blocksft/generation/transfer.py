@@ -1,4 +1,5 @@
-"""Pure tensor pieces of semi-autoregressive decoding: how many tokens to commit, which ones, and how.
+"""Pure tensor pieces of one decoding step: how many tokens to commit (the transfer schedule), which
+ones, and the predictions; the canvas's padding and positions.
 
 Conventions: the canvas is ``[B, L]`` with ``L = P + G`` (``P`` = the left-padded prompt width,
 ``G`` = ``gen_length``); block ``b`` covers canvas columns ``[P + b * K, P + (b + 1) * K)`` with

@@ -1,10 +1,11 @@
-"""Configuration as dataclasses, loaded from defaults < YAML file < command-line flags.
+"""The flag machinery: configuration dataclasses loaded from defaults < YAML file < command-line flags.
 
-Every command keeps its knobs in one dataclass (``field(metadata={"help": ...})``, checks in
-``__post_init__``). :func:`add_dataclass_arguments` turns its fields into flags, accepting both
-``--max-len`` and ``--max_len``; :func:`build_config` layers a YAML file under the flags that were
-actually given. Written here rather than with ``transformers.HfArgumentParser`` because that parser
-cannot layer a YAML file under flags inside argparse subcommands.
+Every command keeps its knobs in one dataclass of :mod:`blocksft.config`
+(``field(metadata={"help": ...})``, checks in ``__post_init__``). :func:`add_dataclass_arguments`
+turns its fields into flags, accepting both ``--max-len`` and ``--max_len``; :func:`build_config`
+layers a YAML file under the flags that were actually given. Written here rather than with
+``transformers.HfArgumentParser`` because that parser cannot layer a YAML file under flags inside
+argparse subcommands.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
+
+import yaml
 
 from blocksft.errors import BlocksftError
 
@@ -85,8 +88,6 @@ def add_dataclass_arguments(
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; keys may use dashes or underscores."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise BlocksftError(f"config file {path} does not exist")

@@ -1,30 +1,39 @@
-"""Training data: the run's item list, the dataset over it, and the padding collator.
+"""The run's items: the list of what each step trains on, the dataset over it, the padding collator.
 
-An *item* is one (sample, epoch, block) the run trains on. The whole list is built up front by the
-block schedule (:mod:`blocksft.schedule`): each epoch visits the samples in a seeded order, and a
-blockwise sample trains on the block the schedule draws for it in that epoch (uniformly among its
-unused blocks; a sample with none left stays as a loss-free row, as in the reference, unless
-``drop_exhausted``). Every rank builds the same list and the Trainer's data loader hands each rank
-different batches of it, so no two ranks ever see the same item, and N GPUs process the same
-items as one. The list is a pure function of the config, which is what makes data order
-resumable.
+An *item* is one (sample, epoch, block) the run trains on. The whole list is built up front from
+the block schedule (:mod:`blocksft.train.block_schedule`): each epoch visits the samples in a seeded
+order, and a blockwise sample trains on the block the schedule draws for it in that epoch
+(uniformly among its unused blocks; a sample with none left stays as a loss-free row, as in the
+reference, unless ``drop_exhausted``). Every rank builds the same list and the Trainer's data
+loader hands each rank different batches of it, so no two ranks ever see the same item, and N GPUs
+process the same items as one. The list is a pure function of the config, which is what makes data
+order resumable.
 
 With ``--group-by-length`` the list is reordered within windows of an epoch so that each
 micro-batch holds records of similar length (:func:`group_by_length`); it stays a pure function of
 the config. The collator pads a batch to its longest record rounded up to a multiple (8 by
 default), not to ``--max-len`` (unless ``--pad-to-max-len``; see :class:`PadCollator` for supervised
-padding); noising happens later, on the device, inside the Trainer's ``compute_loss``.
+padding) into a :class:`TrainBatch`; noising happens later, on the device, inside the training step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from blocksft.config.train import TrainConfig, is_on
+from blocksft.data.records import answer_lengths
 from blocksft.errors import BlocksftError
+from blocksft.objectives import Objective
+
+from .block_schedule import BlockSchedule
+from .engine import uses_gpu
+from .logs import say
+from .speed import resolve_grouping
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ def plan_items(schedule, epochs: int, *, blockwise: bool) -> list[Item]:
     """Every item of the run, in training order.
 
     Args:
-        schedule: a one-rank :class:`blocksft.schedule.BlockSchedule` over the samples (its
+        schedule: the :class:`~blocksft.train.block_schedule.BlockSchedule` over the samples (its
             seeded epoch order and per-epoch blocks; the Trainer's loader shards the list).
         epochs: passes over the samples; blockwise runs stop after the epoch that uses the last
             (sample, block) pair.
@@ -47,7 +56,7 @@ def plan_items(schedule, epochs: int, *, blockwise: bool) -> list[Item]:
     items = []
     for epoch in range(min(epochs, schedule.epochs_to_cover) if blockwise else epochs):
         if blockwise:
-            samples, blocks = schedule.rank_plan(epoch, 0)
+            samples, blocks = schedule.plan(epoch)
         else:
             samples = schedule.epoch_order(epoch)
             blocks = [0] * len(samples)
@@ -113,16 +122,69 @@ def steps_for(items: Sequence[Item], samples_per_step: int, total_steps: int | N
     return steps if total_steps is None else min(steps, total_steps)
 
 
-def schedule_state_at(schedule, items: Sequence[Item], consumed: int) -> dict:
-    """The block schedule's state once ``consumed`` items of the plan were trained on."""
+def plan_position(items: Sequence[Item], consumed: int) -> tuple[int, int]:
+    """``(epoch, position)``: where in the block schedule's epochs the run is once ``consumed``
+    items of the plan were trained on (past the end: the last epoch's end)."""
     if consumed >= len(items):
         epoch = items[-1].epoch
-        position = sum(item.epoch == epoch for item in items)
-    else:
-        epoch = items[consumed].epoch
-        position = consumed - next(k for k, item in enumerate(items) if item.epoch == epoch)
-    schedule.epoch, schedule.position = epoch, position
-    return schedule.state_dict()
+        return epoch, sum(item.epoch == epoch for item in items)
+    epoch = items[consumed].epoch
+    return epoch, consumed - next(k for k, item in enumerate(items) if item.epoch == epoch)
+
+
+# ----- The plan of a run ----------------------------------------------------------------------------
+
+
+def plan_run(config: TrainConfig, objective: Objective, records: list[dict], world_size: int):
+    """The block schedule, the items the run trains on (in order) and its optimizer steps (printed)."""
+    schedule = block_schedule(config, objective, records)
+    samples_per_step = world_size * config.micro_batch * config.grad_accum
+    items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
+    steps = steps_for(items, samples_per_step, config.total_steps)
+    say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
+    say(f"logs in {config.logs_dir}/, merged checkpoints in {config.ckpt_dir}_stepNNNN/")
+    items = items[: steps * samples_per_step]
+    if is_on(resolve_grouping(config, uses_gpu(config)).ran):  # run_train has resolved it already
+        items = group_by_length(
+            items,
+            [len(r["full_ids"]) for r in records],
+            slice_size=world_size * config.micro_batch,
+            window=config.length_group_steps * samples_per_step,
+            seed=config.seed,
+        )
+    return schedule, items, steps
+
+
+def block_schedule(config: TrainConfig, objective: Objective, records: list[dict]) -> BlockSchedule:
+    """The seeded block schedule over the records (the Trainer's loader shards the items it plans)."""
+    prompt_lens = [int(r["prompt_len"]) for r in records]
+    answer_lens = answer_lengths(records)
+    fixed_len = config.max_len if config.pad_to_max_len else None
+    counts = objective.block_counts(prompt_lens, answer_lens, max_len=fixed_len)
+    return BlockSchedule(
+        counts if counts is not None else [1] * len(records),
+        seed=config.seed,
+        shuffle=config.shuffle,
+        drop_exhausted=config.drop_exhausted,
+    )
+
+
+def describe_plan(config, schedule, items, steps, samples_per_step, world_size) -> str:
+    """What the run will do, and when its budget ends it early."""
+    text = (
+        f"{config.objective}: {schedule.num_samples:,} samples x {config.epochs} epoch(s); "
+        f"{steps} optimizer steps of {samples_per_step} samples (world size {world_size} x micro-batch "
+        f"{config.micro_batch} x grad-accum {config.grad_accum})"
+    )
+    if config.objective != "fullseq":
+        used = sum(item.block >= 0 for item in items[: steps * samples_per_step])
+        text += f"; {used:,} of {schedule.total_pairs:,} (sample, block) pairs"
+        if used == schedule.total_pairs and config.epochs > schedule.epochs_to_cover:
+            text += f": all used after epoch {schedule.epochs_to_cover}, so the run stops early there"
+    return text
+
+
+# ----- Batches ------------------------------------------------------------------------------------
 
 
 class ItemDataset(torch.utils.data.Dataset):
@@ -148,6 +210,51 @@ class ItemDataset(torch.utils.data.Dataset):
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One micro-batch, as :class:`PadCollator` makes it and the training step reads it.
+
+    Attributes:
+        input_ids: ``[B, L]`` long, right-padded records.
+        attention_mask: ``[B, L]`` long, 1 where the model attends (padding too, when supervised).
+        prompt_lens, answer_lens: ``[B]`` long, each record's prompt and true answer lengths.
+        block_index: ``[B]`` long, the active block (-1: none left; 0 for the full-sequence objective).
+        sample_ids: ``[B]`` long, each row's record; item_ids: ``[B]`` long, its index in the plan.
+        first_item: the first row's item index, which seeds the batch's noise.
+        has_padding: whether any position is left out of attention (without padding the mask can
+            be dropped, so that SDPA may use its flash kernel).
+
+    ``first_item`` and ``has_padding`` are plain Python values: they stay on the host, so reading
+    them needs no device sync.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_lens: torch.Tensor
+    answer_lens: torch.Tensor
+    block_index: torch.Tensor
+    sample_ids: torch.Tensor
+    item_ids: torch.Tensor
+    first_item: int
+    has_padding: bool
+
+    def to(self, device, non_blocking: bool = False) -> TrainBatch:
+        """The batch with its tensors on ``device`` (data loaders call this to place it)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> TrainBatch:
+        """The batch in page-locked memory (the data loader's ``pin_memory`` calls this)."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, fn) -> TrainBatch:
+        tensors = {
+            f.name: fn(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **tensors)
 
 
 @dataclass
@@ -193,7 +300,7 @@ class PadCollator:
             block_ends = block_ends.clamp(max=self.max_len)
         return max(longest, int(block_ends.max()))
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> TrainBatch:
         lengths = torch.tensor([len(f["full_ids"]) for f in features])  # [B]
         prompt_lens = torch.tensor([f["prompt_len"] for f in features])  # [B]
         seq_len = self.padded_length(lengths, prompt_lens)
@@ -202,16 +309,14 @@ class PadCollator:
             input_ids[row, : len(f["full_ids"])] = torch.as_tensor(f["full_ids"], dtype=torch.long)
         visible = torch.full_like(lengths, seq_len) if self.supervise_padding else lengths
         attention_mask = (torch.arange(seq_len)[None, :] < visible[:, None]).long()  # [B, L]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "prompt_lens": prompt_lens,
-            "answer_lens": lengths - prompt_lens,
-            "block_index": torch.tensor([f["block"] for f in features]),
-            "sample_ids": torch.tensor([f["sample"] for f in features]),
-            "item_ids": torch.tensor([f["item"] for f in features]),
-            # Plain Python values (they stay on the host): the first seeds this batch's noise, the
-            # second lets the step drop an all-ones attention mask, both without a device sync.
-            "first_item": int(features[0]["item"]),
-            "has_padding": bool((visible < seq_len).any()),
-        }
+        return TrainBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            prompt_lens=prompt_lens,
+            answer_lens=lengths - prompt_lens,
+            block_index=torch.tensor([f["block"] for f in features]),
+            sample_ids=torch.tensor([f["sample"] for f in features]),
+            item_ids=torch.tensor([f["item"] for f in features]),
+            first_item=int(features[0]["item"]),
+            has_padding=bool((visible < seq_len).any()),
+        )

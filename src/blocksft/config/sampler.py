@@ -1,4 +1,9 @@
-"""The sampler's knobs as a dataclass, and the checks that ``generate`` and the config share (no torch)."""
+"""The block sampler's knobs as a dataclass, and the checks that the sampler and the config share.
+
+:class:`SamplerConfig` holds the keyword arguments of :func:`blocksft.generation.sampler.generate`
+(except the ids); ``blocksft generate``, ``blocksft eval`` and the lm-evaluation-harness model
+take their decoding settings from it.
+"""
 
 from __future__ import annotations
 
@@ -122,7 +127,7 @@ def check_static_options(
 
 @dataclass
 class SamplerConfig:
-    """How to decode: the keyword arguments of :func:`blocksft.generate.generate` (except the ids)."""
+    """How to decode: the keyword arguments of :func:`~blocksft.generation.sampler.generate` but the ids."""
 
     gen_length: int = field(default=256, metadata={"help": "number of tokens to generate"})
     block_length: int = field(default=32, metadata={"help": "tokens per semi-autoregressive block"})
@@ -175,5 +180,5 @@ class SamplerConfig:
         check_sampler_options(**self.generate_kwargs(), eos_token_ids=(0,))
 
     def generate_kwargs(self) -> dict:
-        """The fields as keyword arguments for :func:`blocksft.generate.generate`."""
+        """The fields as keyword arguments for :func:`blocksft.generation.sampler.generate`."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)}

@@ -1,4 +1,4 @@
-"""Merged checkpoints: LoRA folded into the base weights, saved so that anyone can load them.
+"""Merged exports: LoRA folded into the base weights, saved as checkpoints that anyone can load.
 
 A checkpoint folder holds sharded safetensors in the training dtype (bf16 on GPUs; the reference
 merges in fp16), ``config.json`` with an ``auto_map``, our ``configuration_llada.py`` and
@@ -17,10 +17,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 
+import blocksft.model
 from blocksft.errors import BlocksftError
+from blocksft.model.loading import load_model
+from blocksft.outputs import check_output_path
+from blocksft.tokenizer import load_tokenizer
 
-PEFT_PREFIX = "base_model.model."
+from .lora import PEFT_PREFIX
+
 MODEL_FILES = ("configuration_llada.py", "modeling_llada.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_llada.LLaDAConfig",
@@ -68,8 +76,6 @@ def remove_partial_exports(ckpt_dir: str | Path) -> list[Path]:
 
 def lora_scalings(peft_model, adapter: str = "default") -> dict[str, float]:
     """LoRA scaling (alpha / r) per adapted module, keyed by the module's name in the base model."""
-    from peft.tuners.lora import LoraLayer
-
     return {
         name.removeprefix(PEFT_PREFIX): float(module.scaling[adapter])
         for name, module in peft_model.named_modules()
@@ -137,12 +143,10 @@ def write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        from huggingface_hub import save_torch_state_dict
-
         save_torch_state_dict(dict(state_dict), tmp, max_shard_size="5GB", metadata={"format": "pt"})
         dtype = next(iter(state_dict.values())).dtype
         _write_config(tmp, model_config, dtype)
-        model_dir = Path(__file__).resolve().parent.parent / "model"
+        model_dir = Path(blocksft.model.__file__).resolve().parent
         for name in MODEL_FILES:
             shutil.copyfile(model_dir / name, tmp / name)
         if tokenizer is not None:
@@ -203,12 +207,6 @@ def merge_adapter(
     Returns:
         The written folder.
     """
-    from peft import PeftModel
-
-    import blocksft.model  # noqa: F401  (registers LLaDA with the Auto classes)
-    from blocksft.model.loading import load_model, load_tokenizer
-    from blocksft.outputs import check_output_path
-
     adapter = Path(adapter)
     check_adapter_folder(adapter)
     output = check_output_path(output, "--output", kind="folder")

@@ -1,10 +1,12 @@
-"""Every knob of a training run in one dataclass, :class:`TrainConfig`.
+"""Every knob of a training run in one dataclass, :class:`TrainConfig`, and the shipped recipes.
 
 Each field is a flag of ``blocksft train`` (``--micro-batch`` and ``--micro_batch``) and a key of a
-YAML recipe (``--config paper_blockwise`` or a path). Defaults are the reference scripts'
-(``train_blockwise.py`` / ``train_fullseq.py``); where a default depends on the objective (sample
-budget, checkpoint folder) it is ``None`` here and resolved in ``__post_init__``, so the resolved
-config saved beside the logs shows the value actually used.
+YAML recipe (``--config paper_blockwise`` or a path; the shipped ones are in ``recipes/``). Defaults
+are the reference scripts' (``train_blockwise.py`` / ``train_fullseq.py``); where a default depends
+on the objective (sample budget, checkpoint folder) it is ``None`` here and resolved in
+``__post_init__``. Settings that take ``auto`` are resolved for the device when the run starts
+(:mod:`blocksft.train.speed`, :mod:`blocksft.train.engine`); ``config.json`` beside the logs records
+what ran.
 """
 
 from __future__ import annotations
@@ -14,16 +16,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from blocksft.config.objective import (
+    LossNormalize,
+    LossWeighting,
+    ObjectiveName,
+    check_loss_options,
+    check_noise_options,
+)
 from blocksft.errors import BlocksftError
 
-Objective = Literal["blockwise", "fullseq", "blockwise_visible_suffix"]
 # auto: resolved when the run starts (blocksft.train.speed); older configs' booleans read as on/off.
 Switch = Literal["auto", "on", "off"]
+SWITCH_SETTINGS = ("torch_compile", "gradient_checkpointing", "group_by_length")
 
 # The reference's budgets: 200 (blockwise) and 300 (full-seq) steps of 32 samples on one GPU.
 DEFAULT_MAX_SAMPLES = {"blockwise": 200 * 32, "blockwise_visible_suffix": 200 * 32, "fullseq": 300 * 32}
 
-CONFIGS_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "configs"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+DEEPSPEED_DIR = Path(__file__).resolve().parent / "deepspeed"
+
+
+def normalise_switch(value) -> str:
+    """``auto``/``on``/``off`` from a flag, a YAML value or an older run's boolean."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).lower()
+    text = {"true": "on", "false": "off"}.get(text, text)
+    if text not in ("auto", "on", "off"):
+        raise ValueError(f"expected auto, on or off, got {value!r}")
+    return text
+
+
+def is_on(value: str) -> bool:
+    """A resolved switch as a bool (an ``auto`` must be resolved before anything reads it)."""
+    if value == "auto":
+        raise ValueError("an auto setting was read before it was resolved")
+    return value == "on"
 
 
 def _help(text: str, **extra) -> dict:
@@ -35,7 +63,7 @@ class TrainConfig:
     """A training run: objective, data, model, LoRA, optimiser, schedule, saving and logging."""
 
     # ----- What to train -----
-    objective: Objective = field(
+    objective: ObjectiveName = field(
         default="blockwise",
         metadata=_help(
             "blockwise (the paper), fullseq (classical masked SFT), or blockwise_visible_suffix "
@@ -73,10 +101,10 @@ class TrainConfig:
         ),
     )
     mask_eps: float = field(default=1e-3, metadata=_help("smallest mask rate: p ~ U(mask_eps, 1)"))
-    loss_weighting: Literal["none", "inv_p"] = field(
+    loss_weighting: LossWeighting = field(
         default="none", metadata=_help("per-token loss weight: none (reference) or inv_p (LLaDA's 1/p)")
     )
-    loss_normalize: Literal["per_sample_masked", "answer_len", "batch_tokens", "batch_masked"] = field(
+    loss_normalize: LossNormalize = field(
         default="per_sample_masked",
         metadata=_help(
             "per_sample_masked (reference: mean over each sample's loss tokens, then over samples), "
@@ -186,12 +214,16 @@ class TrainConfig:
     # ----- Precision and engines -----
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(
         default="auto",
-        metadata=_help("weights and merged checkpoints: auto = bf16 on a GPU that has it, else fp32"),
+        metadata=_help(
+            "weights and merged checkpoints: auto = bf16 on a GPU that has it, else fp32 (resolved for the "
+            "device when the run starts, printed and recorded; not the checkpoint's dtype, unlike eval)"
+        ),
     )
     deepspeed: str | None = field(
         default="auto",
         metadata=_help(
-            "DeepSpeed config: zero2, zero3 (shipped), a JSON path, none; auto = zero2 on GPUs, none on CPU"
+            "DeepSpeed config: zero2, zero3 (shipped), a JSON path, none; auto = zero2 on GPUs when "
+            "deepspeed is installed, else none (printed with the reason and recorded)"
         ),
     )
     gradient_checkpointing: Switch = field(
@@ -243,8 +275,6 @@ class TrainConfig:
     )
 
     def __post_init__(self):
-        from .speed import SWITCH_SETTINGS, normalise_switch
-
         for name in SWITCH_SETTINGS:
             setattr(self, name, normalise_switch(getattr(self, name)))
         for name in ("max_len", "block_size", "micro_batch", "grad_accum", "epochs", "pad_to_multiple_of"):
@@ -256,11 +286,18 @@ class TrainConfig:
         for name in ("save_every", "checkpoint_every", "keep_checkpoints", "num_workers", "ce_chunk_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("prefix_mask_rate", "suffix_mask_prob", "lora_dropout", "warmup_ratio", "min_lr_ratio"):
-            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("lora_dropout", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.mask_eps < 1.0:
-            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}")
+        # A warmup of the whole run would never reach the peak learning rate nor decay from it.
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        suffix = 1.0 if self.suffix_mask_prob is None else self.suffix_mask_prob  # None: the objective's
+        # The ranges of ObjectiveOptions, named by field as every check here is.
+        check_noise_options(
+            eps=self.mask_eps, prefix_mask_rate=self.prefix_mask_rate, suffix_mask_prob=suffix, spell=str
+        )
+        check_loss_options(self.loss_weighting, self.loss_normalize, spell=str)
         if self.ce_chunk_size and not self.sparse_logits:
             raise ValueError("ce_chunk_size works on the loss positions only: it needs sparse_logits")
         if self.lr <= 0:
@@ -328,19 +365,21 @@ def config_differences(saved: dict, current: dict) -> dict[str, tuple]:
 
     A field the saved config lacks (added to blocksft after that run started) had its default.
     """
-    from .speed import SWITCH_SETTINGS, normalise_switch
-
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RESUMABLE_CHANGES}
     old = {n: saved.get(n, default) for n, default in fields.items()}
     for name in set(SWITCH_SETTINGS) & set(old):
         # Runs saved before these became auto/on/off recorded booleans (False was the default).
         old[name] = normalise_switch(old[name] if name in saved else False)
+    for name in ("dtype", "deepspeed"):
+        # Runs saved before these were recorded as resolved wrote "auto": it resolves as it did then.
+        if old[name] == "auto":
+            old[name] = current.get(name)
     return {n: (old[n], current.get(n)) for n in sorted(fields) if old[n] != current.get(n)}
 
 
 def available_recipes() -> list[str]:
     """Names of the YAML recipes shipped with blocksft (``--config NAME``)."""
-    return sorted(p.stem for p in CONFIGS_PACKAGE_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
 def resolve_recipe(name_or_path: str) -> Path:
@@ -348,29 +387,10 @@ def resolve_recipe(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = CONFIGS_PACKAGE_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else name_or_path}.yaml"
+    shipped = RECIPES_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else name_or_path}.yaml"
     if shipped.is_file() and path.parent == Path("."):
         return shipped
     raise BlocksftError(
         f"--config {name_or_path}: no such file and no shipped recipe of that name "
         f"(shipped: {', '.join(available_recipes())})"
     )
-
-
-def resolve_deepspeed_config(value: str | None, *, cuda_available: bool) -> str | None:
-    """The DeepSpeed JSON path for ``--deepspeed`` (``auto``: ZeRO-2 on GPUs when installed)."""
-    if value is None:
-        return None
-    if value == "auto":
-        if not cuda_available:
-            return None
-        import importlib.util
-
-        if importlib.util.find_spec("deepspeed") is None:
-            return None
-        value = "zero2"
-    if value in ("zero2", "zero3"):
-        return str(CONFIGS_PACKAGE_DIR / "deepspeed" / f"{value}.json")
-    if not Path(value).is_file():
-        raise BlocksftError(f"--deepspeed {value}: no such file (use zero2, zero3, none or a JSON path)")
-    return value
