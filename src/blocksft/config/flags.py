@@ -42,6 +42,11 @@ def _none_or(convert):
     return parse
 
 
+def flag_name(field_name: str) -> str:
+    """The flag of a config field: ``max_len`` -> ``--max-len``."""
+    return "--" + field_name.replace("_", "-")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, as every other error (the usage is one --help away)."""
 
@@ -63,7 +68,7 @@ def add_dataclass_arguments(
         if not f.init or f.name in exclude:
             continue
         tp, optional = _unwrap_optional(hints[f.name])
-        names = [f"--{f.name.replace('_', '-')}"]
+        names = [flag_name(f.name)]
         if "_" in f.name:
             names.append(f"--{f.name}")
         names += list(f.metadata.get("aliases", ()))
@@ -128,7 +133,7 @@ def build_config(
         values.update({k: _checked_value(v, hints[k], where.format(name=k)) for k, v in data.items()})
     if args is not None:
         flags = {k: v for k, v in vars(args).items() if k in names}
-        values.update({k: _checked_value(v, hints[k], f"--{k.replace('_', '-')}") for k, v in flags.items()})
+        values.update({k: _checked_value(v, hints[k], flag_name(k)) for k, v in flags.items()})
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:

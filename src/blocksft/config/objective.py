@@ -13,6 +13,7 @@ import dataclasses
 from types import MappingProxyType
 from typing import Literal, get_args
 
+from blocksft.config.flags import flag_name
 from blocksft.errors import BlocksftError
 
 ObjectiveName = Literal["blockwise", "fullseq", "blockwise_visible_suffix"]
@@ -53,13 +54,8 @@ OBJECTIVES = MappingProxyType(
 )
 
 
-def flag(name: str) -> str:
-    """How an option is named to a command-line user: ``mask_eps`` -> ``--mask-eps``."""
-    return "--" + name.replace("_", "-")
-
-
 def check_noise_options(
-    *, eps: float, prefix_mask_rate: float = 0.0, suffix_mask_prob: float = 1.0, spell=flag
+    *, eps: float, prefix_mask_rate: float = 0.0, suffix_mask_prob: float = 1.0, spell=flag_name
 ) -> None:
     """Raise :class:`BlocksftError` naming the option (``spell(field name)``) when a noising option
     is out of range.
@@ -74,7 +70,7 @@ def check_noise_options(
             raise BlocksftError(f"{spell(name)} must be in [0, 1], got {value}")
 
 
-def check_loss_options(weighting: str, normalize: str, spell=flag) -> None:
+def check_loss_options(weighting: str, normalize: str, spell=flag_name) -> None:
     """Raise :class:`BlocksftError` naming the option (``spell(field name)``) when a loss option is
     unknown."""
     if weighting not in get_args(LossWeighting):

@@ -100,7 +100,9 @@ class TrainConfig:
             "default: the objective's, 1.0 for blockwise (the paper), 0.0 for blockwise_visible_suffix"
         ),
     )
-    mask_eps: float = field(default=1e-3, metadata=_help("smallest mask rate: p ~ U(mask_eps, 1)"))
+    mask_eps: float = field(
+        default=1e-3, metadata=_help("smallest mask rate, in (0, 1]: p ~ U(mask_eps, 1) per sample")
+    )
     loss_weighting: LossWeighting = field(
         default="none", metadata=_help("per-token loss weight: none (reference) or inv_p (LLaDA's 1/p)")
     )
@@ -188,7 +190,7 @@ class TrainConfig:
     adam_beta2: float = field(default=0.95, metadata=_help("AdamW beta2"))
     adam_eps: float = field(default=1e-8, metadata=_help("AdamW epsilon"))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    warmup_ratio: float = field(default=0.1, metadata=_help("warmup, as a fraction of the steps"))
+    warmup_ratio: float = field(default=0.1, metadata=_help("warmup, as a fraction of the steps, in [0, 1)"))
     warmup_type: Literal["linear", "log"] = field(
         default="linear",
         metadata=_help(
