@@ -100,9 +100,7 @@ class TrainConfig:
             "default: the objective's, 1.0 for blockwise (the paper), 0.0 for blockwise_visible_suffix"
         ),
     )
-    mask_eps: float = field(
-        default=1e-3, metadata=_help("smallest mask rate, in (0, 1]: p ~ U(mask_eps, 1) per sample")
-    )
+    mask_eps: float = field(default=1e-3, metadata=_help("smallest mask rate, in (0, 1]: p ~ U(mask_eps, 1)"))
     loss_weighting: LossWeighting = field(
         default="none", metadata=_help("per-token loss weight: none (reference) or inv_p (LLaDA's 1/p)")
     )
