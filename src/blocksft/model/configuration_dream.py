@@ -76,6 +76,11 @@ class DreamConfig(PretrainedConfig):
                 + "; ".join(f"{k} in {v}" for k, v in _SUPPORTED_VALUES.items())
                 + "; rope_scaling null)"
             )
+        saved_theta = (kwargs.get("rope_parameters") or {}).get("rope_theta", rope_theta)
+        if saved_theta != rope_theta:
+            raise ValueError(
+                f"Dream config: rope_parameters.rope_theta={saved_theta} != rope_theta={rope_theta}"
+            )
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size

@@ -344,7 +344,9 @@ class DreamModel(DreamPreTrainedModel):
                 order (``logits[logits_at]``), which saves the head's cost.
             logits_for: ``[B, T]`` bool *target* positions; the logits that predict them, ``[N, V]``
                 in row-major order: equal to ``realign_logits(logits)[logits_for]``, computed from
-                the hidden states one position earlier. A target at input position 0 raises.
+                the hidden states one position earlier. A target at input position 0 raises; in
+                a left-padded row the first real token is predicted from a padding position, so it
+                should not be a target either.
             output_hidden_states: also return the final normed hidden states ``[B, T, D]``.
             return_logits: set False to skip the LM head entirely (hidden states only).
         """
