@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from blocksft.model import DreamConfig, DreamModel
 from blocksft.model.modeling_dream import predicting_positions, realign_logits
 from blocksft.model.modeling_llada import StaticCacheSpan
+from blocksft.special_tokens import TokenNames, mask_token_id
 from blocksft.testing_dream import (
     DEFAULT_SYSTEM_PROMPT,
     EOS,
@@ -22,7 +23,6 @@ from blocksft.testing_dream import (
     tiny_dream_model,
     tiny_dream_tokenizer,
 )
-from blocksft.tokenizer import mask_token_id
 
 # Every key of the published Dream-v0-Instruct-7B config.json, with tiny shapes where it matters.
 PUBLISHED_CONFIG = {
@@ -473,7 +473,7 @@ def test_tiny_tokenizer_has_dreams_special_tokens(dream_tokenizer):
     tok = dream_tokenizer
     assert tok.convert_tokens_to_ids([EOS, IM_START, IM_END, MASK]) == [0, 1, 2, 3]
     assert tok.eos_token_id == tok.pad_token_id == 0 and tok.mask_token == MASK
-    assert mask_token_id(tok) == 3
+    assert mask_token_id(tok, TokenNames(mask="<|mask|>", end_of_turn="<|im_end|>")) == 3
     assert tok("12 apples").input_ids[:2] == tok.convert_tokens_to_ids(["1", "2"])  # no BOS, digits split
     config = tiny_dream_config(tok)
     assert (config.vocab_size, config.mask_token_id, config.pad_token_id) == (len(tok), 3, 0)
