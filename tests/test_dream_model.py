@@ -10,8 +10,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from blocksft.model import DreamConfig, DreamModel
-from blocksft.model.modeling_dream import predicting_positions, realign_logits
-from blocksft.model.modeling_llada import StaticCacheSpan
+from blocksft.model.modeling_shared import StaticCacheSpan, align_logits, predicting_positions
 from blocksft.special_tokens import TokenNames, mask_token_id
 from blocksft.testing_dream import (
     DEFAULT_SYSTEM_PROMPT,
@@ -350,14 +349,14 @@ def test_cache_arguments_that_do_not_fit_are_refused(model, kwargs, message):
 def test_predicting_positions_moves_targets_one_left():
     targets = torch.tensor([[0, 1, 1, 0, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
     expected = torch.tensor([[1, 1, 0, 1, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
-    assert torch.equal(predicting_positions(targets), expected)
+    assert torch.equal(predicting_positions(targets, 1), expected)
     with pytest.raises(ValueError, match="position 0 cannot be a target"):
-        predicting_positions(torch.tensor([[1, 0, 1]], dtype=torch.bool))
+        predicting_positions(torch.tensor([[1, 0, 1]], dtype=torch.bool), 1)
 
 
-def test_realign_logits_moves_each_prediction_onto_its_target():
+def test_align_logits_moves_each_prediction_onto_its_target():
     logits = torch.arange(2 * 4).float().view(2, 4, 1)  # [B, T, V]
-    assert realign_logits(logits)[..., 0].tolist() == [[0, 0, 1, 2], [4, 4, 5, 6]]
+    assert align_logits(logits, 1)[..., 0].tolist() == [[0, 0, 1, 2], [4, 4, 5, 6]]
 
 
 def test_logits_for_targets_equal_the_realigned_full_logits(model):
@@ -370,7 +369,7 @@ def test_logits_for_targets_equal_the_realigned_full_logits(model):
         some = model(ids, logits_for=targets).logits
         raw = model(ids, logits_at=targets).logits
     assert some.shape == (int(targets.sum()), model.config.vocab_size)
-    torch.testing.assert_close(some, realign_logits(full)[targets])
+    torch.testing.assert_close(some, align_logits(full, 1)[targets])
     torch.testing.assert_close(raw, full[targets])  # logits_at stays the published raw logits
     with pytest.raises(ValueError, match="position 0 cannot be a target"):
         model(ids, logits_for=torch.ones(3, 10, dtype=torch.bool))
@@ -382,7 +381,7 @@ def loss_and_gradients(model, ids, targets, sparse):
     """Cross-entropy at ``targets`` through ``logits_for`` (sparse) or the re-aligned full logits."""
     model.train().zero_grad()
     logits = model(ids, logits_for=targets if sparse else None).logits
-    loss = F.cross_entropy(logits if sparse else realign_logits(logits)[targets], ids[targets])
+    loss = F.cross_entropy(logits if sparse else align_logits(logits, 1)[targets], ids[targets])
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

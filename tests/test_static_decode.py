@@ -14,7 +14,7 @@ from blocksft.errors import BlocksftError
 from blocksft.generation.sampler import generate
 from blocksft.generation.static import DecoderCache, StaticDecoder
 from blocksft.generation.transfer import descending_rank, left_pad
-from blocksft.model.modeling_llada import StaticCacheSpan
+from blocksft.model.modeling_shared import StaticCacheSpan
 
 # test_generate's fixtures: the tiny model with a wide init (rows finish their blocks at different
 # steps under a 0.5 threshold), its EOS-prone copy, three prompts, and one torch thread.

@@ -1,21 +1,25 @@
-"""Tokenizers: LLaDA's chat template, loading a checkpoint's tokenizer, and small LLaDA-style ones.
+"""Tokenizers: loading a checkpoint's tokenizer, LLaDA's chat template, and small tokenizers like a
+family's own.
 
-The real LLaDA-8B-Instruct tokenizer is loaded from the hub or a folder (:func:`load_tokenizer`).
-Tests and the demo cannot download it, so :func:`build_tokenizer` trains a small byte-level BPE with
-the same special tokens (:mod:`blocksft.special_tokens`), roles and chat template, so that every
-code path (chat rendering, header stripping, ``prompt_len``) runs unchanged on it.
+The real tokenizers are loaded from the hub or a folder (:func:`load_tokenizer`). Tests and the demo
+cannot download them, so :func:`train_tokenizer` trains a small byte-level BPE with a family's
+special tokens, roles and chat template (a :class:`TokenizerSpec`; LLaDA's is
+:data:`LLADA_TOKENIZER`, built by :func:`build_tokenizer`; Dream's is in
+:mod:`blocksft.families.dream`), so that every code path (chat rendering, header stripping,
+``prompt_len``) runs unchanged on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from blocksft.errors import BlocksftError
-from blocksft.special_tokens import BOS, END_HEADER, EOS, EOT, MASK, SPECIAL_TOKENS, START_HEADER
+from blocksft.special_tokens import BOS, END_HEADER, EOS, MASK, SPECIAL_TOKENS, START_HEADER
 
 # LLaDA-8B-Instruct ships the early Llama-3 template: the assistant header is appended
 # unconditionally, whatever add_generation_prompt says (348 characters, as published).
@@ -28,9 +32,9 @@ LLADA_CHAT_TEMPLATE = (
 )
 ASSISTANT_HEADER = f"{START_HEADER}assistant{END_HEADER}\n\n"  # 47 characters
 
-# A little text so that the default tiny tokenizer learns some merges; any text still encodes
+# A little text so that a default tiny tokenizer learns some merges; any text still encodes
 # (byte-level), so tests may feed it anything.
-_DEFAULT_CORPUS = (
+DEFAULT_CORPUS = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.",
     "### Instruction:\nNatalia sold clips to 48 of her friends in April, and then she sold half "
@@ -43,21 +47,58 @@ _DEFAULT_CORPUS = (
 )
 
 
-def build_tokenizer(
-    corpus: Iterable[str] = _DEFAULT_CORPUS,
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A family's special tokens and chat template, for training small tokenizers like its own.
+
+    Attributes:
+        special_tokens: every special token, given ids 0, 1, ... in this order.
+        eos, pad, mask: the roles' tokens (each one of ``special_tokens``).
+        chat_template: the Jinja chat template.
+        bos: the BOS token, or None.
+        prepend_bos: plain encoding prepends ``bos`` (LLaDA's tokenizer does; Qwen2's adds nothing).
+    """
+
+    special_tokens: tuple[str, ...]
+    eos: str
+    pad: str
+    mask: str
+    chat_template: str
+    bos: str | None = None
+    prepend_bos: bool = False
+
+    def token_id(self, token: str) -> int:
+        """The id ``token`` gets in a tokenizer trained from this spec."""
+        return self.special_tokens.index(token)
+
+
+# LLaDA's: ids 0..5 in the order BOS, EOS, mask, start-header, end-header, EoT; EOS doubles as the
+# pad token, and plain encoding prepends BOS, as LLaDA's tokenizer does.
+LLADA_TOKENIZER = TokenizerSpec(
+    special_tokens=SPECIAL_TOKENS,
+    eos=EOS,
+    pad=EOS,
+    mask=MASK,
+    chat_template=LLADA_CHAT_TEMPLATE,
+    bos=BOS,
+    prepend_bos=True,
+)
+
+
+def train_tokenizer(
+    spec: TokenizerSpec,
+    corpus: Iterable[str] = DEFAULT_CORPUS,
     vocab_size: int = 512,
     *,
     model_max_length: int = 4096,
     split_digits: bool = True,
 ):
-    """Train a byte-level BPE with LLaDA's special tokens and chat template.
+    """Train a byte-level BPE with ``spec``'s special tokens and chat template.
 
     Digits are split into single tokens by default (numbers generalise better that way);
     ``split_digits=False`` lets BPE merge frequent numbers into whole tokens (the demo task's small
-    numbers then cost one token each, which a tiny model learns to add far sooner). The special
-    tokens take ids 0..5 in the order BOS, EOS, mask, start-header, end-header, EoT; EOS doubles
-    as the pad token, as in LLaDA, and plain encoding prepends BOS. Training is deterministic
-    for a given corpus and vocab size.
+    numbers then cost one token each, which a tiny model learns to add far sooner). Training is
+    deterministic for a given corpus and vocab size.
 
     Returns:
         A ``transformers.PreTrainedTokenizerFast``.
@@ -69,27 +110,44 @@ def build_tokenizer(
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(spec.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(list(corpus), trainer=trainer)
-    # Like LLaDA's tokenizer, plain encoding prepends BOS; rendered chat templates already hold
-    # one, so they must be encoded with add_special_tokens=False.
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, 0)]
-    )
+    if spec.prepend_bos:
+        # Rendered chat templates already hold BOS, so they must be encoded with
+        # add_special_tokens=False.
+        bos = spec.bos
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, spec.token_id(bos))]
+        )
+    roles = {spec.bos, spec.eos, spec.pad, spec.mask}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=EOS,
-        mask_token=MASK,
-        additional_special_tokens=[START_HEADER, END_HEADER, EOT],
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        pad_token=spec.pad,
+        mask_token=spec.mask,
+        additional_special_tokens=[t for t in spec.special_tokens if t not in roles],
         model_max_length=model_max_length,
     )
-    tokenizer.chat_template = LLADA_CHAT_TEMPLATE
+    tokenizer.chat_template = spec.chat_template
     return tokenizer
+
+
+def build_tokenizer(
+    corpus: Iterable[str] = DEFAULT_CORPUS,
+    vocab_size: int = 512,
+    *,
+    model_max_length: int = 4096,
+    split_digits: bool = True,
+):
+    """A small byte-level BPE with LLaDA's special tokens and chat template (:func:`train_tokenizer`
+    with :data:`LLADA_TOKENIZER`)."""
+    return train_tokenizer(
+        LLADA_TOKENIZER, corpus, vocab_size, model_max_length=model_max_length, split_digits=split_digits
+    )
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, flag: str = "--model"):

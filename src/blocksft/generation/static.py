@@ -9,7 +9,7 @@ operations on them:
 2. one forward: over the whole canvas (plain decoding, and a cache's first step of a block, which
    refills the row's cache), or over what a cache step recomputes (``prefix``: every generated
    position, ``dual``: the block), keys and values written into fixed-size cache buffers in place
-   (:class:`~blocksft.model.modeling_llada.StaticCacheSpan`);
+   (:class:`~blocksft.model.modeling_shared.StaticCacheSpan`);
 3. the predictions and their float64 confidences, the commits chosen with masks
    (:func:`~blocksft.generation.transfer.select_transfer`), written with ``scatter``;
 4. without a cache, a row whose block has no mask left moves to its next block at once (per-row
@@ -48,7 +48,7 @@ from blocksft.generation.transfer import (
     select_transfer,
     transfer_schedule,
 )
-from blocksft.model.modeling_llada import StaticCacheSpan
+from blocksft.model.modeling_shared import StaticCacheSpan
 
 
 @dataclass

@@ -1,13 +1,22 @@
-"""Our LLaDA implementation, registered with the transformers Auto classes on import."""
+"""Our LLaDA and Dream implementations, registered with the transformers Auto classes on import.
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+``model_type "llada"`` and ``"Dream"`` resolve to our config classes with ``AutoConfig`` and to our
+models with the Auto classes each model names in ``auto_classes`` (Dream: ``AutoModel``, as the
+published config's ``auto_map`` maps it, and ``AutoModelForCausalLM``), so hub checkpoints load
+with our classes and no remote code unless asked to (``trust_remote_code=True``).
+"""
 
-from .auto_dream import DreamConfig, DreamModel  # registers model_type "Dream"  # noqa: F401
+import transformers
+
+from .configuration_dream import DreamConfig
 from .configuration_llada import LLaDAConfig
+from .modeling_dream import DreamModel, DreamOutput
 from .modeling_llada import LLaDAModelLM, LLaDAOutput
 
-AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig, exist_ok=True)
-for _auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM):
-    _auto_class.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+for _model_class in (LLaDAModelLM, DreamModel):
+    _config_class = _model_class.config_class
+    transformers.AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    for _auto_name in _model_class.auto_classes:
+        getattr(transformers, _auto_name).register(_config_class, _model_class, exist_ok=True)
 
-__all__ = ["LLaDAConfig", "LLaDAModelLM", "LLaDAOutput"]
+__all__ = ["DreamConfig", "DreamModel", "DreamOutput", "LLaDAConfig", "LLaDAModelLM", "LLaDAOutput"]
