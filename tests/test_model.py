@@ -10,7 +10,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 from blocksft.errors import BlocksftError
 from blocksft.model import LLaDAConfig, LLaDAModelLM
-from blocksft.model.layout import expected_parameter_shapes, verify_checkpoint
+from blocksft.families.llada import LLADA
+from blocksft.model.layout import verify_checkpoint
 from blocksft.model.loading import load_model
 from blocksft.reference import published_forward
 from blocksft.testing import tiny_llada_config, tiny_llada_model
@@ -94,7 +95,7 @@ def test_state_dict_keys_are_the_published_ones(tiny_model):
     keys = list(tiny_model.state_dict())
     assert keys == published_key_names(tiny_model.config.n_layers)
     shapes = {k: tuple(v.shape) for k, v in tiny_model.state_dict().items()}
-    assert shapes == expected_parameter_shapes(tiny_model.config)
+    assert shapes == LLADA.parameter_shapes(tiny_model.config)
 
 
 def test_published_layout_loads_strictly(tmp_path):
@@ -103,7 +104,7 @@ def test_published_layout_loads_strictly(tmp_path):
     )
     gen = torch.Generator().manual_seed(1)
     tensors = {
-        name: torch.randn(shape, generator=gen) for name, shape in expected_parameter_shapes(config).items()
+        name: torch.randn(shape, generator=gen) for name, shape in LLADA.parameter_shapes(config).items()
     }
     save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(PUBLISHED_CONFIG))
@@ -135,7 +136,7 @@ def test_loading_a_folder_that_misses_a_tensor_is_refused_not_filled_at_random(t
     save_file(state, str(tmp_path / "model.safetensors"))
     tiny_model.config.save_pretrained(tmp_path)
     with pytest.raises(
-        BlocksftError, match=r"does not match the LLaDA layout: missing 1: .*blocks.1.up_proj"
+        BlocksftError, match=r"does not match the llada layout: missing 1: .*blocks.1.up_proj"
     ):
         load_model(str(tmp_path))
 
@@ -266,7 +267,9 @@ def test_config_rejects_bad_shapes():
 
 def test_load_model_refuses_other_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match="not 'llada'"):
+    with pytest.raises(
+        ValueError, match="'llama' checkpoint; blocksft's own model classes cover 'llada', 'Dream'"
+    ):
         load_model(str(tmp_path))
 
 

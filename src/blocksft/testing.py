@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from blocksft.model import LLaDAConfig, LLaDAModelLM
-from blocksft.special_tokens import MASK
+from blocksft.families.llada import LLADA
+from blocksft.model import LLaDAModelLM
 from blocksft.tokenizer import build_tokenizer
 
 
@@ -25,42 +25,7 @@ def tiny_llada_config(tokenizer=None, **overrides):
 
     With a tokenizer, vocab size and special ids come from it; ``overrides`` win over everything.
     """
-    values = dict(
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=4,
-        mlp_hidden_size=128,
-        mlp_ratio=4,
-        max_sequence_length=1024,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        vocab_size=512,
-        embedding_size=512,
-        mask_token_id=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        # Keys of the published config that only the original training code reads.
-        activation_type="silu",
-        block_type="llama",
-        layer_norm_type="rms",
-        alibi=False,
-        rope=True,
-        weight_tying=False,
-        include_bias=False,
-    )
-    if tokenizer is not None:
-        values.update(
-            vocab_size=len(tokenizer),
-            embedding_size=len(tokenizer),
-            mask_token_id=tokenizer.convert_tokens_to_ids(MASK),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    values.update(overrides)
-    return LLaDAConfig(**values)
+    return LLADA.tiny_config(tokenizer, **overrides)
 
 
 def tiny_llada_model(tokenizer=None, seed: int = 0, **overrides):

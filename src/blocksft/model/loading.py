@@ -1,6 +1,7 @@
-"""Loading LLaDA models from the hub or a local folder, onto a device this machine has.
+"""Loading LLaDA and Dream models from the hub or a local folder, onto a device this machine has.
 
-Our own :class:`LLaDAModelLM` is used by default (a local folder is first checked against the
+Our own model class of the checkpoint's family (its config's ``model_type``,
+:mod:`blocksft.families`) is used by default (a local folder is first checked against the
 published layout, :func:`~blocksft.model.layout.verify_checkpoint`); the published remote code only
 when asked (``trust_remote_code=True``), with the fix it needs under transformers 5.x (``use_cache``
 set). Tokenizers load with :func:`blocksft.tokenizer.load_tokenizer`.
@@ -11,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from blocksft.errors import BlocksftError
 from blocksft.tokenizer import check_model_source, source_error
 
-from .configuration_llada import LLaDAConfig
+from blocksft.families import family_of_model_type
+
 from .layout import verify_checkpoint
-from .modeling_llada import LLaDAModelLM
 
 _DTYPES = {
     "auto": "auto",
@@ -71,7 +72,7 @@ def load_model(
     trust_remote_code: bool = False,
     device: str | torch.device | None = None,
 ) -> PreTrainedModel:
-    """Load a LLaDA checkpoint (hub id or folder).
+    """Load a LLaDA or Dream checkpoint (hub id or folder).
 
     Args:
         name_or_path: e.g. ``GSAI-ML/LLaDA-8B-Instruct`` or a local checkpoint folder.
@@ -101,17 +102,12 @@ def _load(name_or_path: str, torch_dtype, trust_remote_code: bool) -> PreTrained
             name_or_path, config=config, trust_remote_code=True, dtype=torch_dtype
         )
     else:
-        config_dict, _ = LLaDAConfig.get_config_dict(name_or_path)
-        model_type = config_dict.get("model_type")
-        if model_type != LLaDAConfig.model_type:
-            raise BlocksftError(
-                f"{name_or_path} is a {model_type!r} checkpoint, not 'llada'; blocksft's own model "
-                "class only covers LLaDA (pass --trust-remote-code to use the checkpoint's own code)"
-            )
+        config_dict, _ = PretrainedConfig.get_config_dict(name_or_path)
+        family = family_of_model_type(config_dict.get("model_type"), name_or_path)
         folder = Path(name_or_path)
         if folder.is_dir() and any(folder.glob("*.safetensors")):  # headers only: cheap
-            verify_checkpoint(folder)
-        model = LLaDAModelLM.from_pretrained(name_or_path, dtype=torch_dtype)
+            verify_checkpoint(folder, family)
+        model = family.model_class.from_pretrained(name_or_path, dtype=torch_dtype)
     return model
 
 

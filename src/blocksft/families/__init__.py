@@ -1,0 +1,68 @@
+"""Model families: one file per family (:mod:`.llada`, :mod:`.dream`), found from a checkpoint.
+
+A command never asks the user for the family: it is the model config's ``model_type``
+(:func:`family_of_config`, :func:`family_of_model`), or, where there is only a tokenizer (prepare),
+the family whose mask token the tokenizer holds (:func:`family_of_tokenizer`). A new family is one
+new file defining a :class:`~.base.ModelFamily` and one entry in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from blocksft.errors import BlocksftError
+from blocksft.special_tokens import token_id
+
+from .base import ModelFamily, ModelShape
+from .dream import DREAM
+from .llada import LLADA
+
+FAMILIES: tuple[ModelFamily, ...] = (LLADA, DREAM)
+
+
+def family_named(name: str) -> ModelFamily:
+    """The family called ``name`` (``llada``, ``dream``)."""
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise BlocksftError(f"unknown model family {name!r}; choose one of {', '.join(f.name for f in FAMILIES)}")
+
+
+def family_of_model_type(model_type: str | None, source: str = "the checkpoint") -> ModelFamily:
+    """The family whose config class has ``model_type`` (a checkpoint's config.json key)."""
+    for family in FAMILIES:
+        if family.model_type == model_type:
+            return family
+    known = ", ".join(repr(f.model_type) for f in FAMILIES)
+    raise BlocksftError(
+        f"{source} is a {model_type!r} checkpoint; blocksft's own model classes cover {known} "
+        "(pass --trust-remote-code to use the checkpoint's own code)"
+    )
+
+
+def family_of_config(config) -> ModelFamily:
+    """The family of a model config (ours or a remote-code one with the same ``model_type``)."""
+    return family_of_model_type(getattr(config, "model_type", None))
+
+
+def family_of_model(model) -> ModelFamily:
+    """The family of a model (PEFT-wrapped or not), from its config."""
+    return family_of_config(model.config)
+
+
+def family_of_tokenizer(tokenizer) -> ModelFamily | None:
+    """The family whose mask token ``tokenizer`` holds by text, or None (no mask token known)."""
+    for family in FAMILIES:
+        if token_id(tokenizer, family.tokens.mask) is not None:
+            return family
+    return None
+
+
+__all__ = [
+    "FAMILIES",
+    "ModelFamily",
+    "ModelShape",
+    "family_named",
+    "family_of_config",
+    "family_of_model",
+    "family_of_model_type",
+    "family_of_tokenizer",
+]
