@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from blocksft.errors import BlocksftError
-from blocksft.model import LLaDAConfig, LLaDAModelLM
 from blocksft.families.llada import LLADA
+from blocksft.model import LLaDAConfig, LLaDAModelLM
 from blocksft.model.layout import verify_checkpoint
 from blocksft.model.loading import load_model
 from blocksft.reference import published_forward
@@ -267,9 +267,7 @@ def test_config_rejects_bad_shapes():
 
 def test_load_model_refuses_other_architectures(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(
-        ValueError, match="'llama' checkpoint; blocksft's own model classes cover 'llada', 'Dream'"
-    ):
+    with pytest.raises(ValueError, match="'llama' checkpoint; blocksft's own model classes cover 'llada'"):
         load_model(str(tmp_path))
 
 

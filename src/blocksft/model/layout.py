@@ -13,7 +13,6 @@ from pathlib import Path
 from safetensors import safe_open
 
 from blocksft.errors import BlocksftError
-
 from blocksft.families import ModelFamily, family_of_model_type
 
 

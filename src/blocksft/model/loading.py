@@ -15,9 +15,8 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from blocksft.errors import BlocksftError
-from blocksft.tokenizer import check_model_source, source_error
-
 from blocksft.families import family_of_model_type
+from blocksft.tokenizer import check_model_source, source_error
 
 from .layout import verify_checkpoint
 
