@@ -590,7 +590,7 @@ def test_remote_code_model_gets_ids_only_and_refuses_caches(model, prompts):
     remote = RemoteStyleModel(model)
     assert torch.equal(run(remote, prompts[0]).sequences, run(model, prompts[0]).sequences)
     assert remote.calls and not any(remote.calls)  # no mask passed when nothing is padded
-    with pytest.raises(BlocksftError, match="cache='prefix' needs blocksft's own LLaDA model"):
+    with pytest.raises(BlocksftError, match="cache='prefix' needs blocksft's own model class"):
         run(remote, prompts[0], cache="prefix")
     ids, mask = left_pad([prompts[0], prompts[2]], pad_id=EOS)
     with pytest.warns(UserWarning, match="ignores the attention mask"):

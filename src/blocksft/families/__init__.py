@@ -43,9 +43,32 @@ def family_of_config(config) -> ModelFamily:
     return family_of_model_type(getattr(config, "model_type", None))
 
 
+def unwrap_model(model):
+    """The model behind DDP/DeepSpeed (``.module``) and PEFT (``get_base_model``) wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
 def family_of_model(model) -> ModelFamily:
-    """The family of a model (PEFT-wrapped or not), from its config."""
-    return family_of_config(model.config)
+    """The family of a model (wrapped or not), from its config."""
+    return family_of_config(unwrap_model(model).config)
+
+
+def logits_shift(model) -> int:
+    """The model's logits shift: its family's (from ``model_type``); 0 for a remote-code model of
+    no known family, which is taken to predict each position from itself, as LLaDA does."""
+    model_type = getattr(unwrap_model(model).config, "model_type", None)
+    known = [f for f in FAMILIES if f.model_type == model_type]
+    return known[0].logits_shift if known else 0
+
+
+def own_model(model):
+    """Our own model class behind ``model`` (wrappers looked through), or None for remote code."""
+    base = unwrap_model(model)
+    return base if isinstance(base, tuple(f.model_class for f in FAMILIES)) else None
 
 
 def family_of_tokenizer(tokenizer) -> ModelFamily | None:
@@ -65,4 +88,7 @@ __all__ = [
     "family_of_model",
     "family_of_model_type",
     "family_of_tokenizer",
+    "logits_shift",
+    "own_model",
+    "unwrap_model",
 ]

@@ -39,6 +39,7 @@ import torch
 
 from blocksft.config.sampler import check_sampler_options
 from blocksft.errors import BlocksftError
+from blocksft.families import logits_shift, own_model
 from blocksft.generation.output import GenerateOutput, GenerateStep
 from blocksft.generation.static import DecoderCache, StaticDecoder
 from blocksft.generation.transfer import (
@@ -48,26 +49,26 @@ from blocksft.generation.transfer import (
     select_transfer_topk,
     transfer_schedule,
 )
-from blocksft.model import LLaDAModelLM
+from blocksft.model.modeling_shared import align_logits
 from blocksft.rng import check_generator
 from blocksft.special_tokens import LLADA_8B_MASK_ID, check_in_vocabulary
 
 
-def _our_llada(model):
-    """The :class:`LLaDAModelLM` behind ``model`` (a PEFT wrapper is looked through), else None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base if isinstance(base, LLaDAModelLM) else None
-
-
 class _BlockLogits:
-    """Logits at the current block's positions, from full or cached forwards; counts the cost."""
+    """Logits predicting the current block's positions, from full or cached forwards; counts the cost.
+
+    With a shifted family (Dream: the output at i predicts token i + 1) the predictions of the
+    block ``[start, end)`` come from the positions ``[start - shift, end - shift)``, so a cached
+    forward recomputes from ``start - shift`` on.
+    """
 
     def __init__(self, model, *, cache, cache_refresh, cfg_scale, mask_id, full_logits=False):
-        self.model, self.llada = model, _our_llada(model)
+        self.model, self.own = model, own_model(model)
+        self.shift = logits_shift(model)
         self.full_logits = full_logits  # the head at every position, sliced afterwards (generate.py)
-        if cache is not None and self.llada is None:
+        if cache is not None and self.own is None:
             raise BlocksftError(
-                f"cache={cache!r} needs blocksft's own LLaDA model (it passes a key/value cache and "
+                f"cache={cache!r} needs blocksft's own model class (it passes a key/value cache and "
                 f"positions); {type(model).__name__} was loaded from remote code: load it without "
                 "--trust-remote-code or decode without a cache"
             )
@@ -88,7 +89,7 @@ class _BlockLogits:
             x = torch.cat([x, x.masked_fill(prompt_cols, self.mask_id)])
             key_mask = None if key_mask is None else key_mask.repeat(2, 1)
             positions = positions.repeat(2, 1)
-        if self.llada is None:
+        if self.own is None:
             logits = self._remote(x, key_mask, start, end)
         elif self._full_step(step):
             logits = self._full(x, key_mask, positions, start, end)
@@ -105,37 +106,38 @@ class _BlockLogits:
         kwargs = {} if key_mask is None else {"attention_mask": key_mask}
         out = self.model(input_ids=x, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
-        return logits[:, start:end]
+        return logits[:, start - self.shift : end - self.shift]
 
     def _full(self, x, key_mask, positions, start, end):
         self.forward_tokens += x.numel()
         at = torch.zeros_like(x, dtype=torch.bool)  # [b, L]
         at[:, start:end] = True
-        out = self.llada(
+        out = self.own(
             x,
             attention_mask=key_mask,
             position_ids=positions,
             use_cache=self.cache is not None,
-            logits_at=None if self.full_logits else at,
+            logits_for=None if self.full_logits else at,
         )
         self.kv_cache = out.kv_cache
         if self.full_logits:
-            return out.logits[:, start:end]  # [b, K, V]
+            return align_logits(out.logits, self.shift)[:, start:end]  # [b, K, V]
         return out.logits.view(x.shape[0], end - start, -1)  # [b, K, V]
 
     def _cached(self, x, key_mask, positions, start, end):
         stop = x.shape[1] if self.cache == "prefix" else end  # prefix: recompute block + suffix
-        fresh = x[:, start:stop]  # [b, stop - start]
+        first = start - self.shift  # the block's predictions start there
+        fresh = x[:, first:stop]  # [b, stop - first]
         self.forward_tokens += fresh.numel()
         at = torch.zeros_like(fresh, dtype=torch.bool)
-        at[:, : end - start] = True
-        out = self.llada(
+        at[:, self.shift : self.shift + end - start] = True  # the block, as targets
+        out = self.own(
             fresh,
             attention_mask=key_mask,
-            position_ids=positions[:, start:stop],
+            position_ids=positions[:, first:stop],
             kv_cache=self.kv_cache,
-            cache_span=(start, stop),
-            logits_at=at,
+            cache_span=(first, stop),
+            logits_for=at,
         )
         return out.logits.view(x.shape[0], end - start, -1)  # [b, K, V]
 
@@ -182,6 +184,17 @@ def _check_prompt(prompt_ids, attention_mask, mask_id: int, model) -> tuple[torc
     ):
         raise BlocksftError(f"prompt ids must lie in the model's vocabulary [0, {vocab})")
     return prompt_ids, attention_mask
+
+
+def _check_prompt_not_empty(prompt_mask: torch.Tensor, shift: int) -> None:
+    """Refuse an empty prompt for a shifted family: its first generated token would be predicted
+    from position -1 (or, in a left-padded batch, from a padding position)."""
+    if shift and (prompt_mask.shape[1] == 0 or not bool(prompt_mask[:, -1].all())):
+        rows = [0] if prompt_mask.shape[1] == 0 else (prompt_mask[:, -1] == 0).nonzero()[:, 0].tolist()
+        raise BlocksftError(
+            f"an empty prompt (row {rows[0]}): this model predicts token i from the output at i - {shift}, "
+            "so it needs at least one prompt token before the first generated one"
+        )
 
 
 def _check_length(model, prompt_len: int, gen_length: int) -> None:
@@ -310,6 +323,7 @@ def generate(
         full_logits=confidence == "llada",
     )
     prompt_ids, prompt_mask = _check_prompt(prompt_ids, attention_mask, mask_id, model)
+    _check_prompt_not_empty(prompt_mask, block_logits.shift)
     check_generator(generator, prompt_ids.device, "the model")
     _check_length(model, prompt_ids.shape[1], gen_length)
     if decode != "loop":
@@ -341,19 +355,19 @@ def _decode_fixed_shape(
     block_logits: _BlockLogits, prompt_ids, prompt_mask, decode: str, decoders, mask_id: int, options: dict
 ) -> GenerateOutput:
     """``decode`` other than ``loop``: a :class:`StaticDecoder`, reused from ``decoders`` when given."""
-    if block_logits.llada is None:
+    if block_logits.own is None:
         raise BlocksftError(
-            f"decode={decode!r} needs blocksft's own LLaDA model; {type(block_logits.model).__name__} was "
+            f"decode={decode!r} needs blocksft's own model class; {type(block_logits.model).__name__} was "
             "loaded from remote code: load it without --trust-remote-code or use decode='loop'"
         )
 
     def build():
-        return StaticDecoder(block_logits.llada, prompt_ids, prompt_mask, mask_id=mask_id, **options)
+        return StaticDecoder(block_logits.own, prompt_ids, prompt_mask, mask_id=mask_id, **options)
 
     if decoders is None:
         return build().run(decode)
     key = (decode, mask_id, *sorted(options.items()))
-    return decoders.decoder(key, block_logits.llada, prompt_ids, prompt_mask, build).run(decode)
+    return decoders.decoder(key, block_logits.own, prompt_ids, prompt_mask, build).run(decode)
 
 
 class _LoopDecoder:
@@ -405,7 +419,7 @@ class _LoopDecoder:
             [prompt_mask.bool(), self.key_mask.new_zeros(batch, gen_length, dtype=torch.bool)], 1
         )  # [B, L]
         self.padded = not bool(self.key_mask.all())
-        if self.padded and block_logits.llada is None:
+        if self.padded and block_logits.own is None:
             warnings.warn(
                 "left-padded prompts with a remote-code model: the published LLaDA code ignores the "
                 "attention mask, so padded rows attend to their padding and may differ from decoding "

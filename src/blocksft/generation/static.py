@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from blocksft.families import family_of_model
 from blocksft.generation.output import GenerateOutput
 from blocksft.generation.transfer import (
     positions_from_mask,
@@ -80,7 +81,7 @@ class StaticDecoder:
     """One decode of a batch with fixed-shape steps (see the module docstring).
 
     Args:
-        llada: our :class:`~blocksft.model.LLaDAModelLM` (unwrapped), in eval mode.
+        model: our own model class (unwrapped; :func:`blocksft.families.own_model`), in eval mode.
         prompt_ids, prompt_mask: ``[B, P]`` left-padded prompts and their mask, on the model's device.
         gen_length, block_length, steps, mask_id, threshold, cache, cache_refresh: the sampler's.
         eos_token_ids, min_new_tokens, stop_at_eos, defer_eos: the sampler's EOS options.
@@ -88,7 +89,7 @@ class StaticDecoder:
 
     def __init__(
         self,
-        llada,
+        model,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor,
         *,
@@ -104,7 +105,10 @@ class StaticDecoder:
         stop_at_eos: bool,
         defer_eos: bool,
     ):
-        self.llada, self.head = llada, llada.get_output_embeddings()
+        self.model, self.head = model, model.get_output_embeddings()
+        # A shifted family predicts token i from position i - shift: the block's hidden states are
+        # read there, and cache steps recompute from there on.
+        self.shift = model.logits_shift
         batch, prompt_len = prompt_ids.shape
         device = prompt_ids.device
         self.prompt_len, self.gen_length, self.block_length = prompt_len, gen_length, block_length
@@ -135,12 +139,12 @@ class StaticDecoder:
         self.positions = torch.zeros(batch, width, dtype=torch.long, device=device)
         cache_buffers = []
         if cache is not None:
-            config = llada.config
-            shape = (batch, config.n_kv_heads, width, config.head_dim)
+            model_shape = family_of_model(model).shape(model.config)
+            shape = (batch, model_shape.n_kv_heads, width, model_shape.head_dim)
             dtype = self.head.weight.dtype
             cache_buffers = [
                 tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in "kv")
-                for _ in range(config.n_layers)
+                for _ in range(model_shape.n_layers)
             ]
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
         self.state = DecodeState(
@@ -248,35 +252,40 @@ class StaticDecoder:
         return step_in_block % self.cache_refresh == 0
 
     def _block_hidden(self, full: bool, start: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """``[B, K, D]`` final hidden states at each row's block."""
-        s, prompt_len = self.state, self.prompt_len
+        """``[B, K, D]`` final hidden states predicting each row's block (at ``idx - shift``)."""
+        s, prompt_len, shift = self.state, self.prompt_len, self.shift
+        first = start - shift  # [B] the first column whose output predicts the block
         if full:
             span = None
             if self.cache_mode is not None:
                 # A row refilling its cache takes fresh keys everywhere; any other row only where its
                 # own cache step would recompute, the rest from its cache (as when it decodes alone).
                 refill = self._refresh_due(s.step_in_block)[:, None]
-                span = StaticCacheSpan(self.columns, refill | self._recomputed(self.columns, start))
+                span = StaticCacheSpan(self.columns, refill | self._recomputed(self.columns, first))
             hidden = self._hidden(s.canvas, self.positions, span)  # [B, L, D]
-            return _gather_rows(hidden, idx)
+            return _gather_rows(hidden, idx - shift)
         if self.cache_mode == "prefix":  # every generated position; fresh from the block on
-            columns = self.columns[:, prompt_len:]  # [B, G]
-            span = StaticCacheSpan(columns, self._recomputed(columns, start))
-            hidden = self._hidden(s.canvas[:, prompt_len:], self.positions[:, prompt_len:], span)
-            return _gather_rows(hidden, idx - prompt_len)
-        span = StaticCacheSpan(idx, torch.ones_like(idx, dtype=torch.bool))  # dual: the block alone
-        return self._hidden(s.canvas.gather(1, idx), self.positions.gather(1, idx), span)
+            origin = prompt_len - shift
+            columns = self.columns[:, origin:]  # [B, G + shift]
+            span = StaticCacheSpan(columns, self._recomputed(columns, first))
+            hidden = self._hidden(s.canvas[:, origin:], self.positions[:, origin:], span)
+            return _gather_rows(hidden, idx - shift - origin)
+        # dual: the block alone (and, shifted, the column before it)
+        cols = first[:, None] + torch.arange(self.block_length + shift, device=idx.device)  # [B, K + shift]
+        span = StaticCacheSpan(cols, torch.ones_like(cols, dtype=torch.bool))
+        hidden = self._hidden(s.canvas.gather(1, cols), self.positions.gather(1, cols), span)
+        return hidden[:, : self.block_length]
 
-    def _recomputed(self, columns: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Which ``columns`` a cache step of each row recomputes: the block and what follows
-        (``prefix``) or the block (``dual``)."""
-        after = columns >= start[:, None]
+    def _recomputed(self, columns: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Which ``columns`` a cache step of each row recomputes: from ``first`` (the block's
+        start, less the shift) to the end (``prefix``) or to the block's end (``dual``)."""
+        after = columns >= first[:, None]
         if self.cache_mode == "prefix":
             return after
-        return after & (columns < start[:, None] + self.block_length)
+        return after & (columns < first[:, None] + self.block_length + self.shift)
 
     def _hidden(self, ids, positions, span) -> torch.Tensor:
-        out = self.llada(
+        out = self.model(
             ids,
             attention_mask=self.key_mask,
             position_ids=positions,
@@ -303,6 +312,7 @@ class StaticDecoder:
         steps = self._steps
         batch, width = self.state.canvas.shape
         recomputed = {None: width, "prefix": self.gen_length, "dual": self.block_length}[self.cache_mode]
+        recomputed += self.shift if self.cache_mode else 0
         nfe = forward_tokens = 0
         for _ in range(self.num_blocks * self.steps_per_block):  # every step moves every live row on
             any_left, needs_full = self.state.status.tolist()  # the one host read per step
@@ -348,10 +358,10 @@ class DecoderCache:
         self.size = size
         self.decoders: OrderedDict = OrderedDict()
 
-    def decoder(self, key: tuple, llada, prompt_ids, prompt_mask, build) -> StaticDecoder:
+    def decoder(self, key: tuple, model, prompt_ids, prompt_mask, build) -> StaticDecoder:
         """The kept decoder for ``key`` loaded with these prompts, or a new one from ``build()``."""
         found = self.decoders.pop(key, None)
-        if found is not None and found.llada is llada and found.fits(prompt_ids, prompt_mask):
+        if found is not None and found.model is model and found.fits(prompt_ids, prompt_mask):
             found.load(prompt_ids, prompt_mask)
         else:
             found = build()

@@ -21,6 +21,8 @@ import torch
 from transformers import Trainer
 
 from blocksft.errors import BlocksftError
+from blocksft.families import logits_shift, unwrap_model
+from blocksft.model.modeling_shared import align_logits, predicting_positions
 from blocksft.objectives import NoisedBatch, Objective, linear_cross_entropy
 from blocksft.rng import batch_seed
 
@@ -37,7 +39,7 @@ class TrainStep:
     Attributes:
         objective: a :class:`blocksft.objectives.Objective` (noising and loss with its options).
         seed: run seed (each batch's noise is seeded from it and the batch's first item).
-        sparse_logits: compute logits only at loss positions (``model(..., logits_at=)``);
+        sparse_logits: compute logits only for the loss positions (``model(..., logits_for=)``);
             False computes the full ``[B, L, V]`` logits (the plain path).
         attend_padding: pass no attention mask, so padding is attended (the reference).
         ce_chunk_size: > 0 runs the LM head and the cross-entropy together over this many loss
@@ -83,29 +85,30 @@ class TrainStep:
         # its flash kernel (which takes no mask). ``has_padding`` is a host bool: no device sync.
         masked = not self.attend_padding and batch.has_padding
         inputs = dict(input_ids=noised.noised_ids, attention_mask=batch.attention_mask if masked else None)
+        shift = logits_shift(model)
         if self.ce_chunk_size:
-            # Hidden states [B, L, D] -> [N, D] at the loss positions; head + CE in chunks.
+            # Hidden states [B, L, D] -> [N, D] at the positions predicting the loss positions
+            # (hidden i - shift predicts token i); head + CE in chunks.
             hidden = model(**inputs, return_logits=False, output_hidden_states=True).hidden_states
             return linear_cross_entropy(
-                hidden[noised.loss_mask],
+                hidden[predicting_positions(noised.loss_mask, shift)],
                 lm_head_weight(model),
                 input_ids[noised.loss_mask],
                 self.objective.loss_weights(noised, **lengths),
                 chunk_size=self.ce_chunk_size,
             )
-        # Logits [N, V] at the loss positions only, or [B, L, V].
-        logits_at = noised.loss_mask if self.sparse_logits else None
-        logits = model(**inputs, logits_at=logits_at).logits
+        # Logits [N, V] predicting the loss positions only, or [B, L, V] aligned so that position i
+        # holds the prediction of token i.
+        if self.sparse_logits:
+            logits = model(**inputs, logits_for=noised.loss_mask).logits
+        else:
+            logits = align_logits(model(**inputs).logits, shift)
         return self.objective.loss(logits, input_ids, noised, **lengths)
 
 
 def lm_head_weight(model) -> torch.Tensor:
     """The LM head's weight of a model, through DDP/DeepSpeed and PEFT wrappers."""
-    while hasattr(model, "module"):  # DistributedDataParallel, DeepSpeedEngine
-        model = model.module
-    if hasattr(model, "get_base_model"):  # PEFT
-        model = model.get_base_model()
-    return model.get_output_embeddings().weight
+    return unwrap_model(model).get_output_embeddings().weight
 
 
 @dataclass(frozen=True)
