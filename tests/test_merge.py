@@ -1,41 +1,15 @@
 """`blocksft merge` and the checkpoints it writes: merged weights, no LoRA keys, loadable anywhere."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from train_utils import safetensors_dtypes
+from train_utils import load_without_blocksft, safetensors_dtypes
 from transformers import AutoModelForCausalLM
 
 from blocksft.cli import main
 from blocksft.testing import tiny_llada_model
-
-# Runs in a fresh interpreter where importing blocksft fails: plain transformers + the checkpoint's
-# own modeling files (trust_remote_code) must be enough.
-LOAD_WITHOUT_BLOCKSFT = """
-import sys
-
-class NoBlocksft:
-    def find_spec(self, name, path=None, target=None):
-        if name == "blocksft" or name.startswith("blocksft."):
-            raise ImportError("blocksft is not importable here")
-
-sys.meta_path.insert(0, NoBlocksft())
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-folder, ids_path, out_path = sys.argv[1:]
-model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="auto")
-AutoTokenizer.from_pretrained(folder)
-with torch.no_grad():
-    logits = model(input_ids=torch.load(ids_path)).logits
-torch.save({"logits": logits, "module": type(model).__module__, "dtype": str(next(model.parameters()).dtype),
-            "blocksft_loaded": any(m.startswith("blocksft") for m in sys.modules)}, out_path)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -101,23 +75,7 @@ def test_merged_checkpoint_loads_with_plain_transformers_and_remote_code(base_an
         == 0
     )
     assert set(safetensors_dtypes(out).values()) == {"BF16"}
-    torch.save(ids, tmp_path / "ids.pt")
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": ""}
-    subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-c",
-            LOAD_WITHOUT_BLOCKSFT,
-            str(out),
-            str(tmp_path / "ids.pt"),
-            str(tmp_path / "out.pt"),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    result = torch.load(tmp_path / "out.pt")
+    result = load_without_blocksft(out, ids, tmp_path)
     assert not result["blocksft_loaded"] and result["module"].startswith("transformers_modules.")
     assert result["dtype"] == "torch.bfloat16"
     torch.testing.assert_close(result["logits"].float(), expected, rtol=0.05, atol=0.05)

@@ -1,6 +1,9 @@
 """Shared by the training tests: a tiny saved model + tokenizer and a small, learnable record file."""
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -9,6 +12,13 @@ from safetensors import safe_open
 from blocksft.config.train import TrainConfig
 from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.testing import tiny_llada_model, tiny_tokenizer
+from blocksft.testing_dream import tiny_dream_model, tiny_dream_tokenizer
+
+# The tiny tokenizer and model builders of each family.
+TINY_BUILDERS = {
+    "llada": (tiny_tokenizer, tiny_llada_model),
+    "dream": (tiny_dream_tokenizer, tiny_dream_model),
+}
 
 PATTERN = list(range(6, 18))  # answers cycle through these ids: easy to learn, so the loss falls
 
@@ -18,11 +28,15 @@ TINY_TRAIN_FLAGS = (
 )
 
 
-def write_tiny_inputs(folder: Path, *, n_samples: int = 64, seed: int = 0) -> tuple[Path, Path]:
-    """Save a tiny LLaDA model + tokenizer and a record file with its sidecar; return their paths."""
-    tokenizer = tiny_tokenizer()
+def write_tiny_inputs(
+    folder: Path, *, n_samples: int = 64, seed: int = 0, family: str = "llada"
+) -> tuple[Path, Path]:
+    """Save a tiny model of ``family`` + its tokenizer and a record file with its sidecar; return
+    their paths. Prompts start with BOS where the family has one (LLaDA), else a random token."""
+    build_tokenizer, build_model = TINY_BUILDERS[family]
+    tokenizer = build_tokenizer()
     model_dir = folder / "model"
-    tiny_llada_model(tokenizer, seed=0).save_pretrained(model_dir)
+    build_model(tokenizer, seed=0).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     generator = torch.Generator().manual_seed(seed)
     records = []
@@ -30,9 +44,11 @@ def write_tiny_inputs(folder: Path, *, n_samples: int = 64, seed: int = 0) -> tu
         prompt_len = int(torch.randint(4, 10, (1,), generator=generator))
         answer_len = int(torch.randint(10, 40, (1,), generator=generator))
         start = int(torch.randint(0, len(PATTERN), (1,), generator=generator))
-        prompt = [tokenizer.bos_token_id] + torch.randint(
-            20, len(tokenizer), (prompt_len - 1,), generator=generator
-        ).tolist()
+        first = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        prompt = (
+            first
+            + torch.randint(20, len(tokenizer), (prompt_len - len(first),), generator=generator).tolist()
+        )
         answer = [PATTERN[(start + k) % len(PATTERN)] for k in range(answer_len)]
         records.append({"prompt_len": prompt_len, "full_ids": torch.tensor(prompt + answer)})
     data = folder / "data.pt"
@@ -75,3 +91,43 @@ def safetensors_dtypes(folder: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             dtypes.update({k: f.get_slice(k).get_dtype() for k in f.keys()})
     return dtypes
+
+
+# Runs in a fresh interpreter where importing blocksft fails: plain transformers + the checkpoint's
+# own modeling files (trust_remote_code) must be enough.
+LOAD_WITHOUT_BLOCKSFT = """
+import sys
+
+class NoBlocksft:
+    def find_spec(self, name, path=None, target=None):
+        if name == "blocksft" or name.startswith("blocksft."):
+            raise ImportError("blocksft is not importable here")
+
+sys.meta_path.insert(0, NoBlocksft())
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+folder, ids_path, out_path = sys.argv[1:]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="auto")
+AutoTokenizer.from_pretrained(folder)
+with torch.no_grad():
+    logits = model(input_ids=torch.load(ids_path)).logits
+torch.save({"logits": logits, "module": type(model).__module__, "dtype": str(next(model.parameters()).dtype),
+            "blocksft_loaded": any(m.startswith("blocksft") for m in sys.modules)}, out_path)
+"""
+
+
+def load_without_blocksft(folder: Path, ids: torch.Tensor, tmp_path: Path) -> dict:
+    """Load a checkpoint folder with plain transformers and ``trust_remote_code`` in a fresh
+    interpreter that cannot import blocksft; returns its logits for ``ids``, the model's module,
+    dtype and whether blocksft was loaded."""
+    torch.save(ids, tmp_path / "ids.pt")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": ""}
+    command = [sys.executable, "-I", "-c", LOAD_WITHOUT_BLOCKSFT, str(folder)]
+    subprocess.run(
+        [*command, str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    return torch.load(tmp_path / "out.pt")

@@ -1,8 +1,9 @@
 """Merged exports: LoRA folded into the base weights, saved as checkpoints that anyone can load.
 
 A checkpoint folder holds sharded safetensors in the training dtype (bf16 on GPUs; the reference
-merges in fp16), ``config.json`` with an ``auto_map``, our ``configuration_llada.py`` and
-``modeling_llada.py`` (so plain transformers loads it with ``trust_remote_code=True``), the
+merges in fp16), ``config.json`` with an ``auto_map``, our modeling files of the model's family (LLaDA:
+``configuration_llada.py``, ``modeling_llada.py``, ``modeling_shared.py``; Dream: the same with
+``dream``), so that plain transformers loads it with ``trust_remote_code=True``, the
 tokenizer, and the adapter alone under ``adapter/``. It is written to a temporary folder and
 renamed when complete, named ``<ckpt_dir>_stepNNNN`` like the reference's (then ``-v2``, ``-v3``
 rather than overwriting).
@@ -23,19 +24,13 @@ from peft.tuners.lora import LoraLayer
 
 import blocksft.model
 from blocksft.errors import BlocksftError
+from blocksft.families import ModelFamily, family_of_config
 from blocksft.model.loading import load_model
 from blocksft.outputs import check_output_path
 from blocksft.tokenizer import load_tokenizer
 
 from .lora import PEFT_PREFIX
 
-MODEL_FILES = ("configuration_llada.py", "modeling_llada.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_llada.LLaDAConfig",
-    "AutoModel": "modeling_llada.LLaDAModelLM",
-    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-    "AutoModelForMaskedLM": "modeling_llada.LLaDAModelLM",
-}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
@@ -128,7 +123,8 @@ def write_checkpoint(
     Args:
         output: the folder to create; it must not exist unless ``replace``.
         state_dict: merged weights under the published key names (no ``lora_`` keys).
-        model_config: the model's ``LLaDAConfig``; saved with ``auto_map`` and the weights' dtype.
+        model_config: the model's config (its family's class); saved with its family's ``auto_map``
+            and the weights' dtype.
         tokenizer: saved beside the weights when given.
         write_adapter: called with ``<tmp>/adapter`` to save the adapter alone.
         replace: replace an existing ``output`` (the new folder is complete before the old one goes).
@@ -145,9 +141,10 @@ def write_checkpoint(
     try:
         save_torch_state_dict(dict(state_dict), tmp, max_shard_size="5GB", metadata={"format": "pt"})
         dtype = next(iter(state_dict.values())).dtype
-        _write_config(tmp, model_config, dtype)
+        family = family_of_config(model_config)
+        _write_config(tmp, model_config, dtype, family)
         model_dir = Path(blocksft.model.__file__).resolve().parent
-        for name in MODEL_FILES:
+        for name in family.modeling_files:
             shutil.copyfile(model_dir / name, tmp / name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -164,10 +161,14 @@ def write_checkpoint(
     return output
 
 
-def _write_config(folder: Path, model_config, dtype: torch.dtype) -> None:
+def _write_config(folder: Path, model_config, dtype: torch.dtype, family: ModelFamily) -> None:
     config = model_config.to_dict()
     config.pop("torch_dtype", None)
-    config.update(auto_map=AUTO_MAP, architectures=["LLaDAModelLM"], dtype=DTYPE_NAMES.get(dtype, str(dtype)))
+    config.update(
+        auto_map=family.auto_map(),
+        architectures=[family.model_class.__name__],
+        dtype=DTYPE_NAMES.get(dtype, str(dtype)),
+    )
     config["use_cache"] = False
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -198,7 +199,7 @@ def merge_adapter(
     """Merge a PEFT LoRA adapter (trained here or elsewhere) into its base model and save it.
 
     Args:
-        base: base model hub id or folder (e.g. ``GSAI-ML/LLaDA-8B-Instruct``).
+        base: base model hub id or folder (e.g. ``GSAI-ML/LLaDA-8B-Instruct``, ``Dream-org/Dream-v0-Instruct-7B``).
         adapter: folder with ``adapter_config.json`` and the adapter weights.
         output: checkpoint folder to create.
         dtype: ``auto`` (the base checkpoint's dtype), ``bf16``, ``fp16`` or ``fp32``.

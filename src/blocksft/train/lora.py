@@ -1,10 +1,12 @@
-"""LoRA on LLaDA with PEFT: which layers, checked against the model before anything is wrapped.
+"""LoRA with PEFT: which layers, checked against the model before anything is wrapped.
 
-The reference script names Llama's layers (``q_proj k_proj v_proj o_proj gate_proj up_proj
-down_proj``); on LLaDA only ``q_proj k_proj v_proj up_proj`` exist, and PEFT silently adapts just
-those. ``reference`` is that effective set; ``all`` is every linear layer of the transformer blocks.
-The name ``ff_out`` is both the blocks' MLP output and the LM head (``model.transformer.ff_out``,
-126,464 wide): targets are matched inside the blocks only, so the head is never adapted.
+The presets come from the model's family (:attr:`blocksft.families.ModelFamily.lora_presets`). The
+reference script names Llama's layers (``q_proj k_proj v_proj o_proj gate_proj up_proj
+down_proj``); PEFT silently adapts those a model has, so ``reference`` is that effective set: on
+LLaDA ``q_proj k_proj v_proj up_proj``, on Dream all seven (Qwen2 uses Llama's names). ``all`` is
+every linear layer of the transformer layers. Targets are matched inside the layers only
+(:attr:`~blocksft.families.ModelFamily.layer_prefix`), so an LM head sharing a name (LLaDA's
+``model.transformer.ff_out``, 126,464 wide) is never adapted.
 """
 
 from __future__ import annotations
@@ -17,13 +19,10 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from blocksft.errors import BlocksftError
+from blocksft.families import ModelFamily, family_of_model
 
 from .engine import full_numel
 
-BLOCK_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
-REFERENCE_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj")
-TARGET_PRESETS = {"reference": REFERENCE_TARGETS, "all": BLOCK_LINEAR_LAYERS}
-BLOCK_PREFIX = r"model\.transformer\.blocks\.\d+\."
 PEFT_PREFIX = "base_model.model."  # what PEFT puts before the base model's module names
 
 
@@ -45,46 +44,45 @@ class LoraReport:
 
 
 def compact_module_list(modules: tuple[str, ...]) -> str:
-    """``model.transformer.blocks.{0..31}.{q_proj,v_proj}`` when every block has the same layers."""
-    pattern = re.compile(r"model\.transformer\.blocks\.(\d+)\.([^.]+)")
+    """``model.transformer.blocks.{0..31}.{q_proj,v_proj}`` when every layer has the same modules."""
+    pattern = re.compile(r"(.+?)\.(\d+)\.(.+)")
     parsed = [pattern.fullmatch(m) for m in modules]
-    if not modules or not all(parsed):
+    if not modules or not all(parsed) or len({p[1] for p in parsed}) != 1:
         return ", ".join(modules)
-    blocks = sorted({int(p[1]) for p in parsed})
-    leaves = list(dict.fromkeys(p[2] for p in parsed))
-    if len(modules) != len(blocks) * len(leaves) or blocks != list(range(blocks[0], blocks[-1] + 1)):
+    layers = sorted({int(p[2]) for p in parsed})
+    leaves = list(dict.fromkeys(p[3] for p in parsed))
+    if len(modules) != len(layers) * len(leaves) or layers != list(range(layers[0], layers[-1] + 1)):
         return ", ".join(modules)
-    return f"model.transformer.blocks.{{{blocks[0]}..{blocks[-1]}}}.{{{','.join(leaves)}}}"
+    return f"{parsed[0][1]}.{{{layers[0]}..{layers[-1]}}}.{{{','.join(leaves)}}}"
 
 
-def resolve_lora_targets(spec: str) -> tuple[str, ...]:
+def resolve_lora_targets(spec: str, family: ModelFamily) -> tuple[str, ...]:
     """``reference``, ``all`` or a comma list of layer names -> a tuple of names."""
-    if spec in TARGET_PRESETS:
-        return TARGET_PRESETS[spec]
+    if spec in family.lora_presets:
+        return family.lora_presets[spec]
     names = tuple(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
     if not names:
         raise BlocksftError("--lora-targets is empty: use reference, all or a comma list of layer names")
     return names
 
 
-def target_regex(names: tuple[str, ...]) -> str:
-    """A regex PEFT matches against full module names: the named layers inside the blocks only."""
-    return BLOCK_PREFIX + "(" + "|".join(re.escape(n) for n in names) + ")"
+def target_regex(names: tuple[str, ...], family: ModelFamily) -> str:
+    """A regex PEFT matches against full module names: the named layers inside the layers only."""
+    return family.layer_prefix + "(" + "|".join(re.escape(n) for n in names) + ")"
 
 
-def matched_modules(model, names: tuple[str, ...]) -> dict[str, list[str]]:
-    """For each name, the block linear layers of ``model`` it matches (refusing names matching none)."""
-    pattern = re.compile(BLOCK_PREFIX + r"(?P<leaf>[^.]+)")
+def matched_modules(model, names: tuple[str, ...], family: ModelFamily) -> dict[str, list[str]]:
+    """For each name, the linear layers of ``model``'s layers it matches (refusing names matching none)."""
     matches: dict[str, list[str]] = {n: [] for n in names}
     for module_name, module in model.named_modules():
-        found = pattern.fullmatch(module_name)
-        if found and found["leaf"] in matches and isinstance(module, torch.nn.Linear):
-            matches[found["leaf"]].append(module_name)
+        leaf = family.layer_module(module_name)
+        if leaf in matches and isinstance(module, torch.nn.Linear):
+            matches[leaf].append(module_name)
     unmatched = [n for n, found in matches.items() if not found]
     if unmatched:
         raise BlocksftError(
-            f"--lora-targets: {', '.join(unmatched)} match no linear layer of the model's blocks; "
-            f"LLaDA's block layers are {', '.join(BLOCK_LINEAR_LAYERS)} (or use reference / all)"
+            f"--lora-targets: {', '.join(unmatched)} match no linear layer of the model's layers; "
+            f"{family.name}'s layers have {', '.join(family.linear_layers)} (or use reference / all)"
         )
     return matches
 
@@ -93,17 +91,18 @@ def apply_lora(model, *, targets: str, r: int, alpha: float, dropout: float):
     """Wrap ``model`` with LoRA adapters on the resolved targets.
 
     Args:
-        model: a LLaDA model (our class or one with the same module names).
-        targets: ``reference``, ``all`` or a comma list of block layer names.
+        model: a model of a known family (our class or one with the same module names).
+        targets: ``reference``, ``all`` or a comma list of layer module names.
         r, alpha, dropout: LoRA rank, alpha (scaling alpha / r) and dropout.
 
     Returns:
         ``(peft_model, LoraReport)``.
     """
-    names = resolve_lora_targets(targets)
-    matched_modules(model, names)
+    family = family_of_model(model)
+    names = resolve_lora_targets(targets, family)
+    matched_modules(model, names, family)
     lora_config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_regex(names), bias="none"
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_regex(names, family), bias="none"
     )
     peft_model = get_peft_model(model, lora_config)
     return peft_model, lora_report(peft_model, names)

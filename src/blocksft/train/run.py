@@ -22,6 +22,7 @@ from transformers.trainer_callback import ProgressCallback
 
 import blocksft
 from blocksft.config.flags import config_to_dict
+from blocksft.families import family_of_model, unwrap_model
 from blocksft.config.train import TrainConfig, is_on
 from blocksft.data.records import check_no_mask_tokens, load_records, records_sha256
 from blocksft.model.loading import load_model
@@ -416,14 +417,14 @@ def attach_adapters(model, config: TrainConfig):
 
 def flop_model_of(model, config: TrainConfig) -> FlopModel:
     """The shapes that decide a step's FLOPs, for the logs' FLOP counts."""
-    mc = model.config
+    shape = family_of_model(model).shape(unwrap_model(model).config)
     trained = [p for p in model.parameters() if p.requires_grad]
     return FlopModel(
-        body_params=sum(full_numel(p) for n, p in model.named_parameters() if ".blocks." in n),
+        body_params=sum(full_numel(p) for p in unwrap_model(model).blocks.parameters()),
         trained_params=None if config.full_finetune else sum(full_numel(p) for p in trained),
-        head_params=mc.d_model * mc.embedding_size,
-        n_layers=mc.n_layers,
-        d_model=mc.d_model,
+        head_params=shape.d_model * shape.vocab_rows,
+        n_layers=shape.n_layers,
+        d_model=shape.d_model,
         recompute=is_on(config.gradient_checkpointing),
     )
 

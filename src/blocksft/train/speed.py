@@ -30,6 +30,7 @@ import torch.utils._triton
 from torch._dynamo.exc import TorchDynamoException
 
 from blocksft.config.train import TrainConfig
+from blocksft.families import family_of_model, unwrap_model
 
 from .choices import Choice
 from .engine import full_numel
@@ -188,7 +189,7 @@ def run_memory_estimate(model, config, *, blockwise: bool) -> MemoryEstimate:
     averages one half), ``--ce-chunk-size`` at a time with the chunked head.
     """
     params = list(model.parameters())
-    shape = model.config
+    shape = family_of_model(model).shape(unwrap_model(model).config)
     tokens = config.micro_batch * config.max_len
     if not config.sparse_logits:
         positions = tokens
@@ -201,8 +202,8 @@ def run_memory_estimate(model, config, *, blockwise: bool) -> MemoryEstimate:
         trainable_bytes=sum(full_numel(p) * p.element_size() for p in params if p.requires_grad),
         n_layers=shape.n_layers,
         d_model=shape.d_model,
-        mlp_hidden=shape.mlp_hidden_size,
-        vocab=shape.embedding_size,
+        mlp_hidden=shape.mlp_hidden,
+        vocab=shape.vocab_rows,
         tokens=tokens,
         logit_positions=positions,
         checkpointing=False,
@@ -246,8 +247,7 @@ def compile_blocks(model, backend: str = "inductor", on_fallback=None) -> None:
     runs eagerly, and ``on_fallback(note)`` is told once; errors of the compiled code itself
     (out of memory, ...) are raised as they are.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    blocks = list(base.blocks)
+    blocks = list(unwrap_model(model).blocks)
     failed: list[str] = []
 
     def guarded(block, compiled):
