@@ -199,7 +199,7 @@ def merge_adapter(
     """Merge a PEFT LoRA adapter (trained here or elsewhere) into its base model and save it.
 
     Args:
-        base: base model hub id or folder (e.g. ``GSAI-ML/LLaDA-8B-Instruct``, ``Dream-org/Dream-v0-Instruct-7B``).
+        base: base model hub id or folder (``GSAI-ML/LLaDA-8B-Instruct``, ``Dream-org/Dream-v0-Instruct-7B``).
         adapter: folder with ``adapter_config.json`` and the adapter weights.
         output: checkpoint folder to create.
         dtype: ``auto`` (the base checkpoint's dtype), ``bf16``, ``fp16`` or ``fp32``.

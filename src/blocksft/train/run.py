@@ -22,9 +22,9 @@ from transformers.trainer_callback import ProgressCallback
 
 import blocksft
 from blocksft.config.flags import config_to_dict
-from blocksft.families import family_of_model, unwrap_model
 from blocksft.config.train import TrainConfig, is_on
 from blocksft.data.records import check_no_mask_tokens, load_records, records_sha256
+from blocksft.families import family_of_model, unwrap_model
 from blocksft.model.loading import load_model
 from blocksft.objectives import Objective, get_objective
 from blocksft.outputs import check_output_path, claim
