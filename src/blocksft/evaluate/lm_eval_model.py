@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from blocksft.config.sampler import SamplerConfig
 from blocksft.errors import BlocksftError
 from blocksft.evaluate.runner import distributed_context, resolve_device
+from blocksft.families import token_names
 from blocksft.generation.sampler import generate
 from blocksft.generation.text import decode_answer
 from blocksft.generation.transfer import left_pad
@@ -109,7 +110,7 @@ class BlocksftLM(LM):
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer
         self.model.eval()
-        self._ids = resolve_special_ids(tokenizer, self.model.config)
+        self._ids = resolve_special_ids(tokenizer, self.model.config, names=token_names(self.model.config))
         self._mask_id = self._ids.mask
         self.sampler = SamplerConfig(
             gen_length=int(gen_length),

@@ -35,6 +35,7 @@ from blocksft.errors import BlocksftError
 from blocksft.evaluate import gsm8k, results
 from blocksft.evaluate import math as math_task
 from blocksft.evaluate.grid import write_grid
+from blocksft.families import token_names
 from blocksft.generation.sampler import generate
 from blocksft.generation.text import decode_answer
 from blocksft.generation.transfer import left_pad
@@ -337,7 +338,7 @@ def evaluate_problems(
     dist = dist or DistContext()
     output = Path(output)
     check_question_text(problems, tokenizer, config.data or f"the {config.task} data")
-    ids = resolve_special_ids(tokenizer, model.config)
+    ids = resolve_special_ids(tokenizer, model.config, names=token_names(model.config))
     settings = run_settings(config, sampler, model_name, data_sha256 or problems_digest(problems))
     sid = results.settings_id(settings)
     # One writer per results file (per rank): a second run on the same --output stops here.

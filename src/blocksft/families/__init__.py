@@ -9,7 +9,7 @@ new file defining a :class:`~.base.ModelFamily` and one entry in :data:`FAMILIES
 from __future__ import annotations
 
 from blocksft.errors import BlocksftError
-from blocksft.special_tokens import token_id
+from blocksft.special_tokens import TokenNames, token_id
 
 from .base import ModelFamily, ModelShape
 from .dream import DREAM
@@ -38,6 +38,12 @@ def family_of_model_type(model_type: str | None, source: str = "the checkpoint")
     )
 
 
+def known_family(config) -> ModelFamily | None:
+    """The family of a config's ``model_type``, or None when no family has it."""
+    model_type = getattr(config, "model_type", None)
+    return next((f for f in FAMILIES if f.model_type == model_type), None)
+
+
 def family_of_config(config) -> ModelFamily:
     """The family of a model config (ours or a remote-code one with the same ``model_type``)."""
     return family_of_model_type(getattr(config, "model_type", None))
@@ -52,6 +58,13 @@ def unwrap_model(model):
     return model
 
 
+def token_names(config) -> TokenNames:
+    """The special-token texts of a model config's family; LLaDA's for a remote-code model of no
+    known family (its tokenizer's own mask token is read as well)."""
+    known = known_family(config)
+    return known.tokens if known else LLADA.tokens
+
+
 def family_of_model(model) -> ModelFamily:
     """The family of a model (wrapped or not), from its config."""
     return family_of_config(unwrap_model(model).config)
@@ -60,9 +73,8 @@ def family_of_model(model) -> ModelFamily:
 def logits_shift(model) -> int:
     """The model's logits shift: its family's (from ``model_type``); 0 for a remote-code model of
     no known family, which is taken to predict each position from itself, as LLaDA does."""
-    model_type = getattr(unwrap_model(model).config, "model_type", None)
-    known = [f for f in FAMILIES if f.model_type == model_type]
-    return known[0].logits_shift if known else 0
+    known = known_family(unwrap_model(model).config)
+    return known.logits_shift if known else 0
 
 
 def own_model(model):
@@ -90,5 +102,6 @@ __all__ = [
     "family_of_tokenizer",
     "logits_shift",
     "own_model",
+    "token_names",
     "unwrap_model",
 ]

@@ -12,12 +12,12 @@ import torch
 
 from blocksft.config.generate import GenerateConfig
 from blocksft.errors import BlocksftError
+from blocksft.families import token_names
 from blocksft.generation.output import GenerateStep
 from blocksft.generation.sampler import generate
 from blocksft.generation.text import decode_answer, encode_prompt, render_canvas
 from blocksft.model.loading import check_device, load_model
 from blocksft.special_tokens import (
-    MASK,
     resolve_special_ids,
     special_text_pattern,
     token_id,
@@ -34,7 +34,7 @@ def run_generate(cfg: GenerateConfig) -> str:
     check_prompt_text(cfg.prompt, tokenizer, chat=cfg.chat)
     model = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=device)
     model.eval()
-    ids = resolve_special_ids(tokenizer, model.config, mask_id=cfg.mask_id)
+    ids = resolve_special_ids(tokenizer, model.config, mask_id=cfg.mask_id, names=token_names(model.config))
     prompt_ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt, chat=cfg.chat)])
     stream = CanvasStream(tokenizer, ids.mask, prompt_ids.shape[1]) if cfg.stream else None
     out = generate(
@@ -107,6 +107,6 @@ def check_prompt_text(prompt: str, tokenizer, *, chat: bool) -> None:
         )
     if token_id(tokenizer, token) == tokenizer_mask_id(tokenizer):
         raise BlocksftError(
-            f"--prompt holds {token!r}, the mask token ({MASK}): a prompt cannot hold masks (the sampler "
+            f"--prompt holds {token!r}, the mask token: a prompt cannot hold masks (the sampler "
             "fills only the generated part); remove it"
         )

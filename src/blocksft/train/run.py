@@ -24,7 +24,7 @@ import blocksft
 from blocksft.config.flags import config_to_dict
 from blocksft.config.train import TrainConfig, is_on
 from blocksft.data.records import check_no_mask_tokens, load_records, records_sha256
-from blocksft.families import family_of_model, unwrap_model
+from blocksft.families import family_of_model, token_names, unwrap_model
 from blocksft.model.loading import load_model
 from blocksft.objectives import Objective, get_objective
 from blocksft.outputs import check_output_path, claim
@@ -139,7 +139,10 @@ def _train_claimed(
     # ----- Tokenizer, records, special ids and objective: all checked before the weights load -----
     tokenizer = load_tokenizer(config.tokenizer or config.model)
     records, data = load_run_records(config, tokenizer, saved)
-    ids = resolve_special_ids(tokenizer, AutoConfig.from_pretrained(config.model), mask_id=config.mask_id)
+    model_config = AutoConfig.from_pretrained(config.model)
+    ids = resolve_special_ids(
+        tokenizer, model_config, mask_id=config.mask_id, names=token_names(model_config)
+    )
     check_no_mask_tokens(records, ids.mask, config.data)
     objective = build_objective(config, ids.mask)
     model = load_model(config.model, dtype=config.dtype)
