@@ -35,7 +35,7 @@ from blocksft.data.records import load_records
 from blocksft.data.tasks import open_dataset
 from blocksft.errors import BlocksftError
 from blocksft.special_tokens import BOS, END_HEADER, EOT, START_HEADER
-from blocksft.tokenizer import _DEFAULT_CORPUS, ASSISTANT_HEADER, LLADA_CHAT_TEMPLATE, build_tokenizer
+from blocksft.tokenizer import ASSISTANT_HEADER, DEFAULT_CORPUS, LLADA_CHAT_TEMPLATE, build_tokenizer
 
 WRAPPER = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -435,7 +435,7 @@ def test_existing_output_needs_overwrite(rows_file, tmp_path, model_dir, capsys)
 def test_tokens_merging_across_the_boundary_are_reported_or_skipped(tmp_path, model_dir, capsys):
 
     # Learns "\n\n" as one token: the prompt ends with it, but "\n\nThe" splits as "\n", "\n", "The".
-    merging = build_tokenizer(list(_DEFAULT_CORPUS) + ["x\n\n"] * 50, 300)
+    merging = build_tokenizer(list(DEFAULT_CORPUS) + ["x\n\n"] * 50, 300)
     rows = [
         {"query": "a", "response": "5"},
         {"query": "b", "response": "The answer is 5"},

@@ -110,7 +110,7 @@ def require_mask_token(tokenizer, flag: str, source: str, names: TokenNames = LL
         raise BlocksftError(
             f"{flag} {source}: its tokenizer has no mask token {names.mask} (nor a mask_token), so it is not "
             "the tokenizer of a masked diffusion model; give the model you will train (e.g. "
-            "GSAI-ML/LLaDA-8B-Instruct)"
+            "GSAI-ML/LLaDA-8B-Instruct or Dream-org/Dream-v0-Instruct-7B)"
         )
 
 

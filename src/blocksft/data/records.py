@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from blocksft.errors import BlocksftError
+from blocksft.families import family_of_tokenizer
 from blocksft.outputs import publish_new
-from blocksft.special_tokens import EOT, token_id, tokenizer_mask_id
+from blocksft.special_tokens import LLADA_TOKENS, token_id, tokenizer_mask_id
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     """
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     template = getattr(tokenizer, "chat_template", None)
+    family = family_of_tokenizer(tokenizer)
+    names = family.tokens if family is not None else LLADA_TOKENS
     return {
         "name_or_path": str(getattr(tokenizer, "name_or_path", "") or ""),
         "vocab_size": len(tokenizer),
@@ -66,8 +69,8 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
             "bos": tokenizer.bos_token_id,
             "eos": tokenizer.eos_token_id,
             "pad": tokenizer.pad_token_id,
-            "mask": tokenizer_mask_id(tokenizer),
-            "eot": token_id(tokenizer, EOT),
+            "mask": tokenizer_mask_id(tokenizer, names),
+            "eot": token_id(tokenizer, names.end_of_turn),
         },
         "chat_template_sha256": _sha256_bytes(str(template).encode()) if template else None,
     }

@@ -1,4 +1,4 @@
-"""An lm-evaluation-harness model class for LLaDA-style checkpoints, registered as ``blocksft``.
+"""An lm-evaluation-harness model class for LLaDA and Dream checkpoints, registered as ``blocksft``.
 
 Needs the optional extra: ``pip install "blocksft[lm-eval]"``. Run any harness task with::
 
@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 from blocksft.config.sampler import SamplerConfig
 from blocksft.errors import BlocksftError
 from blocksft.evaluate.runner import distributed_context, resolve_device
-from blocksft.families import token_names
+from blocksft.families import logits_shift, own_model, token_names
 from blocksft.generation.sampler import generate
 from blocksft.generation.text import decode_answer
 from blocksft.generation.transfer import left_pad
-from blocksft.model import LLaDAModelLM
 from blocksft.model.loading import load_model
+from blocksft.model.modeling_shared import align_logits
 from blocksft.rng import batch_seed
 from blocksft.special_tokens import resolve_special_ids
 from blocksft.tokenizer import load_tokenizer
@@ -110,6 +110,7 @@ class BlocksftLM(LM):
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer
         self.model.eval()
+        self._shift = logits_shift(self.model)
         self._ids = resolve_special_ids(tokenizer, self.model.config, names=token_names(self.model.config))
         self._mask_id = self._ids.mask
         self.sampler = SamplerConfig(
@@ -182,15 +183,21 @@ class BlocksftLM(LM):
             context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
         whole = self._encode(context + continuation)
         context_ids = self._encode(context)
+        if self._shift and not context_ids:
+            # A shifted model (Dream) predicts token i from position i - 1: an empty context gets
+            # EOS before the continuation, as toolkits prepend BOS, so its first token has a predictor.
+            eos = self.tokenizer.eos_token_id
+            return [eos], whole
         return context_ids, whole[len(context_ids) :]
 
     # --- log-likelihood -------------------------------------------------------------------------
 
     def _masked_logits(self, input_ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, V]`` at the ``where`` positions, row-major (only those, for our model)."""
-        if isinstance(self.model, LLaDAModelLM):
-            return self.model(input_ids, logits_at=where).logits
-        return self.model(input_ids).logits[where]
+        """Logits ``[N, V]`` predicting the ``where`` positions, row-major (only those, for our model;
+        under the family's logits shift)."""
+        if own_model(self.model) is not None:
+            return self.model(input_ids, logits_for=where).logits
+        return align_logits(self.model(input_ids).logits, self._shift)[where]
 
     @torch.inference_mode()
     def continuation_nll(
