@@ -71,9 +71,9 @@ def family_of_model(model) -> ModelFamily:
 
 
 def logits_shift(model) -> int:
-    """The model's logits shift: its family's (from ``model_type``); 0 for a remote-code model of
-    no known family, which is taken to predict each position from itself, as LLaDA does."""
-    known = known_family(unwrap_model(model).config)
+    """The model's logits shift: its family's (from ``model_type``); 0 for a model of no known
+    family (remote code, or one without a config), taken to predict each position from itself."""
+    known = known_family(getattr(unwrap_model(model), "config", None))
     return known.logits_shift if known else 0
 
 
