@@ -175,7 +175,8 @@ def run_quick_demo(out: Path, *flags: str, expect: int = 0) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
+    # Laid out as bench/demo_results.py lays its runs out, so that it can read this one.
+    out = tmp_path_factory.mktemp("demo") / "equal-flops" / "seed-1"
     return out, run_quick_demo(out, "--seed", "1")
 
 
@@ -200,9 +201,16 @@ def test_quick_demo_writes_every_artefact(quick_run):
         "eval",
         "report",
     }
-    # One results file per (model, block length), each row scored, all on the same held-out problems.
+    # One results file per (model, block length), each row scored, all on the same held-out problems:
+    # both SFT models at both block lengths, the base at the training block size only.
     results = sorted((out / "results").glob("demo.*.b*.jsonl"))
-    assert len(results) == 3 * 2
+    assert sorted(p.name.split("_step")[0] + p.name.rsplit(".", 2)[-2] for p in results) == [
+        "demo.base.b8",
+        "demo.blockwise.b32",
+        "demo.blockwise.b8",
+        "demo.fullseq.b32",
+        "demo.fullseq.b8",
+    ]
     ids = None
     for path in results:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -223,6 +231,33 @@ def test_quick_demo_writes_every_artefact(quick_run):
     assert not train & test
 
 
+def test_quick_demo_records_what_its_numbers_came_from_and_prints_no_foreign_warning(quick_run):
+    import torch
+    import transformers
+
+    out, done = quick_run
+    summary = json.loads((out / "demo.json").read_text())
+    env = summary["environment"]
+    assert env["torch_threads"] == DemoConfig().threads
+    assert env["versions"]["torch"] == torch.__version__
+    assert env["versions"]["transformers"] == transformers.__version__
+    assert env["cpu"] and env["cpu_capability"] and env["cpu_count"] >= 1
+    revision = env["revision"]  # the tests run from a git checkout
+    assert re.fullmatch(r"[0-9a-f]{40}", revision["commit"]) and revision["dirty"] in (True, False)
+    assert summary["seed"] == 1 and summary["settings"]["quick"] is True
+    # The recorded results are the per-cell summaries' counts.
+    for path in (out / "results").glob("demo.*.b*.summary.json"):
+        cell = json.loads(path.read_text())
+        name = cell["model"].rsplit("/", 1)[-1].split("_step")[0]
+        recorded = summary["results"]["accuracy"][name][str(cell["settings"]["block_length"])]
+        assert recorded["strict"]["correct"] == cell["metrics"]["strict"]["correct"]
+        assert recorded["flexible"]["correct"] == cell["metrics"]["flexible"]["correct"]
+    report = (out / "report.md").read_text()
+    assert f"torch {torch.__version__}" in report and f"{DemoConfig().threads} torch thread" in report
+    # DeepSpeed, imported by accelerate whenever it is installed, warns on a CPU unless told.
+    assert not re.search(r"warn|Setting accelerator", done.stdout + done.stderr, re.IGNORECASE)
+
+
 def test_quick_demo_report_is_complete(quick_run):
     out, done = quick_run
     report = (out / "report.md").read_text()
@@ -236,8 +271,9 @@ def test_quick_demo_report_is_complete(quick_run):
     names = r"base \(before SFT\)|Blockwise SFT|full-sequence SFT"
     table = re.findall(rf"^\| ({names}) \|(.*\[.*)\|$", report, re.M)
     assert [name for name, _ in table] == ["base (before SFT)", "Blockwise SFT", "full-sequence SFT"]
-    for _, cells in table:
-        assert len(re.findall(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cells)) == 2  # accuracy [CI] per block length
+    # accuracy [CI] per block length; the base at the training block size only
+    for (_, cells), expected in zip(table, (1, 2, 2)):
+        assert len(re.findall(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cells)) == expected
     assert re.search(r"McNemar exact p = [\d.e-]+", report)
     assert "![accuracy by inference block length](accuracy_by_block.png)" in report
     assert "report:" in done.stdout
@@ -250,9 +286,43 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path):
     assert (tmp_path / "keep.txt").exists()
 
 
-def test_quick_demo_equal_tokens_gives_blockwise_the_steps_that_match_supervised_tokens(tmp_path):
-    out = tmp_path / "run"
-    run_quick_demo(out, "--budget", "equal-tokens")
+def test_demo_results_script_runs_the_demo_and_rewrites_the_readme(quick_run, tmp_path):
+    """bench/demo_results.py reads the finished seed-1 run, runs the equal-tokens one (--quick) and
+    writes both into the README's marked part; the equal-tokens budgets match supervised tokens."""
+    from blocksft.demo.published import BEGIN, END
+
+    seed_1, _ = quick_run
+    runs = seed_1.parent.parent
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{BEGIN}\nold numbers\n{END}\n\nThe rest.\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "bench" / "demo_results.py"),
+            "--seeds",
+            "1",
+            "--equal-tokens-seeds",
+            "0",
+            "--runs",
+            str(runs),
+            "--reuse",
+            "--demo-args=--quick",
+            "--readme",
+            str(readme),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = runs / "equal-tokens" / "seed-0"
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n") and text.endswith(f"{END}\n\nThe rest.\n")
+    assert "old numbers" not in text
+    flops = json.loads((seed_1 / "demo.json").read_text())
+    assert flops["results"]["verdict"] in text
+    assert json.loads((out / "demo.json").read_text())["results"]["verdict"] in text
+    assert "--seeds 1 --equal-tokens-seeds 0 --demo-args='--quick'" in text
     budgets = {
         n: json.loads((out / "checkpoints" / f"{n}_logs" / "budget.json").read_text())
         for n in ("blockwise", "fullseq")
