@@ -18,21 +18,23 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch
+
+from blocksft.bench.generate import random_llada
+from blocksft.config.train import TrainConfig
+from blocksft.data.records import save_records, tokenizer_fingerprint
+from blocksft.special_tokens import mask_token_id
+from blocksft.testing import tiny_tokenizer
+from blocksft.train.logs import read_loss_csv
+from blocksft.train.run import run_train
 
 
 def build_checkpoint(folder: Path, tokenizer, *, tiny: bool, device: str) -> None:
     """A random bf16 LLaDA (8B shape, or tiny) sharing ``tokenizer``'s special ids, saved with it."""
-    import torch
-
-    from blocksft.bench.generate import random_llada
-    from blocksft.tokenizer import mask_token_id
-
     special = dict(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -49,10 +51,7 @@ def build_checkpoint(folder: Path, tokenizer, *, tiny: bool, device: str) -> Non
 
 
 def write_records(path: Path, tokenizer, n: int, seed: int = 0) -> None:
-    import torch
-
-    from blocksft.data.records import save_records, tokenizer_fingerprint
-
+    """``n`` synthetic records of 160-256 ordinary tokens, with the tokenizer's sidecar."""
     rng = random.Random(seed)
     low, high = 6, len(tokenizer)  # ordinary tokens only
     records = []
@@ -70,13 +69,6 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
-    import torch
-
-    from blocksft.testing import tiny_tokenizer
-    from blocksft.train.config import TrainConfig
-    from blocksft.train.logs import read_loss_csv
-    from blocksft.train.run import run_train
-
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_train_cli-"))
     work.mkdir(parents=True, exist_ok=True)

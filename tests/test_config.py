@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from blocksft.config import add_dataclass_arguments, build_config
+from blocksft.config.flags import add_dataclass_arguments, build_config
 from blocksft.errors import BlocksftError
 
 

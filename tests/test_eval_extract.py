@@ -1,5 +1,7 @@
 """Answer extraction and scoring for GSM8K and MATH: hand-written tables, each case asserted."""
 
+import threading
+
 import pytest
 
 from blocksft.evaluate import gsm8k
@@ -191,8 +193,6 @@ def test_math_verify_never_raises(source):
 
 
 def test_math_verify_off_main_thread():
-    import threading
-
     results = []
     thread = threading.Thread(target=lambda: results.append(math_task.is_equivalent("0.5", "\\frac{1}{2}")))
     thread.start()

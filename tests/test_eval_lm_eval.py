@@ -8,15 +8,18 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+import lm_eval
 from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager
 
+from blocksft.errors import BlocksftError
 from blocksft.evaluate.lm_eval_model import BlocksftLM, cut_at_strings  # noqa: E402
+from blocksft.generation.sampler import generate
+from blocksft.testing import tiny_llada_model
 
 
 @pytest.fixture(scope="module")
 def lm(tokenizer):
-    from blocksft.testing import tiny_llada_model
-
     model = tiny_llada_model(tokenizer, seed=0)
     return BlocksftLM(
         pretrained=model,
@@ -84,8 +87,6 @@ def test_loglikelihood_requests(lm):
 
 
 def test_is_greedy_recognises_the_greedy_continuation(tokenizer, lm):
-    from blocksft.generate import generate
-
     checker = BlocksftLM(pretrained=lm.model, tokenizer=tokenizer, mc_num=2, greedy_check=True)
     context = "Natalia sold"
     context_ids = checker._encode(context)
@@ -106,6 +107,14 @@ def test_generate_until_cuts_at_stop_strings(lm):
     assert texts[0] == texts[1] == texts[2]  # the same prompt decodes the same way (temperature 0)
     assert cut_at_strings("a b\nc Q: d", ["Q:", "\n"]) == "a b"
     assert cut_at_strings("abc", None) == "abc"
+
+
+def test_the_confidence_mode_is_a_model_arg(lm):
+    assert lm.sampler.confidence == "float64"
+    exact = BlocksftLM(pretrained=lm.model, tokenizer=lm.tokenizer, confidence="llada", greedy_check=False)
+    assert exact.sampler.confidence == "llada"
+    with pytest.raises(BlocksftError, match="confidence"):
+        BlocksftLM(pretrained=lm.model, tokenizer=lm.tokenizer, confidence="float16")
 
 
 def test_loglikelihood_rolling_is_not_implemented(lm):
@@ -143,9 +152,6 @@ def write_tiny_tasks(folder):
 
 
 def test_simple_evaluate_with_a_tiny_task(tiny_checkpoint, tmp_path):
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
     write_tiny_tasks(tmp_path)
     out = lm_eval.simple_evaluate(
         model="blocksft",

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
+from blocksft.config.eval import EvalConfig, grid_stem, model_tag, output_path
 from blocksft.errors import BlocksftError
 from blocksft.evaluate import grid, results, stats
-from blocksft.evaluate.config import EvalConfig, grid_stem, model_tag, output_path
 
 # --- statistics ------------------------------------------------------------------------------------
 
@@ -97,6 +97,9 @@ def write_jsonl(path, rows, tail=""):
 def test_settings_id_is_order_independent_and_sensitive():
     assert results.settings_id({"a": 1, "b": 2}) == results.settings_id({"b": 2, "a": 1})
     assert results.settings_id({"a": 1}) != results.settings_id({"a": 2})
+    # Files written before the confidence setting existed were decoded in float64: they still resume.
+    assert results.settings_id({"a": 1, "confidence": "float64"}) == results.settings_id({"a": 1})
+    assert results.settings_id({"a": 1, "confidence": "llada"}) != results.settings_id({"a": 1})
 
 
 def test_paths(tmp_path):

@@ -1,20 +1,34 @@
 """`blocksft eval` end to end on the tiny random model: rows, summary, resume, errors, grid, shards."""
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+import blocksft.evaluate.runner as runner
+from blocksft.cli import main
+from blocksft.config.eval import EvalConfig
+from blocksft.config.sampler import SamplerConfig
+from blocksft.data.tasks import load_gsm8k
 from blocksft.errors import BlocksftError
 from blocksft.evaluate import results
-from blocksft.evaluate.config import EvalConfig
-from blocksft.evaluate.runner import run_eval
-from blocksft.generate import SamplerConfig
+from blocksft.evaluate.runner import (
+    DistContext,
+    build_prompt_ids,
+    evaluate_problems,
+    load_problems,
+    prompt_template,
+    run_eval,
+)
+from blocksft.model.loading import load_model
+from blocksft.tokenizer import ASSISTANT_HEADER, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared GSM8K test file sits in a "shared" folder beside the checkout (or is named by the env).
@@ -37,8 +51,6 @@ _STAND_IN_ROWS = [
 
 
 def _stand_in_file() -> Path:
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="blocksft-gsm8k-"))
     lines = [json.dumps({"question": q, "answer": a}) for q, a in _STAND_IN_ROWS]
     (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
@@ -101,6 +113,7 @@ def test_rows_and_summary(full_run, checkpoint):
         assert m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
     assert summary["settings"]["gen_length"] == 16 and summary["settings"]["block_length"] == 8
     assert summary["settings"]["steps"] == 8 and summary["settings"]["remasking"] == "low_confidence"
+    assert summary["settings"]["confidence"] == "float64"
     assert summary["settings"]["prompt_style"] == "alpaca" and summary["seed"] == 42
     assert {"torch", "transformers", "blocksft", "math-verify"} <= set(summary["versions"])
     assert summary["device"] == "cpu" and summary["nfe_total"] == 8 * 8
@@ -119,8 +132,6 @@ def test_existing_output_is_extended_never_overwritten(full_run, checkpoint, tmp
 
 
 def test_interrupted_run_resumes_from_its_part_file(full_run, checkpoint, tmp_path, monkeypatch):
-    import blocksft.evaluate.runner as runner
-
     output = tmp_path / "res.jsonl"
     real = runner.generate_rows
     calls = []
@@ -154,10 +165,52 @@ def test_other_settings_are_refused_and_nothing_is_lost(full_run, checkpoint, tm
     assert output.read_text() == before
 
 
-def test_prompt_styles(tokenizer, tmp_path):
-    from blocksft.evaluate.runner import build_prompt_ids, prompt_template
-    from blocksft.tokenizer import ASSISTANT_HEADER
+def test_static_decoding_writes_the_loops_rows_and_resumes_its_files(full_run, checkpoint, tmp_path):
+    # decode only changes how fast rows are made: same rows, same fingerprint (a loop file resumes).
+    static = dataclasses.replace(SAMPLER, decode="static")
+    output = tmp_path / "res.jsonl"
+    evaluate(checkpoint, output, sampler=static)
+    assert strip_seconds(results.read_rows(output)) == strip_seconds(results.read_rows(full_run[0]))
+    assert json.loads(results.summary_path(output).read_text())["decode"] == "static"
+    resumed = tmp_path / "resumed.jsonl"
+    resumed.write_text("".join(full_run[0].read_text().splitlines(keepends=True)[:4]))
+    evaluate(checkpoint, resumed, sampler=static)
+    assert strip_seconds(results.read_rows(resumed)) == strip_seconds(results.read_rows(full_run[0]))
 
+
+def test_a_data_file_rewritten_in_place_is_refused_on_resume(checkpoint, tmp_path):
+    data = tmp_path / "gsm.jsonl"
+    rows = [{"question": q, "answer": a} for q, a in _STAND_IN_ROWS[:4]]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "res.jsonl"
+    evaluate(checkpoint, output, data=str(data), limit=2)
+    before = output.read_text()
+    moved = tmp_path / "moved" / "gsm.jsonl"  # the same content elsewhere is the same data
+    moved.parent.mkdir()
+    shutil.copy(data, moved)
+    evaluate(checkpoint, output, data=str(moved), limit=4)
+    assert output.read_text().startswith(before) and len(results.read_rows(output)) == 4
+    rows[1]["question"] = rows[1]["question"].replace("15 pages", "16 pages")  # same path, other data
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    extended = output.read_text()
+    with pytest.raises(
+        BlocksftError, match=r"other settings .*data_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"
+    ):
+        evaluate(checkpoint, output, data=str(data), limit=4)
+    assert output.read_text() == extended
+
+
+def test_progress_in_a_log_is_whole_lines(checkpoint, tmp_path, capsys):
+    sampler = SamplerConfig(gen_length=8, block_length=8, steps=8)
+    values = dict(model=[checkpoint], data=str(GSM8K_TEST), limit=4, batch_size=1, device="cpu")
+    run_eval(EvalConfig(**values, output=str(tmp_path / "r.jsonl"), block_length="8"), sampler)
+    err = capsys.readouterr().err  # stderr is not a terminal here, as in a cluster job's log
+    lines = [line for line in err.split("\n") if line.startswith("gsm8k ")]
+    assert lines[-1].startswith(f"gsm8k {Path(checkpoint).name} B=8: 4/4 problem (100%), ")
+    assert len(lines) <= 4 and not any("\r" in line for line in lines)
+
+
+def test_prompt_styles(tokenizer, tmp_path):
     def text(style, question="How many?"):
         return tokenizer.decode(build_prompt_ids(tokenizer, question, prompt_template(style)))
 
@@ -184,8 +237,6 @@ def test_prompt_styles(tokenizer, tmp_path):
     ],
 )
 def test_bad_data_file_gives_one_clear_error(checkpoint, tmp_path, content, message, capsys):
-    from blocksft.cli import main
-
     data = tmp_path / "bad.jsonl"
     data.write_text(content)
     code = main(
@@ -261,8 +312,6 @@ def test_grid_refuses_block_lengths_the_sampler_cannot_take(checkpoint, tmp_path
 
 
 def test_compare_command(full_run, tmp_path, capsys):
-    from blocksft.cli import main
-
     assert main(["eval", "--compare", str(full_run[0]), str(full_run[0])]) == 0
     out = capsys.readouterr().out
     assert "shared problems: 8" in out and "McNemar" in out
@@ -273,15 +322,12 @@ def test_compare_command(full_run, tmp_path, capsys):
 
 
 def test_ranks_take_every_other_problem_and_rank0_merges(full_run, checkpoint, tmp_path):
-    from blocksft.data.tasks import load_gsm8k
-    from blocksft.evaluate.runner import DistContext, evaluate_problems
-    from blocksft.model.loading import load_model, load_tokenizer
-
     output = tmp_path / "res.jsonl"
     config = EvalConfig(model=[checkpoint], data=str(GSM8K_TEST), limit=8, batch_size=4, output=str(output))
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
     problems = load_gsm8k(str(GSM8K_TEST), limit=8)
     kwargs = dict(config=config, sampler=SAMPLER, model_name=checkpoint, output=output, progress=False)
+    kwargs["data_sha256"] = load_problems(config)[1]  # the whole file's, as `blocksft eval` records it
     # Rank 1 finishes first: it writes its part file and leaves the merge to rank 0.
     assert (
         evaluate_problems(model, tokenizer, problems, dist=DistContext(rank=1, world_size=2), **kwargs)

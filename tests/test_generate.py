@@ -1,4 +1,5 @@
-"""Semi-autoregressive block decoding: agreement with a plain re-statement of LLaDA's algorithm, batching,
+"""Semi-autoregressive block decoding: agreement with plain re-statements of LLaDA's algorithm and of its
+generate.py (both confidence modes, fp32 and bf16), batching,
 caches, threshold decoding, EOS handling, errors, the command line and the benchmark."""
 
 import functools
@@ -13,21 +14,16 @@ import pytest
 import torch
 from torch import nn
 
+from blocksft.bench.generate import main as bench_main
 from blocksft.cli import main
-from blocksft.commands.generate import CanvasStream
+from blocksft.config.sampler import SamplerConfig
 from blocksft.errors import BlocksftError
-from blocksft.generate import (
-    SamplerConfig,
-    cut_at_stop,
-    decode_answer,
-    generate,
-    left_pad,
-    render_canvas,
-    select_transfer,
-    stop_token_ids,
-    transfer_schedule,
-)
-from blocksft.generation.text import encode_prompt, resolve_mask_id
+from blocksft.generation.run import CanvasStream
+from blocksft.generation.sampler import generate
+from blocksft.generation.text import cut_at_stop, decode_answer, encode_prompt, render_canvas
+from blocksft.generation.transfer import left_pad, select_transfer, select_transfer_topk, transfer_schedule
+from blocksft.reference import generate_py
+from blocksft.special_tokens import resolve_mask_id, stop_token_ids
 from blocksft.testing import tiny_llada_model, tiny_tokenizer
 
 MASK, EOS, EOT = 2, 1, 5  # ids of the tiny tokenizer
@@ -201,6 +197,68 @@ def test_matches_reference_with_options(model, prompts, options):
         model, prompts[0], generator=None if seed is None else torch.Generator().manual_seed(seed), **settings
     )
     assert ours.sequences[0].tolist() == reference
+
+
+# --------------------------------------------------------------------------------------------------
+# LLaDA's generate.py restated as published (blocksft.reference.generate_py: the canvas, the softmax
+# in the logits' dtype, topk), against the two confidence modes.
+# --------------------------------------------------------------------------------------------------
+
+
+GENERATE_PY_SETTINGS = [
+    dict(gen_length=32, block_length=8, steps=32),
+    dict(gen_length=32, block_length=8, steps=12),
+    dict(gen_length=16, block_length=16, steps=16),
+    dict(gen_length=16, block_length=8, steps=16, cfg_scale=1.5),
+]
+MORE_PROMPTS = [*PROMPTS, "Lily runs 12 km/h for 4 hours.", "A train leaves at noon.", "Julie reads 12 pages"]
+
+
+@pytest.mark.parametrize("init_std", [0.02, 0.4])
+def test_llada_confidence_is_generate_py_token_for_token_in_bf16(init_std):
+    tok = _tokenizer()
+    model = tiny_llada_model(tok, seed=0, init_std=init_std).to(torch.bfloat16)
+    differs = 0
+    for text in MORE_PROMPTS:
+        prompt = tok(text)["input_ids"]
+        for settings in GENERATE_PY_SETTINGS:
+            expected = generate_py(model, prompt, mask_id=MASK, **settings)
+            assert run(model, prompt, confidence="llada", **settings).sequences[0].tolist() == expected
+            differs += run(model, prompt, **settings).sequences[0].tolist() != expected
+    if init_std == 0.02:  # flat predictions: bf16 probabilities tie, float64 ones do not
+        assert differs > 0
+
+
+@pytest.mark.parametrize("init_std", [0.02, 0.4])
+def test_both_confidences_are_generate_py_token_for_token_in_fp32(init_std):
+    tok = _tokenizer()
+    model = tiny_llada_model(tok, seed=0, init_std=init_std)
+    for text in MORE_PROMPTS:
+        prompt = tok(text)["input_ids"]
+        for settings in GENERATE_PY_SETTINGS:
+            expected = generate_py(model, prompt, mask_id=MASK, **settings)
+            for confidence in ("float64", "llada"):
+                assert run(model, prompt, confidence=confidence, **settings).sequences[0].tolist() == expected
+
+
+def test_topk_selection_keeps_the_left_tie_rule_apart_from_ties():
+    generator = torch.Generator().manual_seed(0)
+    confidence = torch.rand(4, 8, dtype=torch.float64, generator=generator)
+    masked = torch.rand(4, 8, generator=generator) < 0.7
+    counts = torch.tensor([1, 2, 3, 8])
+    for threshold in (None, 0.5):
+        left = select_transfer(confidence, masked, counts, threshold)
+        topk = select_transfer_topk(confidence, masked, counts, threshold, offset=5, width=20)
+        assert torch.equal(left, topk)
+    # Four equal confidences, two to commit: torch.topk's choice over the -inf-padded row.
+    tied = torch.full((1, 4), 0.25, dtype=torch.bfloat16)
+    everywhere = torch.ones(1, 4, dtype=torch.bool)
+    row = torch.full((12,), float("-inf"), dtype=torch.bfloat16)
+    row[3:7] = 0.25
+    expected = torch.zeros(12, dtype=torch.bool)
+    expected[torch.topk(row, k=2).indices] = True
+    chosen = select_transfer_topk(tied, everywhere, torch.tensor([2]), offset=3, width=12)
+    assert torch.equal(chosen[0], expected[3:7]) and int(chosen.sum()) == 2
 
 
 def test_threshold_setting_in_that_test_actually_commits_early(model, prompts):
@@ -535,7 +593,7 @@ def test_remote_code_model_gets_ids_only_and_refuses_caches(model, prompts):
     with pytest.raises(BlocksftError, match="cache='prefix' needs blocksft's own LLaDA model"):
         run(remote, prompts[0], cache="prefix")
     ids, mask = left_pad([prompts[0], prompts[2]], pad_id=EOS)
-    with pytest.warns(UserWarning, match="shifted positions"):
+    with pytest.warns(UserWarning, match="ignores the attention mask"):
         run(remote, ids, attention_mask=mask)
     assert all(remote.calls[-16:])
 
@@ -557,9 +615,11 @@ def test_mask_id_resolution_and_prompt_encoding():
     tok = _tokenizer()
     assert resolve_mask_id(SimpleNamespace(mask_token_id=2), tok) == 2
     assert resolve_mask_id(SimpleNamespace(), tok) == 2
-    assert resolve_mask_id(SimpleNamespace(mask_token_id=7), tok, override=7) == 7
-    with pytest.raises(BlocksftError, match="mask_token_id=7 but the tokenizer"):
+    assert resolve_mask_id(SimpleNamespace(mask_token_id=7), tok, override=2) == 2
+    with pytest.raises(BlocksftError, match="mask_token_id 7 differs from the tokenizer's <.mdm_mask.> id 2"):
         resolve_mask_id(SimpleNamespace(mask_token_id=7), tok)
+    with pytest.raises(BlocksftError, match="--mask-id 7 differs from the tokenizer's <.mdm_mask.> id 2"):
+        resolve_mask_id(SimpleNamespace(mask_token_id=2), tok, override=7)  # as train refuses it
     chat = encode_prompt(tok, "Hi", chat=True)
     assert chat[0] == 0 and chat.count(0) == 1  # one BOS, from the template
     assert tok.decode(chat).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -587,6 +647,21 @@ def test_cli_prints_the_answer(checkpoint, model, capsys):
     ids = torch.tensor([encode_prompt(tok, PROMPTS[0], chat=True)])
     out = generate(model, ids, gen_length=16, block_length=8, steps=8, mask_id=MASK)
     assert printed == decode_answer(tok, out.sequences, out.prompt_length)[0] + "\n"
+
+
+def test_cli_decodes_with_the_llada_confidence_in_bf16(tiny_checkpoint, capsys):
+    tok = _tokenizer()
+    model = tiny_llada_model(tok, seed=0).to(torch.bfloat16)  # what tiny_checkpoint holds, in bf16
+    ids = torch.tensor([encode_prompt(tok, PROMPTS[2], chat=False)])
+    answers = {
+        confidence: decode_answer(tok, run(model, ids, confidence=confidence).sequences, ids.shape[1])[0]
+        for confidence in ("float64", "llada")
+    }
+    assert answers["float64"] != answers["llada"]  # bf16 probabilities tie where float64 ones do not
+    flags = ["--gen-length", "16", "--block-length", "8", "--steps", "16", "--dtype", "bf16"]
+    argv = ["generate", "--model", tiny_checkpoint, "--prompt", PROMPTS[2], *flags, "--device", "cpu"]
+    assert main([*argv, "--confidence", "llada"]) == 0
+    assert capsys.readouterr().out == answers["llada"] + "\n"
 
 
 def test_cli_stream_prints_one_line_per_block_off_a_terminal(checkpoint):
@@ -639,12 +714,13 @@ def test_cli_bad_input_is_one_line(checkpoint, capsys):
     assert main(["generate", "--model", str(checkpoint / "nope"), "--prompt", "x"]) == 2
     assert "no such checkpoint folder" in capsys.readouterr().err
     small = ["--gen-length", "8", "--block-length", "8", "--steps", "4"]
-    assert main(["generate", "--model", str(checkpoint), "--prompt", "x", "--mask-id", "3", *small]) == 0
+    assert main(["generate", "--model", str(checkpoint), "--prompt", "x", "--mask-id", "2", *small]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", str(checkpoint), "--prompt", "x", "--mask-id", "3", *small]) == 2
+    assert "--mask-id 3 differs from the tokenizer's" in capsys.readouterr().err
 
 
 def test_benchmark_runs_quickly_on_a_tiny_shape(capsys):
-    from blocksft.bench.generate import main as bench_main
-
     assert bench_main(["--tiny", "--gen-length", "16", "--block-length", "8", "--repeats", "1"]) == 0
     report = capsys.readouterr().out
     for mode in ("plain", "prefix", "dual", "threshold 0.9", "prefix + threshold 0.9"):

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from train_utils import safetensors_dtypes
+from transformers import AutoModelForCausalLM
 
 from blocksft.cli import main
 from blocksft.testing import tiny_llada_model
@@ -38,8 +40,6 @@ torch.save({"logits": logits, "module": type(model).__module__, "dtype": str(nex
 
 @pytest.fixture(scope="module")
 def base_and_adapter(tmp_path_factory, tokenizer):
-    from peft import LoraConfig, get_peft_model
-
     folder = tmp_path_factory.mktemp("merge")
     base = tiny_llada_model(tokenizer, seed=0)
     base.save_pretrained(folder / "base")
@@ -60,8 +60,6 @@ def base_and_adapter(tmp_path_factory, tokenizer):
 
 
 def test_merge_writes_a_checkpoint_with_the_adapters_logits(base_and_adapter):
-    from transformers import AutoModelForCausalLM
-
     folder, ids, expected = base_and_adapter
     out = folder / "merged"
     assert (

@@ -8,10 +8,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
+from blocksft.errors import BlocksftError
 from blocksft.model import LLaDAConfig, LLaDAModelLM
-from blocksft.model.checkpoint import expected_parameter_shapes, verify_checkpoint
+from blocksft.model.layout import expected_parameter_shapes, verify_checkpoint
 from blocksft.model.loading import load_model
+from blocksft.reference import published_forward
 from blocksft.testing import tiny_llada_config, tiny_llada_model
+from blocksft.tokenizer import load_tokenizer
 
 # Every key of the published LLaDA-8B-Instruct config.json, with tiny shapes where it matters.
 PUBLISHED_CONFIG = {
@@ -87,38 +90,6 @@ def published_key_names(n_layers):
     return names + ["model.transformer.ln_f.weight", "model.transformer.ff_out.weight"]
 
 
-def reference_forward(model: LLaDAModelLM, ids: torch.Tensor) -> torch.Tensor:
-    """A straightforward re-statement of the published numerics, one op at a time, for one batch."""
-    cfg, tr = model.config, model.model.transformer
-    hs, T = cfg.head_dim, ids.shape[1]
-
-    def rms(x, w):
-        x32 = x.float()
-        return w * (x32 / torch.sqrt((x32 * x32).mean(-1, keepdim=True) + cfg.rms_norm_eps)).to(x.dtype)
-
-    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, hs, 2).float() / hs)
-    ang = torch.outer(torch.arange(T).float(), inv_freq)
-    ang = torch.cat([ang, ang], -1)
-
-    def rope(x):  # [B, nh, T, hs]
-        x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
-        return x * ang.cos() + torch.cat([-x2, x1], -1) * ang.sin()
-
-    x = tr.wte.weight[ids]
-    for blk in tr.blocks:
-        h = rms(x, blk.attn_norm.weight)
-        q, k, v = (
-            p(h).view(*ids.shape, cfg.n_heads, hs).transpose(1, 2)
-            for p in (blk.q_proj, blk.k_proj, blk.v_proj)
-        )
-        q, k = rope(q), rope(k)
-        att = torch.softmax(q @ k.transpose(-1, -2) / hs**0.5, dim=-1) @ v  # no causal mask
-        x = x + blk.attn_out(att.transpose(1, 2).reshape(*ids.shape, -1))
-        h = rms(x, blk.ff_norm.weight)
-        x = x + blk.ff_out(F.silu(blk.ff_proj(h)) * blk.up_proj(h))
-    return tr.ff_out(rms(x, tr.ln_f.weight))
-
-
 def test_state_dict_keys_are_the_published_ones(tiny_model):
     keys = list(tiny_model.state_dict())
     assert keys == published_key_names(tiny_model.config.n_layers)
@@ -158,11 +129,22 @@ def test_verify_checkpoint_reports_missing_and_misshaped(tmp_path, tiny_model):
         verify_checkpoint(tmp_path)
 
 
+def test_loading_a_folder_that_misses_a_tensor_is_refused_not_filled_at_random(tmp_path, tiny_model):
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    del state["model.transformer.blocks.1.up_proj.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    tiny_model.config.save_pretrained(tmp_path)
+    with pytest.raises(
+        BlocksftError, match=r"does not match the LLaDA layout: missing 1: .*blocks.1.up_proj"
+    ):
+        load_model(str(tmp_path))
+
+
 def test_forward_matches_published_numerics(tiny_model):
     ids = torch.randint(6, tiny_model.config.vocab_size, (2, 13))
     with torch.no_grad():
         torch.testing.assert_close(
-            tiny_model(ids).logits, reference_forward(tiny_model, ids), rtol=1e-5, atol=1e-5
+            tiny_model(ids).logits, published_forward(tiny_model, ids), rtol=1e-5, atol=1e-5
         )
 
 
@@ -171,7 +153,7 @@ def test_bf16_forward_runs_in_bf16(tokenizer):
     ids = torch.randint(6, model.config.vocab_size, (1, 9))
     with torch.no_grad():
         logits = model(ids).logits
-        ref = reference_forward(model.float(), ids)
+        ref = published_forward(model.float(), ids)
     assert logits.dtype == torch.bfloat16
     assert (logits.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
@@ -294,9 +276,6 @@ def test_forward_rejects_unknown_arguments(tiny_model):
 
 
 def test_load_errors_are_one_clear_line(tmp_path):
-    from blocksft.errors import BlocksftError
-    from blocksft.model.loading import load_tokenizer
-
     with pytest.raises(BlocksftError, match="no such checkpoint folder"):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(BlocksftError, match="no such checkpoint folder"):

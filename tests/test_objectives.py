@@ -5,11 +5,13 @@ import itertools
 import pytest
 import torch
 
+from blocksft.bench.noise import main
+from blocksft.config.objective import ObjectiveOptions, available_objectives
+from blocksft.config.train import TrainConfig
 from blocksft.errors import BlocksftError
 from blocksft.objectives import (
     NoisedBatch,
     TokenCounts,
-    available_objectives,
     count_tokens,
     forward_flops,
     get_objective,
@@ -20,6 +22,9 @@ from blocksft.objectives import (
     supervised_span_lens,
     training_step_flops,
 )
+from blocksft.reference import ReferenceBlockwiseDataset, ReferenceFullSeqDataset, reference_collate
+from blocksft.special_tokens import mask_token_id
+from blocksft.train.block_schedule import BlockSchedule
 
 MASK = 0
 PAD = 1
@@ -438,11 +443,14 @@ def test_objective_noise_and_loss_wire_the_functions(loss_case):
     torch.testing.assert_close(got, expected)
 
 
-def test_block_counts_with_supervised_padding_need_max_len():
+def test_block_counts_with_supervised_padding_run_to_a_fixed_padded_length_only():
     objective = get_objective("blockwise", mask_id=MASK, block_size=4, supervise_padding=True)
+    # Every batch padded to 15 (--pad-to-max-len): the EOS blocks up to 15 are trained too.
     assert objective.block_counts([3, 5], [10, 8], max_len=15) == [3, 3]
-    with pytest.raises(BlocksftError, match="--max-len"):
-        objective.block_counts([3, 5], [10, 8])
+    # Padding per batch: its length is unknown when the schedule is planned, so the true answer's.
+    assert objective.block_counts([3, 5], [10, 8]) == [3, 2]
+    plain = get_objective("blockwise", mask_id=MASK, block_size=4)
+    assert plain.block_counts([3, 5], [10, 8], max_len=15) == [3, 2]
 
 
 # ----- token and FLOP accounting -----
@@ -473,8 +481,6 @@ def test_flop_formulas():
 
 
 def test_reference_reimplementation_agrees_where_deterministic():
-    from blocksft.bench.noise import ReferenceBlockwiseDataset, ReferenceFullSeqDataset, reference_collate
-
     ids, prompt, answer = tiny_batch([(3, 10), (5, 8), (2, 1)])
     examples = [
         {"prompt_len": int(p), "full_ids": ids[b, : p + a]} for b, (p, a) in enumerate(zip(prompt, answer))
@@ -503,8 +509,6 @@ def test_reference_reimplementation_agrees_where_deterministic():
 
 
 def test_noise_benchmark_runs(capsys):
-    from blocksft.bench.noise import main
-
     assert main(["--batch-size", "4", "--max-len", "64", "--block-size", "8", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "noise only" in out and out.count("x, ") == 6
@@ -512,8 +516,6 @@ def test_noise_benchmark_runs(capsys):
 
 def test_trainer_step_flow_with_the_tiny_model(tiny_model, tokenizer):
     """records -> block counts -> schedule -> padded batch -> noise -> logits_at -> loss -> counts."""
-    from blocksft.schedule import BlockSchedule
-    from blocksft.tokenizer import mask_token_id
 
     vocab = tiny_model.config.vocab_size
     g = gen(3)
@@ -525,11 +527,11 @@ def test_trainer_step_flow_with_the_tiny_model(tiny_model, tokenizer):
     prompt = torch.tensor([r["prompt_len"] for r in records])
     answer = torch.tensor([len(r["full_ids"]) for r in records]) - prompt
     schedule = BlockSchedule(objective.block_counts(prompt, answer), seed=0)
-    batch = schedule.next_batch(3)
-    rows = [records[i]["full_ids"] for i in batch.samples]
+    samples, blocks = schedule.plan(0)  # the first epoch: each of the 3 samples once
+    rows = [records[i]["full_ids"] for i in samples]
     input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=1)
-    prompt, answer = prompt[batch.samples], answer[batch.samples]
-    noised = objective.noise(input_ids, prompt, answer, batch.blocks, generator=gen(4))
+    prompt, answer = prompt[samples], answer[samples]
+    noised = objective.noise(input_ids, prompt, answer, blocks, generator=gen(4))
     assert noised.loss_mask.any()
 
     def step(sparse):
@@ -539,7 +541,7 @@ def test_trainer_step_flow_with_the_tiny_model(tiny_model, tokenizer):
         else:
             logits = tiny_model(noised.noised_ids).logits  # [B, L, V]
         loss = objective.loss(
-            logits, input_ids, noised, prompt_lens=prompt, answer_lens=answer, block_index=batch.blocks
+            logits, input_ids, noised, prompt_lens=prompt, answer_lens=answer, block_index=blocks
         )
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
@@ -551,7 +553,32 @@ def test_trainer_step_flow_with_the_tiny_model(tiny_model, tokenizer):
     for a, b in zip(sparse_grads, dense_grads):
         torch.testing.assert_close(a, b)
 
-    spans = objective.span_lens(prompt, answer, seq_len=input_ids.shape[1], block_index=batch.blocks)
+    spans = objective.span_lens(prompt, answer, seq_len=input_ids.shape[1], block_index=blocks)
     counts = count_tokens(noised.loss_mask, prompt, answer, spans)
     assert counts.loss_tokens == int(noised.loss_mask.sum()) and counts.real_tokens == sum(map(len, rows))
     assert counts.padded_tokens == input_ids.numel() and counts.answer_tokens == int(spans.sum())
+
+
+@pytest.mark.parametrize("eps,accepted", [(1.0, True), (1e-3, True), (0.0, False), (1.5, False)])
+def test_mask_eps_has_one_range_for_the_config_the_options_and_the_noise(eps, accepted):
+    ids, prompt, answer = tiny_batch([(3, 10)])
+    builds = (
+        lambda: TrainConfig(mask_eps=eps),
+        lambda: ObjectiveOptions(mask_id=MASK, eps=eps),
+        lambda: noise_fullseq(ids, prompt, answer, mask_id=MASK, eps=eps, generator=gen(0)),
+    )
+    for build in builds:
+        if accepted:
+            build()
+        else:
+            with pytest.raises(ValueError, match=r"mask.eps must be in \(0, 1\]"):
+                build()
+    if eps == 1.0:  # every answer token masked: p ~ U(1, 1)
+        noised = noise_fullseq(ids, prompt, answer, mask_id=MASK, eps=eps, generator=gen(0))
+        assert noised.loss_mask[0, 3:13].all() and not noised.loss_mask[0, :3].any()
+
+
+def test_warmup_ratio_is_refused_at_one_when_the_config_is_built():
+    assert TrainConfig(warmup_ratio=0.99).warmup_ratio == 0.99
+    with pytest.raises(ValueError, match=r"warmup_ratio must be in \[0, 1\), got 1.0"):
+        TrainConfig(warmup_ratio=1.0)

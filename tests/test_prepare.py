@@ -6,30 +6,36 @@ import re
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
+from transformers import AutoTokenizer
 
+from blocksft.bench.prepare import default_data
+from blocksft.bench.prepare import main as bench_main
+from blocksft.cli import build_parser
 from blocksft.cli import main as cli_main
-from blocksft.data.prepare import PrepareConfig, PrepareCounts, PrepareResult, build_records, run_prepare
-from blocksft.data.prepare_report import blocks_per_answer, format_summary, length_bins
+from blocksft.config.prepare import ALPACA_PROMPT, PrepareConfig
+from blocksft.data.prepare import build_records, run_prepare
+from blocksft.data.prepare_report import (
+    PrepareCounts,
+    PrepareResult,
+    blocks_per_answer,
+    format_summary,
+    length_bins,
+)
 from blocksft.data.prompts import (
-    ALPACA_PROMPT,
     chat_template_appends_header,
     encode_texts,
     load_prompt_template,
     render_prompt_ids,
     strip_assistant_header,
 )
+from blocksft.data.records import load_records
+from blocksft.data.tasks import open_dataset
 from blocksft.errors import BlocksftError
-from blocksft.tokenizer import (
-    ASSISTANT_HEADER,
-    BOS,
-    END_HEADER,
-    EOT,
-    LLADA_CHAT_TEMPLATE,
-    START_HEADER,
-    build_tokenizer,
-)
+from blocksft.special_tokens import BOS, END_HEADER, EOT, START_HEADER
+from blocksft.tokenizer import _DEFAULT_CORPUS, ASSISTANT_HEADER, LLADA_CHAT_TEMPLATE, build_tokenizer
 
 WRAPPER = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -62,8 +68,6 @@ def write_jsonl(path, rows):
 
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path_factory, monkeypatch):
-    import datasets
-
     cache = tmp_path_factory.getbasetemp() / "hf_datasets_cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
@@ -127,6 +131,27 @@ def test_hand_made_rows_give_exact_records(rows_file, tmp_path, model_dir, token
     assert tokenizer.decode(first[:prompt_len]).endswith(ASSISTANT_HEADER)
 
 
+def test_special_token_text_in_a_row_is_refused_or_skipped(tmp_path, model_dir, tokenizer, capsys):
+    rows = [
+        ROWS[0],
+        {"type": "MATH_SV", "query": "Why <|eot_id|>?", "response": "2+3 = 5."},
+        {"type": "MATH_SV", "query": "What is 1+4?", "response": "<|mdm_mask|> = 5.\nThe answer is: 5"},
+        ROWS[3],
+    ]
+    rows_file = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(BlocksftError, match=r"row 1 of .*: field 'query' holds '<\|eot_id\|>'"):
+        run_prepare(config_for(rows_file, tmp_path, model_dir))
+    assert not (tmp_path / "out.pt").exists()
+    result = run_prepare(config_for(rows_file, tmp_path, model_dir, on_special_text="skip"))
+    assert result.counts.skipped_special_text == 2 and result.counts.kept == 2
+    assert [r["full_ids"].tolist() for r in result.records] == [
+        expected_record(tokenizer, row["query"], row["response"])[0] for row in (ROWS[0], ROWS[3])
+    ]
+    ids = torch.cat([r["full_ids"] for r in result.records])
+    assert (ids == 2).sum() == 0 and (ids == 5).sum() == 4  # no mask; EoT only where the template puts it
+    assert "skipped: special text" in format_summary(result, config_for(rows_file, tmp_path, model_dir))
+
+
 def test_max_samples_keeps_the_first_rows_in_order(rows_file, tmp_path, model_dir, tokenizer):
     everything = run_prepare(config_for(rows_file, tmp_path, model_dir, max_samples=0))
     assert everything.counts == PrepareCounts(rows_read=6, skipped_by_type=2, dropped_too_long=1, kept=3)
@@ -140,8 +165,6 @@ def test_max_samples_keeps_the_first_rows_in_order(rows_file, tmp_path, model_di
 
 
 def build_records_from(rows_file, tokenizer, **overrides):
-    from blocksft.data.tasks import open_dataset
-
     config = PrepareConfig(dataset=str(rows_file), **{"max_len": 120, **overrides})
     return build_records(open_dataset(str(rows_file)), tokenizer, config)
 
@@ -184,6 +207,7 @@ def test_sidecar_records_tokenizer_template_counts_and_command(rows_file, tmp_pa
         "dropped_too_long": 1,
         "skipped_boundary_mismatch": 0,
         "split_at_boundary": 0,
+        "skipped_special_text": 0,
         "kept": 2,
     }
     assert meta["command"].startswith("blocksft prepare --output")
@@ -229,8 +253,6 @@ def test_command_line_failure_exits_nonzero_with_one_line(tmp_path, model_dir):
 
 
 def test_both_flag_spellings_and_the_reference_defaults():
-    from blocksft.cli import build_parser
-
     parser = build_parser()
     a = parser.parse_args(["prepare", "--max_len", "64", "--max_samples", "5", "--filter_type", ""])
     b = parser.parse_args(["prepare", "--max-len", "64", "--max-samples", "5", "--filter-type", ""])
@@ -411,7 +433,6 @@ def test_existing_output_needs_overwrite(rows_file, tmp_path, model_dir, capsys)
 
 
 def test_tokens_merging_across_the_boundary_are_reported_or_skipped(tmp_path, model_dir, capsys):
-    from blocksft.tokenizer import _DEFAULT_CORPUS
 
     # Learns "\n\n" as one token: the prompt ends with it, but "\n\nThe" splits as "\n", "\n", "The".
     merging = build_tokenizer(list(_DEFAULT_CORPUS) + ["x\n\n"] * 50, 300)
@@ -463,10 +484,6 @@ def test_summary_lists_counts_and_both_histograms():
 
 
 def test_prepared_file_passes_the_training_reader(rows_file, tmp_path, model_dir):
-    from transformers import AutoTokenizer
-
-    from blocksft.data.records import load_records
-
     result = run_prepare(config_for(rows_file, tmp_path, model_dir, max_samples=0))
     reloaded = AutoTokenizer.from_pretrained(model_dir)
     loaded = load_records(tmp_path / "out.pt", tokenizer=reloaded, max_len=120)
@@ -483,9 +500,6 @@ def test_settings_from_a_yaml_file(rows_file, tmp_path, model_dir):
 
 
 def test_benchmark_paths_agree_on_real_gsm8k_rows(capsys):
-    from blocksft.bench.prepare import default_data
-    from blocksft.bench.prepare import main as bench_main
-
     data = default_data()
     if not data.is_file():
         pytest.skip("shared/data/gsm8k is not available here")

@@ -14,7 +14,7 @@ from blocksft.data.records import (
     validate_records,
 )
 from blocksft.errors import BlocksftError
-from blocksft.tokenizer import build_tokenizer
+from blocksft.tokenizer import _DEFAULT_CORPUS, build_tokenizer
 
 RECORDS_LOGGER = "blocksft.data.records"
 
@@ -117,8 +117,6 @@ def test_file_from_another_tokenizer_is_refused(tmp_path, tokenizer):
 
 
 def test_same_size_different_vocabulary_is_refused(tmp_path):
-    from blocksft.tokenizer import _DEFAULT_CORPUS
-
     a = build_tokenizer(vocab_size=300)
     b = build_tokenizer(list(_DEFAULT_CORPUS) + ["zebra quartz jumps over the lazy fox " * 5], vocab_size=300)
     assert len(a) == len(b)

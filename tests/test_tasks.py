@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 from blocksft.data.tasks import Problem, gsm8k_gold, last_boxed, load_gsm8k, load_math, open_dataset
@@ -19,8 +20,6 @@ def shared_gsm8k(name):
 
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path_factory, monkeypatch):
-    import datasets
-
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf_cache")
 
 
@@ -85,7 +84,6 @@ def test_math_from_local_files(tmp_path):
     assert problems[0] == Problem("math-math-00000", "Add.", rows[0]["solution"], "\\frac{3}{4}")
     assert problems[1].gold == "2"
     # MATH-500 style: an explicit answer field wins.
-    import datasets
 
     with_answer = [dict(rows[0], answer="0.75")]
     datasets.Dataset.from_list(with_answer).to_parquet(str(tmp_path / "test.parquet"))

@@ -3,16 +3,18 @@
 import copy
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
 from train_utils import read_rows, safetensors_dtypes, tiny_config, write_tiny_inputs
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.errors import BlocksftError
 from blocksft.testing import tiny_tokenizer
 from blocksft.train.logs import CSV_COLUMNS
+from blocksft.train.run import run_train
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,6 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def blockwise_run(inputs):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(
         folder, model_dir, data, "blockwise", total_steps=20, save_every=10, checkpoint_every=10
@@ -80,8 +80,6 @@ def test_blockwise_run_logs_every_step_and_the_loss_falls(blockwise_run):
 
 
 def test_merged_checkpoints_reload_with_the_in_memory_merged_logits(blockwise_run):
-    from transformers import AutoModelForCausalLM
-
     config, result = blockwise_run
     assert [p.name for p in result.exports] == ["blockwise_step0010", "blockwise_step0020"]
     final = result.exports[-1]
@@ -109,8 +107,6 @@ def test_merged_checkpoints_reload_with_the_in_memory_merged_logits(blockwise_ru
 
 
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(inputs, blockwise_run):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     reference_config, _ = blockwise_run
     config = dataclasses.replace(reference_config, ckpt_dir=str(folder / "resumed"))
@@ -135,8 +131,6 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(inputs, b
 
 
 def test_fullseq_run_in_bf16_logging_every_second_step(inputs):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(
         folder,
@@ -163,20 +157,28 @@ def test_fullseq_run_in_bf16_logging_every_second_step(inputs):
 
 
 class PoisonAt(TrainerCallback):
-    """Makes the model produce NaN from step ``step + 1`` on."""
+    """Makes the model produce NaN from step ``step + 1`` on: poisoned at the end of step ``step``
+    (before its state is saved), or with ``before_step`` at the start of step ``step + 1`` (after:
+    the saved state is sound, as when a run diverges)."""
 
-    def __init__(self, step):
-        self.step = step
+    def __init__(self, step, before_step=False):
+        self.step, self.before_step = step, before_step
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self.before_step:
+            self._poison(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.before_step:
+            self._poison(state, model)
+
+    def _poison(self, state, model):
         if state.global_step == self.step:
             with torch.no_grad():
                 next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_samples(inputs):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "nan", total_steps=8, checkpoint_every=2)
     with pytest.raises(BlocksftError, match=r"loss is nan at step 5 \(samples \[\d+, "):
@@ -200,8 +202,6 @@ def test_nonfinite_loss_stops_naming_the_step_and_samples(inputs):
     ],
 )
 def test_bad_settings_are_clear_errors(inputs, overrides, message):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "bad", **overrides)
     with pytest.raises(BlocksftError, match=message):
@@ -209,8 +209,6 @@ def test_bad_settings_are_clear_errors(inputs, overrides, message):
 
 
 def test_bad_record_files_are_clear_errors(inputs, tmp_path):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     bad = tmp_path / "bad.pt"
     torch.save([{"prompt_len": 50, "full_ids": torch.arange(6, 20)}], bad)
@@ -231,10 +229,6 @@ def test_bad_record_files_are_clear_errors(inputs, tmp_path):
 
 
 def test_full_finetuning_saves_the_whole_model_without_an_adapter(inputs):
-    from transformers import AutoModelForCausalLM
-
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "full", full_finetune=True, total_steps=2, lr=1e-3)
     result = run_train(config)
@@ -249,8 +243,6 @@ def test_full_finetuning_saves_the_whole_model_without_an_adapter(inputs):
 
 
 def test_resume_refuses_a_record_file_that_changed_since(inputs, tmp_path):
-    from blocksft.train import run_train
-
     folder, model_dir, data = inputs
     records = torch.load(data)
     copy_path = tmp_path / "data.pt"
@@ -260,5 +252,75 @@ def test_resume_refuses_a_record_file_that_changed_since(inputs, tmp_path):
         run_train(config, callbacks=[InterruptAt(2)])
     records[0]["full_ids"] = records[0]["full_ids"][:-9]  # one answer loses a block
     torch.save(records, copy_path)
-    with pytest.raises(BlocksftError, match="block schedule has num_blocks_sha256"):
+    with pytest.raises(BlocksftError, match="holds other records than the run was trained on"):
         run_train(dataclasses.replace(config, resume=True))
+
+
+def test_resume_refuses_the_same_path_with_other_content_of_the_same_shape(inputs, tmp_path):
+    folder, model_dir, data = inputs
+    records = torch.load(data)
+    copy_path = tmp_path / "data.pt"
+    save_records(records, copy_path, {"tokenizer": tokenizer_fingerprint(tiny_tokenizer())})
+    config = tiny_config(tmp_path, model_dir, copy_path, "rewritten", total_steps=4, checkpoint_every=2)
+    with pytest.raises(Interrupted):
+        run_train(config, callbacks=[InterruptAt(2)])
+    saved = json.loads((config.logs_dir / "config.json").read_text())["derived"]["data"]
+    assert saved["trained_records_sha256"] == saved["records_sha256"]  # --max-samples 0: all of them
+    # Same path, same number of records, same lengths and blocks: only some answer tokens differ.
+    answer = records[5]["full_ids"][records[5]["prompt_len"] :]
+    answer[:] = answer.flip(0)
+    save_records(records, copy_path, {"tokenizer": tokenizer_fingerprint(tiny_tokenizer())})
+    with pytest.raises(BlocksftError, match=r"data\.pt holds other records than the run was trained on"):
+        run_train(dataclasses.replace(config, resume=True))
+    # The same records written by the reference's plain torch.save (no sidecar) are the same data.
+    torch.save(torch.load(data), copy_path)
+    copy_path.with_name("data.pt.meta.json").unlink()
+    assert run_train(dataclasses.replace(config, resume=True)).steps == 4
+
+
+def test_nan_stop_then_resume_with_a_lower_learning_rate(inputs):
+    folder, model_dir, data = inputs
+    config = tiny_config(folder, model_dir, data, "nan_then_lower", total_steps=8, checkpoint_every=2)
+    with pytest.raises(BlocksftError, match="--resume --allow-changes lr --lr <lower>") as stop:
+        run_train(config, callbacks=[PoisonAt(4, before_step=True)])
+    assert "step 5" in str(stop.value)
+    with pytest.raises(BlocksftError, match="lr: 0.02 -> 0.01.*add --allow-changes lr"):
+        run_train(dataclasses.replace(config, resume=True, lr=1e-2))
+    result = run_train(dataclasses.replace(config, resume=True, allow_changes="lr", lr=1e-2))
+    assert result.steps == 8
+    resumed = read_rows(config.logs_dir / "train_loss.csv")
+    # From the resume on, the schedule is the one a run at lr 0.01 follows: the same step, half the LR.
+    reference = tiny_config(folder, model_dir, data, "lower_from_start", total_steps=8, lr=1e-2)
+    run_train(reference)
+    expected = read_rows(reference.logs_dir / "train_loss.csv")
+    assert [float(r["lr"]) for r in resumed[4:]] == pytest.approx([float(r["lr"]) for r in expected[4:]])
+    assert [float(r["lr"]) for r in resumed[:4]] == pytest.approx([2 * float(r["lr"]) for r in expected[:4]])
+    assert all(math.isfinite(float(r["loss"])) for r in resumed)
+    saved = json.loads((config.logs_dir / "config.json").read_text())
+    assert saved["config"]["lr"] == 1e-2
+    assert saved["resumes"] == [{"step": 4, "changed": {"lr": [0.02, 0.01]}}]
+
+
+def test_resuming_a_finished_run_does_nothing(blockwise_run):
+    config, result = blockwise_run
+    parent = config.logs_dir.parent
+    before = sorted(p.name for p in parent.iterdir())
+    csv_before = (config.logs_dir / "train_loss.csv").read_text()
+    again = run_train(dataclasses.replace(config, resume=True))
+    assert again.steps == 20 and again.exports == result.exports
+    assert sorted(p.name for p in parent.iterdir()) == before  # no blockwise_step0020-v2
+    assert (config.logs_dir / "train_loss.csv").read_text() == csv_before
+
+
+def test_a_step_exported_before_an_interruption_is_replaced_not_copied(inputs, tmp_path):
+    folder, model_dir, data = inputs
+    config = tiny_config(tmp_path, model_dir, data, "redo", total_steps=8, checkpoint_every=4, save_every=6)
+    with pytest.raises(Interrupted):
+        run_train(config, callbacks=[InterruptAt(7)])  # exported step 6; resumable state at step 4
+    first = (tmp_path / "redo_step0006" / "config.json").stat().st_mtime_ns
+    result = run_train(dataclasses.replace(config, resume=True))  # trains steps 5-6 again
+    assert [p.name for p in result.exports] == ["redo_step0006", "redo_step0008"]
+    assert sorted(p.name for p in tmp_path.glob("redo_step*")) == ["redo_step0006", "redo_step0008"]
+    assert (tmp_path / "redo_step0006" / "config.json").stat().st_mtime_ns != first
+    recorded = json.loads((config.logs_dir / "exports.json").read_text())
+    assert recorded == {"6": str(tmp_path / "redo_step0006"), "8": str(tmp_path / "redo_step0008")}

@@ -9,12 +9,12 @@ import sys
 import pytest
 from train_utils import read_rows, tiny_config, write_tiny_inputs
 
+from blocksft.train.run import run_train
+
 pytestmark = pytest.mark.slow
 
 
 def test_two_processes_shard_the_data_and_log_the_mean_loss(tmp_path):
-    from blocksft.train import run_train
-
     model_dir, data = write_tiny_inputs(tmp_path)
     flags = ["--model", str(model_dir), "--data", str(data), "--micro-batch", "4", "--max-samples", "0"]
     flags += ["--block-size", "8", "--lr", "0.02", "--lora-r", "8", "--lora-alpha", "16", "--max-len", "64"]

@@ -3,19 +3,30 @@ the item plan, padding, recipes and the launcher entry point."""
 
 import argparse
 import copy
+import dataclasses
+import json
 import re
 
 import pytest
 import torch
 
+from blocksft.cli import main
+from blocksft.commands.train import add_arguments, build_train_config
+from blocksft.config.train import TrainConfig, available_recipes, resolve_recipe
 from blocksft.errors import BlocksftError
+from blocksft.model import LLaDAModelLM
+from blocksft.objectives import get_objective
+from blocksft.rng import batch_seed
 from blocksft.testing import tiny_llada_model
-from blocksft.train.config import TrainConfig, available_recipes, resolve_recipe
+from blocksft.train.block_schedule import BlockSchedule
+from blocksft.train.engine import resolve_deepspeed_config
+from blocksft.train.export import export_dir, lora_scalings, merge_lora_state_dict
+from blocksft.train.items import PadCollator, plan_items, steps_for
+from blocksft.train.lora import apply_lora
+from blocksft.train.trainer import KeyedCollator, TrainStep
 
 
 def lora_model(tokenizer, targets, r=4):
-    from blocksft.train.lora import apply_lora
-
     return apply_lora(tiny_llada_model(tokenizer, seed=0), targets=targets, r=r, alpha=2 * r, dropout=0.0)
 
 
@@ -63,9 +74,6 @@ def test_a_comma_list_and_names_that_match_nothing(tokenizer):
 
 
 def test_merging_a_state_dict_equals_the_unmerged_model(tokenizer):
-    from blocksft.model import LLaDAModelLM
-    from blocksft.train.checkpoint import lora_scalings, merge_lora_state_dict
-
     model, _ = lora_model(tokenizer, "all")
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -87,8 +95,6 @@ def test_merging_a_state_dict_equals_the_unmerged_model(tokenizer):
 
 
 def test_export_names_never_overwrite(tmp_path):
-    from blocksft.train.checkpoint import export_dir
-
     root = tmp_path / "ckpts"
     assert export_dir(root, 7).name == "ckpts_step0007"
     (tmp_path / "ckpts_step0007").mkdir()
@@ -99,8 +105,6 @@ def test_export_names_never_overwrite(tmp_path):
 
 
 def make_batch(tokenizer, lengths=((4, 13), (6, 21), (3, 9)), multiple_of=8, pad_to=None):
-    from blocksft.train.data import PadCollator
-
     generator = torch.Generator().manual_seed(3)
     features = [
         {
@@ -117,18 +121,15 @@ def make_batch(tokenizer, lengths=((4, 13), (6, 21), (3, 9)), multiple_of=8, pad
 
 def test_collator_pads_to_the_longest_record_rounded_to_a_multiple(tokenizer):
     batch = make_batch(tokenizer)
-    assert batch["input_ids"].shape == (3, 32)  # longest 27 -> 32
-    assert batch["attention_mask"].sum(1).tolist() == [17, 27, 12]
-    assert batch["prompt_lens"].tolist() == [4, 6, 3] and batch["answer_lens"].tolist() == [13, 21, 9]
-    assert (batch["input_ids"][0, 17:] == 1).all() and batch["first_item"] == 10
-    assert make_batch(tokenizer, pad_to=64)["input_ids"].shape == (3, 64)
+    assert batch.input_ids.shape == (3, 32)  # longest 27 -> 32
+    assert batch.attention_mask.sum(1).tolist() == [17, 27, 12]
+    assert batch.prompt_lens.tolist() == [4, 6, 3] and batch.answer_lens.tolist() == [13, 21, 9]
+    assert (batch.input_ids[0, 17:] == 1).all() and batch.first_item == 10
+    assert make_batch(tokenizer, pad_to=64).input_ids.shape == (3, 64)
 
 
 @pytest.mark.parametrize("objective", ["blockwise", "fullseq"])
 def test_sparse_logits_give_the_loss_and_gradients_of_full_logits(tokenizer, objective):
-    from blocksft.objectives import get_objective
-    from blocksft.train.trainer import TrainStep
-
     batch = make_batch(tokenizer)
     model, _ = lora_model(tokenizer, "all")
     target = get_objective(objective, mask_id=2, block_size=8)
@@ -152,41 +153,33 @@ def test_padding_is_invisible_with_the_attention_mask(tokenizer):
     model = tiny_llada_model(tokenizer, seed=0)
     short, long = make_batch(tokenizer), make_batch(tokenizer, pad_to=64)
     with torch.no_grad():
-        out_short = model(input_ids=short["input_ids"], attention_mask=short["attention_mask"]).logits
-        out_long = model(input_ids=long["input_ids"], attention_mask=long["attention_mask"]).logits
-        attended = model(input_ids=long["input_ids"]).logits
-    real = short["attention_mask"].bool()
+        out_short = model(input_ids=short.input_ids, attention_mask=short.attention_mask).logits
+        out_long = model(input_ids=long.input_ids, attention_mask=long.attention_mask).logits
+        attended = model(input_ids=long.input_ids).logits
+    real = short.attention_mask.bool()
     torch.testing.assert_close(out_long[:, :32][real], out_short[real], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(attended[:, :32][real], out_short[real], atol=1e-3)
 
 
 def test_noise_is_seeded_by_the_batch_so_a_replay_is_identical(tokenizer):
-    from blocksft.objectives import get_objective
-    from blocksft.train.trainer import TrainStep, noise_seed
-
     model = tiny_llada_model(tokenizer, seed=0)
     step = TrainStep(get_objective("blockwise", mask_id=2, block_size=8), seed=42)
     batch = make_batch(tokenizer)
     with torch.no_grad():
         first, mask = step(model, batch)
         again, mask_again = step(model, batch)
-        other, mask_other = step(model, {**batch, "first_item": 99})
+        other, mask_other = step(model, dataclasses.replace(batch, first_item=99))
     assert torch.equal(mask, mask_again) and first == again
     assert not torch.equal(mask, mask_other)
-    assert len({noise_seed(42, k) for k in range(1000)} | {noise_seed(43, k) for k in range(1000)}) == 2000
+    assert len({batch_seed(42, k) for k in range(1000)} | {batch_seed(43, k) for k in range(1000)}) == 2000
 
 
 def plan(num_blocks, epochs, blockwise=True, drop_exhausted=False):
-    from blocksft.schedule import BlockSchedule
-    from blocksft.train.data import plan_items
-
     schedule = BlockSchedule(num_blocks, seed=1, drop_exhausted=drop_exhausted)
     return plan_items(schedule, epochs, blockwise=blockwise)
 
 
 def test_the_plan_uses_every_sample_block_pair_once_then_stops():
-    from blocksft.train.data import steps_for
-
     num_blocks = [1, 3, 2, 1]
     items = plan(num_blocks, epochs=10)
     assert {i.epoch for i in items} == {0, 1, 2}  # 3 epochs cover every pair: the rest is not planned
@@ -209,8 +202,6 @@ def test_fullseq_plans_every_sample_every_epoch_in_a_seeded_order():
 
 
 def test_steps_are_the_same_samples_whatever_the_world_size():
-    from blocksft.train.data import steps_for
-
     items = plan([2] * 6400, epochs=1)
     assert steps_for(items, 32, None) == 200  # one GPU: the reference's 200 steps
     assert steps_for(items, 8 * 32, None) == 25  # eight GPUs: the same 6,400 samples in 25 steps
@@ -219,8 +210,6 @@ def test_steps_are_the_same_samples_whatever_the_world_size():
 
 
 def parse_train(argv):
-    from blocksft.commands.train import add_arguments, build_train_config
-
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return build_train_config(parser.parse_args(argv))
@@ -265,10 +254,6 @@ def test_defaults_follow_the_reference_and_bad_values_are_refused():
 
 
 def test_deepspeed_configs_resolve_by_name():
-    import json
-
-    from blocksft.train.config import resolve_deepspeed_config
-
     assert resolve_deepspeed_config("auto", cuda_available=False) is None
     for stage in (2, 3):
         path = resolve_deepspeed_config(f"zero{stage}", cuda_available=False)
@@ -278,8 +263,18 @@ def test_deepspeed_configs_resolve_by_name():
 
 
 def test_the_module_entry_point_accepts_the_launchers_local_rank():
-    from blocksft.cli import main
-
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--local_rank=0", "--help"])
     assert exit_info.value.code == 0
+
+
+def test_a_batch_moves_as_one_value_with_its_host_fields(tokenizer):
+    batch = make_batch(tokenizer)
+    moved = batch.to("cpu")
+    assert isinstance(moved, type(batch)) and (moved.first_item, moved.has_padding) == (10, True)
+    for name in ("input_ids", "attention_mask", "prompt_lens", "answer_lens", "block_index", "sample_ids"):
+        assert torch.equal(getattr(moved, name), getattr(batch, name))
+    # The Trainer handles mappings: it gets the batch as one value and hands it back to the step.
+    feature = {"full_ids": [5, 6], "prompt_len": 1, "block": 0, "sample": 0, "item": 0}
+    keyed = KeyedCollator(PadCollator(pad_id=1))([feature])
+    assert list(keyed) == ["batch"] and keyed["batch"].input_ids.tolist() == [[5, 6, 1, 1, 1, 1, 1, 1]]

@@ -1,13 +1,21 @@
 """Shared by the training tests: a tiny saved model + tokenizer and a small, learnable record file."""
 
+import csv
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
+from blocksft.config.train import TrainConfig
 from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.testing import tiny_llada_model, tiny_tokenizer
 
 PATTERN = list(range(6, 18))  # answers cycle through these ids: easy to learn, so the loss falls
+
+# `blocksft train` flags for the tiny inputs, as tiny_config sets them (LoRA r8, micro-batch 8).
+TINY_TRAIN_FLAGS = (
+    "--micro-batch 8 --max-samples 0 --block-size 8 --lora-r 8 --lora-alpha 16 --max-len 64 --use-cpu".split()
+)
 
 
 def write_tiny_inputs(folder: Path, *, n_samples: int = 64, seed: int = 0) -> tuple[Path, Path]:
@@ -34,7 +42,6 @@ def write_tiny_inputs(folder: Path, *, n_samples: int = 64, seed: int = 0) -> tu
 
 def tiny_config(folder: Path, model_dir: Path, data: Path, name: str = "run", **overrides):
     """A fast CPU TrainConfig for the tiny inputs (LoRA r8, micro-batch 8, a high learning rate)."""
-    from blocksft.train import TrainConfig
 
     values = dict(
         model=str(model_dir),
@@ -56,15 +63,12 @@ def tiny_config(folder: Path, model_dir: Path, data: Path, name: str = "run", **
 
 
 def read_rows(csv_path: Path) -> list[dict]:
-    import csv
-
     with Path(csv_path).open(newline="") as fh:
         return list(csv.DictReader(fh))
 
 
 def safetensors_dtypes(folder: Path) -> dict[str, str]:
     """Tensor name -> dtype (``F32``, ``BF16``, ...) over a checkpoint folder's safetensors files."""
-    from safetensors import safe_open
 
     dtypes = {}
     for path in Path(folder).glob("*.safetensors"):

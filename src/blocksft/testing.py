@@ -6,7 +6,11 @@ LLaDA's special tokens, roles and chat template (see :mod:`blocksft.tokenizer`).
 
 from __future__ import annotations
 
-from blocksft.tokenizer import MASK, build_tokenizer
+import torch
+
+from blocksft.model import LLaDAConfig, LLaDAModelLM
+from blocksft.special_tokens import MASK
+from blocksft.tokenizer import build_tokenizer
 
 
 def tiny_tokenizer(corpus=None, vocab_size: int = 512):
@@ -21,8 +25,6 @@ def tiny_llada_config(tokenizer=None, **overrides):
 
     With a tokenizer, vocab size and special ids come from it; ``overrides`` win over everything.
     """
-    from blocksft.model import LLaDAConfig
-
     values = dict(
         d_model=64,
         n_layers=2,
@@ -63,10 +65,6 @@ def tiny_llada_config(tokenizer=None, **overrides):
 
 def tiny_llada_model(tokenizer=None, seed: int = 0, **overrides):
     """A tiny randomly initialised :class:`LLaDAModelLM` in float32, in eval mode."""
-    import torch
-
-    from blocksft.model import LLaDAModelLM
-
     config = tiny_llada_config(tokenizer, **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,33 +1,21 @@
-"""LLaDA's special tokens and chat template, and small LLaDA-style tokenizers built in code.
+"""Tokenizers: LLaDA's chat template, loading a checkpoint's tokenizer, and small LLaDA-style ones.
 
-The real LLaDA-8B-Instruct tokenizer is loaded from the hub or a folder. Tests and the demo cannot
-download it, so :func:`build_tokenizer` trains a small byte-level BPE with the same special tokens,
-roles and chat template, so that every code path (chat rendering, header stripping, ``prompt_len``)
-runs unchanged on it.
+The real LLaDA-8B-Instruct tokenizer is loaded from the hub or a folder (:func:`load_tokenizer`).
+Tests and the demo cannot download it, so :func:`build_tokenizer` trains a small byte-level BPE with
+the same special tokens (:mod:`blocksft.special_tokens`), roles and chat template, so that every
+code path (chat rendering, header stripping, ``prompt_len``) runs unchanged on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"
-MASK = "<|mdm_mask|>"
-START_HEADER = "<|start_header_id|>"
-END_HEADER = "<|end_header_id|>"
-EOT = "<|eot_id|>"
-SPECIAL_TOKENS = (BOS, EOS, MASK, START_HEADER, END_HEADER, EOT)
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-# Token ids of the real LLaDA-8B-Instruct tokenizer.
-LLADA_8B_TOKEN_IDS = {
-    BOS: 126080,
-    EOS: 126081,
-    MASK: 126336,
-    START_HEADER: 126346,
-    END_HEADER: 126347,
-    EOT: 126348,
-}
-LLADA_8B_MASK_ID = 126336
+from blocksft.errors import BlocksftError
+from blocksft.special_tokens import BOS, END_HEADER, EOS, EOT, MASK, SPECIAL_TOKENS, START_HEADER
 
 # LLaDA-8B-Instruct ships the early Llama-3 template: the assistant header is appended
 # unconditionally, whatever add_generation_prompt says (348 characters, as published).
@@ -74,9 +62,6 @@ def build_tokenizer(
     Returns:
         A ``transformers.PreTrainedTokenizerFast``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     backend = Tokenizer(models.BPE())
     digits = [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -107,22 +92,12 @@ def build_tokenizer(
     return tokenizer
 
 
-def mask_token_id(tokenizer) -> int:
-    """The id of ``<|mdm_mask|>`` in ``tokenizer`` (LLaDA's tokenizer does not set ``mask_token``)."""
-    token_id = tokenizer.convert_tokens_to_ids(MASK)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no {MASK} token")
-    return int(token_id)
-
-
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, flag: str = "--model"):
     """Load a checkpoint's tokenizer (hub id or folder); a failure is one clear ``BlocksftError``.
 
     Lives here rather than beside the model loader so that commands needing only a tokenizer
     (``prepare``) do not import the model classes.
     """
-    from transformers import AutoTokenizer
-
     check_model_source(name_or_path, flag=flag)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -132,18 +107,12 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, flag: 
 
 def check_model_source(name_or_path: str, *, flag: str = "--model") -> None:
     """Refuse a local-looking path (``/x``, ``./x``, ``~/x``) that is not a folder, before any hub lookup."""
-    from pathlib import Path
-
-    from blocksft.errors import BlocksftError
-
     if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
         raise BlocksftError(f"{flag} {name_or_path}: no such checkpoint folder")
 
 
 def source_error(what: str, name_or_path: str, err: Exception, *, flag: str = "--model"):
     """A one-line ``BlocksftError`` for a checkpoint or tokenizer that failed to load."""
-    from blocksft.errors import BlocksftError
-
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return BlocksftError(
         f"cannot load {what} {flag} {name_or_path}: {type(err).__name__}: {first_line}; give a local "

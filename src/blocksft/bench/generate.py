@@ -1,7 +1,9 @@
-"""Benchmark the block sampler: tokens/s and NFE, plain vs prefix/dual cache vs threshold vs both.
+"""Benchmark the block sampler: tokens/s and NFE, plain vs prefix/dual cache vs threshold vs both,
+the loop against the fixed-shape steps (``--decode loop graph``), at several batch sizes.
 
     PYTHONPATH=src python -m blocksft bench generate     # small random LLaDA on CPU (one to two minutes)
     blocksft bench generate --gpu-8b                      # LLaDA-8B shape, random bf16 weights, on CUDA
+    blocksft bench generate --gpu-8b --batch 1 8 32 --decode loop graph --models confident
 
 Every mode is timed in the same process as the plain sampler and reported as a ratio to it, on two
 random models of one shape. "random" is the usual initialisation (std 0.02): every masked position
@@ -11,13 +13,28 @@ initialised with std 0.1 and its LM head rescaled until logits have standard dev
 ``--logit-std``: its predictions differ between positions and many are above 0.9, as a trained
 model's are, so the threshold acts. ``agree`` is the share of generated tokens equal to the plain
 sampler's on the same model (caches are approximations; threshold decoding commits early).
+
+Each (model, batch) is timed against its plain loop run. ``ms/forward`` is the time per model
+evaluation (seconds / NFE); on CUDA it is compared with the weight-read floor, the time to read
+every weight once from memory (bytes of the weights / ``--bandwidth-tbs``), which no forward can
+beat at batch 1. The fixed-shape decoders keep their decoder between the repeats of one run
+(:class:`~blocksft.generation.static.DecoderCache`): the first repeat includes capturing the CUDA
+graphs, ``first s`` reports it, the best repeat counts.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
+
+import torch
+
+from blocksft.config.flags import OneLineParser
+from blocksft.generation.sampler import generate
+from blocksft.generation.static import DecoderCache
+from blocksft.model import LLaDAConfig, LLaDAModelLM
+from blocksft.model.loading import resolve_dtype
+from blocksft.special_tokens import resolve_special_ids
 
 MODES = {
     "plain": {},
@@ -35,14 +52,37 @@ SPECIAL_IDS = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, mask_token_id
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="blocksft bench generate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="blocksft bench generate", description=__doc__.splitlines()[0])
     parser.add_argument("--gen-length", type=int, default=256)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="default: gen_length (one token per step)")
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument(
+        "--confidence",
+        choices=["float64", "llada"],
+        default="float64",
+        help="the sampler's confidence mode, for every mode (llada: generate.py's, full logits)",
+    )
     parser.add_argument("--prompt-length", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
+    parser.add_argument(
+        "--decode",
+        nargs="+",
+        choices=["loop", "static", "graph", "compiled"],
+        default=["loop"],
+        help="decoders timed for every mode (not loop: temperature 0, float64 confidence only)",
+    )
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument(
+        "--models", nargs="+", choices=["random", "confident"], default=["random", "confident"]
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per mode (the fastest counts)")
+    parser.add_argument(
+        "--bandwidth-tbs",
+        type=float,
+        default=4.8,
+        help="memory bandwidth for the weight-read floor (H200: 4.8)",
+    )
     parser.add_argument(
         "--logit-std",
         type=float,
@@ -70,10 +110,6 @@ def random_llada(
 
     ``special``: the special token ids (default: the tiny tokenizer's for a small ``shape``, LLaDA's
     own for the 8B shape ``{}``)."""
-    import torch
-
-    from blocksft.model import LLaDAConfig, LLaDAModelLM
-
     if special is None:
         special = SPECIAL_IDS if shape else {}
     config = LLaDAConfig(
@@ -95,8 +131,6 @@ def random_llada(
 def sharpen(model, prompt, gen_length: int, logit_std: float) -> float:
     """Scale the LM head so that logits over a masked canvas have standard deviation ``logit_std``
     (a random model's are ~0.3: every prediction is unsure); returns the factor."""
-    import torch
-
     canvas = torch.cat(
         [prompt, torch.full_like(prompt[:, :1], model.config.mask_token_id).expand(-1, gen_length)], 1
     )
@@ -107,63 +141,84 @@ def sharpen(model, prompt, gen_length: int, logit_std: float) -> float:
 
 
 def time_generate(model, prompt, settings: dict, repeats: int):
-    import torch
-
-    from blocksft.generate import generate
-
+    """``(output, best seconds, first seconds)`` of ``repeats`` identical runs."""
+    mask_id = resolve_special_ids(None, model.config).mask  # a random model: its config's ids
     # CUDA: wall time after a synchronize. CPU: this process's CPU time, which other jobs on a
     # shared machine do not inflate (wall time there varied 2x between identical runs).
     clock = time.perf_counter if prompt.is_cuda else time.process_time
-    best, out = float("inf"), None
+    times, out = [], None
     for _ in range(repeats):
         if prompt.is_cuda:
             torch.cuda.synchronize()
         start = clock()
-        out = generate(model, prompt, mask_id=model.config.mask_token_id, **settings)
+        out = generate(model, prompt, mask_id=mask_id, **settings)
         if prompt.is_cuda:
             torch.cuda.synchronize()
-        best = min(best, clock() - start)
-    return out, best
+        times.append(clock() - start)
+    return out, min(times), times[0]
 
 
-def bench_model(name: str, model, prompt, args):
-    """Every mode on one model, timed against its plain run; yields one result dict per mode."""
-    base = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps)
+def bench_model(name: str, model, prompt, args, floor_ms: float | None = None):
+    """Every mode and decoder on one model and batch, timed against the first of them (the plain
+    loop run unless ``--modes`` leaves it out); yields one result dict per (mode, decoder)."""
+    base = dict(
+        gen_length=args.gen_length,
+        block_length=args.block_length,
+        steps=args.steps,
+        confidence=args.confidence,
+    )
     num_blocks = args.gen_length // args.block_length
     warm_up = {**base, "gen_length": args.block_length, "steps": args.steps // num_blocks}
     time_generate(model, prompt, warm_up, 1)
+    decoders = DecoderCache(size=1)
     plain = None
-    for mode, options in MODES.items():
-        settings = {**base, **options}
-        if options.get("threshold"):
+    for mode in args.modes:
+        settings = {**base, **MODES[mode]}
+        if MODES[mode].get("threshold"):
             settings["threshold"] = args.threshold
-        out, seconds = time_generate(model, prompt, settings, args.repeats)
-        tokens_per_s = prompt.shape[0] * args.gen_length / seconds
-        if plain is None:
-            plain = (out, tokens_per_s)
-        yield {
-            "model": name,
-            "mode": mode.replace("threshold", f"threshold {args.threshold:g}"),
-            "nfe": out.nfe,
-            "forward_tokens": out.forward_tokens,
-            "seconds": seconds,
-            "tokens_per_s": tokens_per_s,
-            "speed_up": tokens_per_s / plain[1],
-            "nfe_ratio": plain[0].nfe / out.nfe,
-            "agree": (out.generated == plain[0].generated).float().mean().item(),
-        }
+        for decode in args.decode:
+            extra = {} if decode == "loop" else {"decode": decode, "decoders": decoders}
+            out, seconds, first = time_generate(model, prompt, {**settings, **extra}, args.repeats)
+            tokens_per_s = prompt.shape[0] * args.gen_length / seconds
+            if plain is None:  # the first mode and decoder: plain and loop unless left out
+                plain = (out, tokens_per_s, f"{mode} {decode}")
+            ms_per_forward = 1000 * seconds / out.nfe
+            yield {
+                "model": name,
+                "batch": prompt.shape[0],
+                "mode": mode.replace("threshold", f"threshold {args.threshold:g}"),
+                "decode": decode,
+                "nfe": out.nfe,
+                "forward_tokens": out.forward_tokens,
+                "seconds": seconds,
+                "first_seconds": first,
+                "tokens_per_s": tokens_per_s,
+                "speed_up": tokens_per_s / plain[1],
+                "baseline": plain[2],
+                "nfe_ratio": plain[0].nfe / out.nfe,
+                "ms_per_forward": ms_per_forward,
+                "over_floor": ms_per_forward / floor_ms if floor_ms else None,
+                "agree": (out.generated == plain[0].generated).float().mean().item(),
+            }
 
 
 def format_row(row: dict) -> str:
+    floor = f"{row['over_floor']:.1f}x" if row["over_floor"] is not None else "-"
     return (
-        f"| {row['model']} | {row['mode']} | {row['nfe']} | {row['forward_tokens']} | {row['seconds']:.2f} | "
-        f"{row['tokens_per_s']:.1f} | {row['speed_up']:.2f}x | {row['nfe_ratio']:.2f}x | {row['agree']:.0%} |"
+        f"| {row['model']} | {row['batch']} | {row['mode']} | {row['decode']} | {row['nfe']} | "
+        f"{row['forward_tokens']} | {row['seconds']:.2f} | {row['first_seconds']:.2f} | "
+        f"{row['tokens_per_s']:.1f} | {row['speed_up']:.2f}x | {row['nfe_ratio']:.2f}x | "
+        f"{row['ms_per_forward']:.1f} | {floor} | {row['agree']:.0%} |"
     )
 
 
-def describe(model, args) -> str:
-    import torch
+TABLE_HEADER = (
+    "| model | batch | mode | decode | NFE | forward tokens | {clock} | first s | tokens/s | speed-up "
+    "| NFE ratio | ms/forward | over floor | agree |\n" + "|---" * 14 + "|"
+)
 
+
+def describe(model, args) -> str:
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
     on_cuda = args.device.startswith("cuda")
@@ -173,16 +228,19 @@ def describe(model, args) -> str:
         f"d_model {config.d_model}, vocab {config.vocab_size}), {args.dtype} on {args.device} "
         f"({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads\n"
         f"gen_length {args.gen_length}, block_length {args.block_length}, steps {args.steps}, "
-        f"batch {args.batch}, prompt {args.prompt_length} tokens, best of {args.repeats}\n"
+        f"confidence {args.confidence}, batch {' '.join(map(str, args.batch))}, prompt "
+        f"{args.prompt_length} tokens, best of {args.repeats}\n"
     )
+
+
+def weight_read_floor_ms(model, bandwidth_tbs: float) -> float:
+    """Milliseconds to read every weight of ``model`` once at ``bandwidth_tbs`` TB/s."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weight_bytes / (bandwidth_tbs * 1e12) * 1e3
 
 
 def benchmark(argv: list[str] | None = None, *, on_row=None) -> dict:
     """Run the benchmark; returns its description and rows (``on_row(text)`` gets each printed line)."""
-    import torch
-
-    from blocksft.model.loading import resolve_dtype
-
     say = on_row or (lambda text: None)
     args = parse_args(argv)
     if not args.device.startswith("cuda"):
@@ -191,30 +249,36 @@ def benchmark(argv: list[str] | None = None, *, on_row=None) -> dict:
     build = dict(device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed)
     generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
     result = {"benchmark": "generate", "rows": []}
-    for name, init_std, logit_std in (("random", 0.02, None), ("confident", 0.1, args.logit_std)):
+    inits = {"random": (0.02, None), "confident": (0.1, args.logit_std)}
+    on_cuda = args.device.startswith("cuda")
+    for name in args.models:
+        init_std, logit_std = inits[name]
         model = random_llada(shape, init_std=init_std, **build)
-        prompt = torch.randint(
+        prompts = torch.randint(
             6,
             model.config.vocab_size,
-            (args.batch, args.prompt_length),
+            (max(args.batch), args.prompt_length),
             generator=generator,
             device=args.device,
         )
-        if name == "random":
+        floor_ms = weight_read_floor_ms(model, args.bandwidth_tbs) if on_cuda else None
+        if "description" not in result:
             result["description"] = describe(model, args)
-            clock = "wall s" if args.device.startswith("cuda") else "CPU s"
+            if floor_ms:
+                result["description"] += (
+                    f"weight-read floor: {floor_ms:.2f} ms per forward at {args.bandwidth_tbs:g} TB/s\n"
+                )
+            result["weight_read_floor_ms"] = floor_ms
             say(result["description"])
-            say(
-                f"| model | mode | NFE | forward tokens | {clock} | tokens/s | speed-up | NFE ratio | agree |"
-            )
-            say("|---|---|---|---|---|---|---|---|---|")
-        else:
-            sharpen(model, prompt, args.gen_length, logit_std)
-        for row in bench_model(name, model, prompt, args):
-            result["rows"].append(row)
-            say(format_row(row))
+            say(TABLE_HEADER.format(clock="wall s" if on_cuda else "CPU s"))
+        if logit_std is not None:
+            sharpen(model, prompts[:1], args.gen_length, logit_std)
+        for batch in args.batch:
+            for row in bench_model(name, model, prompts[:batch], args, floor_ms):
+                result["rows"].append(row)
+                say(format_row(row))
         del model
-        if args.device.startswith("cuda"):
+        if on_cuda:
             torch.cuda.empty_cache()
     return result
 

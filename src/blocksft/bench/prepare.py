@@ -2,7 +2,8 @@
 
 Both paths turn the same rows into records in the same process, and must produce identical records.
 The baseline is the reference ``pt.py`` loop (one ``apply_chat_template`` + one tokenizer call per
-text, per row), with its transformers-5 ``len()`` bug fixed so that its records can be compared.
+text, per row; :func:`blocksft.reference.reference_prepare`), with its transformers-5 ``len()`` bug
+fixed so that its records can be compared.
 There is no real LLaDA tokenizer on a machine without downloads, so the tokenizer is a byte-level
 BPE with LLaDA's special tokens and chat template (:func:`blocksft.tokenizer.build_tokenizer`),
 trained on the first rows with a realistic vocabulary size::
@@ -13,13 +14,21 @@ trained on the first rows with a realistic vocabulary size::
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import resource
 import time
 from functools import partial
 from pathlib import Path
+
+from blocksft.config.flags import OneLineParser
+from blocksft.config.prepare import ALPACA_PROMPT, PrepareConfig
+from blocksft.data.prepare import build_records
+from blocksft.data.prompts import encode_texts, render_conversation_texts
+from blocksft.data.tasks import open_dataset
+from blocksft.errors import BlocksftError
+from blocksft.reference import reference_prepare
+from blocksft.tokenizer import build_tokenizer
 
 
 def default_data() -> Path:
@@ -31,30 +40,8 @@ def default_data() -> Path:
     return Path("shared/data/gsm8k/train.jsonl")
 
 
-def reference_loop(dataset, tokenizer, template: str, query_field: str, response_field: str, max_len: int):
-    """The reference ``pt.py`` loop: one row at a time, one call per render and per encoding."""
-    import torch
-
-    from blocksft.data.prompts import fill_prompt
-    from blocksft.tokenizer import ASSISTANT_HEADER
-
-    records = []
-    for row in dataset:
-        user = [{"role": "user", "content": fill_prompt(template, row[query_field])}]
-        conversation = user + [{"role": "assistant", "content": row[response_field]}]
-        full_text = tokenizer.apply_chat_template(conversation, tokenize=False)[: -len(ASSISTANT_HEADER)]
-        full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-        prompt_len = len(tokenizer.apply_chat_template(user, tokenize=True, return_dict=False))
-        if len(full_ids) > max_len:
-            continue
-        records.append({"prompt_len": prompt_len, "full_ids": torch.tensor(full_ids, dtype=torch.long)})
-    return records
-
-
 def _encode_full_texts_only(dataset, tokenizer, template: str) -> None:
     """Render and encode every row's full conversation once, in one batch: what any exact path costs."""
-    from blocksft.data.prompts import encode_texts, render_conversation_texts
-
     encode_texts(
         tokenizer, render_conversation_texts(tokenizer, dataset["question"], dataset["answer"], template)
     )
@@ -85,7 +72,7 @@ def _measure(paths: dict, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blocksft bench prepare", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="blocksft bench prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(default_data()), help="JSONL with question/answer rows")
     parser.add_argument("--rows", type=int, default=0, help="use the first N rows (0 = all)")
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary of the benchmark tokenizer")
@@ -94,13 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1, help="report the best of N runs of each path")
     args = parser.parse_args(argv)
-
-    from blocksft.data.prepare import PrepareConfig, build_records
-    from blocksft.data.prompts import ALPACA_PROMPT
-    from blocksft.data.tasks import open_dataset
-    from blocksft.errors import BlocksftError
-    from blocksft.tokenizer import build_tokenizer
-
     if not Path(args.data).is_file():
         raise BlocksftError(f"--data {args.data} does not exist (GSM8K train.jsonl expected)")
     dataset = open_dataset(args.data, flag="--data")
@@ -119,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     paths = {
-        "reference loop (one row at a time)": lambda: reference_loop(
+        "reference loop (one row at a time)": lambda: reference_prepare(
             dataset, tokenizer, ALPACA_PROMPT, "question", "answer", args.max_len
         )
     }

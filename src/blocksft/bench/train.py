@@ -9,15 +9,22 @@ process; the paths take turns step by step (the order flips every round), so a c
 machine's load hits them alike. The records are MetaMathQA-like (prompt 60-140 tokens, answer up
 to ``--max-len``; :func:`blocksft.bench.noise.synthetic_examples`) or a record file (``--data``).
 
-* ``reference``: the reference scripts' path. A ``Dataset`` noises each item with per-token Python
-  (:class:`~blocksft.bench.noise.ReferenceBlockwiseDataset` / ``ReferenceFullSeqDataset``), pads
-  it to ``--max-len``, and the items are stacked; the model gets no attention mask (padding is
-  attended) and computes the full ``[B, max_len, V]`` logits; the loss is the float32
-  cross-entropy at the masked positions, each sample's mean, averaged over the samples.
-* ``ours``: what ``blocksft train`` runs with its defaults: the item plan, :class:`PadCollator`
-  (pad to the batch's longest record rounded up to 8, padding masked out of attention) and
-  :class:`TrainStep` (noising on the device, the LM head only at the loss positions).
-* the other paths change one setting of ``ours`` each (``VARIANTS``; the flags of ``blocksft train``).
+* ``reference``: the reference scripts' path as they run it (:mod:`blocksft.reference`). A
+  ``Dataset`` noises each item with per-token Python (``ReferenceBlockwiseDataset`` /
+  ``ReferenceFullSeqDataset``), pads it to ``--max-len``, and the items are stacked; the model gets
+  no attention mask (padding is attended), computes the full ``[B, max_len, V]`` logits, eagerly and
+  without gradient checkpointing (its model code has none); the loss is the float32 cross-entropy
+  at the masked positions, each sample's mean, averaged over the samples.
+* ``ours``: what ``blocksft train`` runs with its defaults on this device: the item plan,
+  :class:`PadCollator` (pad to the batch's longest record rounded up to 8, padding masked out of
+  attention), :class:`TrainStep` (noising on the device, the LM head only at the loss positions),
+  and ``--torch-compile``, ``--gradient-checkpointing`` and ``--group-by-length`` at ``auto``,
+  resolved as ``blocksft train`` resolves them (:mod:`blocksft.train.speed`; on CPU all off).
+* the other paths change settings of ``ours`` (``VARIANTS``; the flags of ``blocksft train``):
+  ``eager`` (no compiling, no grouping), ``fast`` (compiled, no checkpointing, grouped, chunked
+  head + CE), ``paper`` (the paper recipes' inputs: padded to ``--max-len``, padding attended) and
+  one setting each for the rest. ``--gradient-checkpointing`` sets it for every path but the
+  reference (``auto`` by default).
 
 A step is timed from building the batch to the optimizer step: data pipeline, copy to the device,
 forward, backward, gradient clipping, AdamW. ``tokens/s`` counts real (prompt + answer) tokens,
@@ -35,10 +42,14 @@ per processed token (every block weight, LoRA adapters included; padding is proc
 counts), ``2 * d_model * V`` per position whose logits are computed (all ``B x max_len`` for the
 reference, the loss positions for ours) and attention ``4 * n_layers * d_model * L`` per token.
 Backward: the forward again for activation gradients (attention twice), plus ``2 * N_trainable``
-per token for the weight gradients of the adapters (frozen weights get none). Gradient
-checkpointing's recomputed forward is not counted. The reference's padding and full logits are
-FLOPs it really computes, so its MFU can be the higher one while its tokens/s is lower: compare
-tokens/s.
+per token for the weight gradients of the adapters (frozen weights get none). In all, with
+``T = B x L`` processed tokens and ``H`` logit positions::
+
+    FLOPs = 4 N_body T + 2 N_trainable T + 4 d_model V H + 12 n_layers d_model L T
+
+Gradient checkpointing's recomputed forward is not counted (model FLOPs, not hardware FLOPs).
+The reference's padding and full logits are FLOPs it really computes, so its MFU can be the
+higher one while its tokens/s is lower: compare tokens/s.
 
 Loss check, before the timing, with dropout off and one batch noised once (the reference dataset's
 draw): the reference's loss and ours on the reference's inputs (padded to ``--max-len``, padding
@@ -57,18 +68,60 @@ import statistics
 import time
 from pathlib import Path
 
+import peft
 import torch
-import torch.nn.functional as F
+import transformers
 
-# Our paths: ``blocksft train`` settings on top of its defaults.
+from blocksft.bench.generate import TINY_SHAPE, random_llada
+from blocksft.bench.noise import synthetic_examples
+from blocksft.config.flags import OneLineParser
+from blocksft.config.train import TrainConfig, is_on
+from blocksft.data.records import load_records
+from blocksft.model.loading import resolve_dtype
+from blocksft.objectives import NoisedBatch, get_objective
+from blocksft.reference import (
+    ReferenceBlockwiseDataset,
+    ReferenceFullSeqDataset,
+    reference_collate,
+    reference_loss,
+)
+from blocksft.special_tokens import resolve_special_ids
+from blocksft.train.choices import format_choices
+from blocksft.train.items import (
+    ItemDataset,
+    TrainBatch,
+    block_schedule,
+    group_by_length,
+    plan_items,
+    round_up,
+)
+from blocksft.train.logs import write_json
+from blocksft.train.lora import apply_lora
+from blocksft.train.metrics import FlopModel, peak_flops_for
+from blocksft.train.run import build_collator, build_train_step
+from blocksft.train.speed import compile_blocks, resolve_grouping, resolve_model_speed
+
+# Our paths: ``blocksft train`` settings on top of its defaults (auto resolved for the device).
 VARIANTS = {
     "ours": {},
+    "eager": {"torch_compile": "off", "group_by_length": "off"},
+    "fast": {
+        "torch_compile": "on",
+        "gradient_checkpointing": "off",
+        "group_by_length": "on",
+        "ce_chunk_size": 1024,
+    },
+    "paper": {"pad_to_max_len": True, "attend_padding": True},
     "full-logits": {"sparse_logits": False},
     "chunked-ce": {"ce_chunk_size": 1024},
-    "grouped": {"group_by_length": True},
-    "compiled": {"torch_compile": True},
-    "ours+chunked+grouped": {"ce_chunk_size": 1024, "group_by_length": True},
+    "grouped": {"group_by_length": "on"},
+    "compiled": {"torch_compile": "on"},
+    "ours+chunked+grouped": {"ce_chunk_size": 1024, "group_by_length": "on"},
 }
+FLOPS_FORMULA = (
+    "MFU counts model FLOPs = 4 N_body T + 2 N_trainable T + 4 d_model V H + 12 n_layers d_model L T "
+    "(T = B x L processed tokens, H = positions with logits; checkpointing's recompute not counted)"
+)
 PATHS = ("reference", *VARIANTS)
 
 # The CPU default: small, but with LLaDA's vocabulary so that the LM head costs what it does.
@@ -76,7 +129,7 @@ CPU_SHAPE = dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, mlp_hidden_si
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blocksft bench train", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="blocksft bench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=["reference", "ours"])
     parser.add_argument(
         "--gpu-8b", action="store_true", help="LLaDA-8B shape, bf16, CUDA, LoRA r256, micro-batch 32"
@@ -103,15 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gradient-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="for every path (default: on with --gpu-8b, else off)",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="for every path but the reference (auto: blocksft train's rule; off on CPU)",
     )
     parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on CUDA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak for MFU (known GPUs: auto)"
+    )
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile's backend (tests: eager, no codegen)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -124,38 +180,21 @@ def parse_args(argv) -> argparse.Namespace:
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") or args.gpu_8b else "fp32")
     args.micro_batch = args.micro_batch or (32 if args.gpu_8b else 8)
     args.lora_r = args.lora_r or (256 if args.gpu_8b else 16)
-    if args.gradient_checkpointing is None:
-        args.gradient_checkpointing = args.gpu_8b
     return args
 
 
 # ----- The reference's path ---------------------------------------------------------------------
 
 
-def reference_loss(
-    model, noisy_ids: torch.Tensor, input_ids: torch.Tensor, mask_flags: torch.Tensor, attention_mask=None
-) -> torch.Tensor:
-    """The reference's loss: full ``[B, L, V]`` logits, then the float32 CE at the masked positions,
-    each sample's mean over its masked positions, and the mean over samples (a sample without any
-    counts 0). Of the two usual ways to write it, this is the cheaper one (CE at the masked
-    positions only, not at all ``B x L``), so that the comparison does not flatter our path."""
-    logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
-    ce = F.cross_entropy(logits[mask_flags].float(), input_ids[mask_flags], reduction="none")  # [N]
-    per_position = torch.zeros(mask_flags.shape, dtype=ce.dtype, device=ce.device).masked_scatter(
-        mask_flags, ce
-    )
-    return (per_position.sum(1) / mask_flags.sum(1).clamp(min=1)).mean()
-
-
 class ReferencePath:
     """Per-item Python noising in a Dataset, padding to ``max_len``, stacking, then the full logits."""
 
-    compiled = False
+    compiled = checkpointing = False
+    settings = "eager, no checkpointing, padded to max_len, full logits, no mask"
 
     def __init__(self, records, order, args, model_config, device):
-        from blocksft.bench.noise import ReferenceBlockwiseDataset, ReferenceFullSeqDataset
-
-        ids = dict(mask_id=model_config.mask_token_id, pad_id=model_config.pad_token_id, seed=args.seed)
+        special = resolve_special_ids(None, model_config)  # a random model: its config's ids
+        ids = dict(mask_id=special.mask, pad_id=special.pad, seed=args.seed)
         if args.objective == "blockwise":
             self.dataset = ReferenceBlockwiseDataset(
                 records, block_size=args.block_size, max_len=args.max_len, **ids
@@ -166,8 +205,6 @@ class ReferencePath:
         self.cursor = 0
 
     def __call__(self, model):
-        from blocksft.bench.noise import reference_collate
-
         indices = self.order[self.cursor : self.cursor + self.micro_batch]
         self.cursor += self.micro_batch
         batch = reference_collate([self.dataset[i] for i in indices])  # what its DataLoader does
@@ -192,48 +229,70 @@ class StepShape:
 
 
 class OurPath:
-    """``blocksft train``'s data path and :class:`TrainStep` with one set of settings."""
+    """``blocksft train``'s data path and :class:`TrainStep`, built by ``run_train``'s own builders
+    from a :class:`~blocksft.config.train.TrainConfig` whose speed settings are resolved."""
 
-    def __init__(self, settings, records, objective, args, model_config, device, steps: int):
-        from blocksft.schedule import BlockSchedule
-        from blocksft.train.data import ItemDataset, PadCollator, group_by_length, plan_items
-        from blocksft.train.trainer import TrainStep
-
-        prompt_lens = [int(r["prompt_len"]) for r in records]
-        answer_lens = [len(r["full_ids"]) - p for r, p in zip(records, prompt_lens)]
-        counts = objective.block_counts(prompt_lens, answer_lens)
-        schedule = BlockSchedule(counts or [1] * len(records), seed=args.seed)
-        items = plan_items(schedule, 1, blockwise=objective.blockwise)[: steps * args.micro_batch]
-        if settings.group_by_length:
+    def __init__(self, config, records, objective, model_config, device, steps: int):
+        items = plan_items(block_schedule(config, objective, records), 1, blockwise=objective.blockwise)
+        items = items[: steps * config.micro_batch]
+        if is_on(config.group_by_length):
             items = group_by_length(
                 items,
                 [len(r["full_ids"]) for r in records],
-                slice_size=args.micro_batch,
-                window=settings.length_group_steps * args.micro_batch,
-                seed=args.seed,
+                slice_size=config.micro_batch,
+                window=config.length_group_steps * config.micro_batch,
+                seed=config.seed,
             )
         self.dataset = ItemDataset(records, items)
-        self.collate = PadCollator(pad_id=model_config.pad_token_id, multiple_of=settings.pad_to_multiple_of)
-        self.step = TrainStep(
-            objective,
-            seed=args.seed,
-            sparse_logits=settings.sparse_logits,
-            ce_chunk_size=settings.ce_chunk_size,
-        )
-        self.compiled = settings.torch_compile
-        self.micro_batch, self.device, self.cursor = args.micro_batch, device, 0
+        self.collate = build_collator(config, objective, resolve_special_ids(None, model_config).pad)
+        self.step = build_train_step(config, objective)
+        self.compiled, self.checkpointing = is_on(config.torch_compile), is_on(config.gradient_checkpointing)
+        self.micro_batch, self.device, self.cursor = config.micro_batch, device, 0
+        self.settings = describe_settings(config)
 
     def __call__(self, model):
         batch = self.collate([self.dataset[k] for k in range(self.cursor, self.cursor + self.micro_batch)])
         self.cursor += self.micro_batch
-        tokens = int((batch["prompt_lens"] + batch["answer_lens"]).sum())
-        batch = {
-            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-        }
+        tokens = int((batch.prompt_lens + batch.answer_lens).sum())
+        batch = batch.to(self.device, non_blocking=True)
         loss, loss_mask = self.step(model, batch)
         b, seq_len = loss_mask.shape
         positions = loss_mask.sum() if self.step.sparse_logits else b * seq_len
         return loss, StepShape(b, tokens, seq_len, positions)
+
+
+def describe_settings(config) -> str:
+    """A path's settings in a few words (the report's column)."""
+    parts = [
+        "compiled" if config.torch_compile == "on" else "eager",
+        "checkpointing" if config.gradient_checkpointing == "on" else "no checkpointing",
+        "grouped" if config.group_by_length == "on" else "not grouped",
+        f"padded to {'max_len' if config.pad_to_max_len else 'longest'}",
+    ]
+    if config.attend_padding:
+        parts.append("padding attended")
+    if not config.sparse_logits:
+        parts.append("full logits")
+    if config.ce_chunk_size:
+        parts.append(f"chunked CE {config.ce_chunk_size}")
+    return ", ".join(parts)
+
+
+def path_config(name: str, args, model, objective):
+    """The :class:`TrainConfig` of our path ``name``: the bench's shape, the variant's settings,
+    ``auto`` resolved as ``run_train`` resolves it for this model and device; and the choices."""
+    shape = dict(
+        objective=args.objective,
+        micro_batch=args.micro_batch,
+        max_len=args.max_len,
+        block_size=args.block_size,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    config = TrainConfig(**{**shape, **VARIANTS[name]})
+    on_gpu = torch.device(args.device).type == "cuda"
+    choices = [resolve_grouping(config, on_gpu), *resolve_model_speed(config, model, objective, on_gpu)]
+    return dataclasses.replace(config, **{c.setting: c.ran for c in choices}), choices
 
 
 # ----- Measuring ----------------------------------------------------------------------------------
@@ -281,17 +340,41 @@ def set_compiled(blocks, compiled_forwards) -> None:
             block.forward = compiled_forwards[k]
 
 
-def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flops) -> dict:
+def set_checkpointing(blocks, on: bool) -> None:
+    for block in blocks:
+        block.gradient_checkpointing = on
+
+
+class PathSwitch:
+    """Puts the model in a path's mode before its step: compiled blocks or eager, checkpointing or not."""
+
+    def __init__(self, model, paths: dict, backend: str = "inductor"):
+        self.blocks = model.get_base_model().blocks
+        self.compiled_forwards = None
+        self.notes: list[str] = []
+        if any(path.compiled for path in paths.values()):
+            compile_blocks(model, backend=backend, on_fallback=self._fell_back)
+            self.compiled_forwards = [block.__dict__.pop("forward") for block in self.blocks]
+        if any(path.checkpointing for path in paths.values()):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _fell_back(self, note: str) -> None:
+        self.notes.append(note)
+        self.compiled_forwards = None
+
+    def __call__(self, path) -> None:
+        set_compiled(self.blocks, self.compiled_forwards if path.compiled else None)
+        set_checkpointing(self.blocks, path.checkpointing)
+
+    def reset(self) -> None:
+        set_compiled(self.blocks, None)
+        set_checkpointing(self.blocks, False)
+
+
+def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flops, switch) -> dict:
     """Alternate the paths step by step; per-path lists of step seconds, shapes, memory and losses."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    blocks = model.get_base_model().blocks
-    compiled_forwards = None
-    if any(path.compiled for path in paths.values()):
-        from blocksft.train.run import compile_blocks
-
-        compile_blocks(model)
-        compiled_forwards = [block.__dict__.pop("forward") for block in blocks]
     probe = MemoryProbe(device)
     records = {name: [] for name in paths}
     warmup_seconds = {name: [] for name in paths}  # compiling happens here
@@ -300,7 +383,7 @@ def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flo
     for round_ in range(args.warmup + args.steps):
         for name in names if round_ % 2 == 0 else names[::-1]:
             path = paths[name]
-            set_compiled(blocks, compiled_forwards if path.compiled else None)
+            switch(path)
             sync()
             before = probe.start()
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -331,10 +414,11 @@ def time_paths(model, paths: dict, optimizer, args, device, flop_model, peak_flo
                         loss=float(loss.detach()),
                     )
                 )
-    set_compiled(blocks, None)
+    switch.reset()
     summaries = {name: summarise(steps, peak_flops) for name, steps in records.items()}
     for name, seconds in warmup_seconds.items():
         summaries[name]["warmup_s"] = seconds
+        summaries[name]["settings"] = paths[name].settings
     return summaries | {"memory": probe.kind}
 
 
@@ -362,12 +446,9 @@ def summarise(steps: list[dict], peak_flops: float | None) -> dict:
     }
 
 
-def loss_checks(model, paths: dict, records, args, model_config, device) -> list[dict]:
-    """The losses of every path on one batch noised once by the reference's dataset (dropout off)."""
-    from blocksft.bench.noise import reference_collate
-    from blocksft.objectives import NoisedBatch
-    from blocksft.train.data import round_up
-
+def loss_checks(model, paths: dict, records, args, model_config, device, switch) -> list[dict]:
+    """The losses of every path on one batch noised once by the reference's dataset (dropout off),
+    each path in its own mode (compiled blocks where it compiles)."""
     reference = ReferencePath(records, list(range(len(records))), args, model_config, device)
     indices = list(range(args.micro_batch))
     batch = reference_collate([reference.dataset[i] for i in indices])
@@ -386,31 +467,38 @@ def loss_checks(model, paths: dict, records, args, model_config, device) -> list
         for name, path in paths.items():
             if name == "reference":
                 continue
-            full = dict(
+            switch(path)
+            rows = torch.tensor(indices, device=device)
+            full = TrainBatch(
                 input_ids=ids,
                 attention_mask=attention,
                 prompt_lens=prompt,
                 answer_lens=lengths - prompt,
                 block_index=blocks,
+                sample_ids=rows,
+                item_ids=rows,
                 first_item=0,
+                has_padding=True,
             )
             noised = NoisedBatch(noisy, flags, torch.ones(len(indices), device=device))
             same_inputs = float(dataclasses.replace(path.step, attend_padding=True).loss(model, full, noised))
-            cut = round_up(int(lengths.max()), path.collate.multiple_of)
-            own = {k: v[:, :cut] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in full.items()}
+            cut = path.collate.pad_to or round_up(int(lengths.max()), path.collate.multiple_of)
+            own = dataclasses.replace(full, input_ids=ids[:, :cut], attention_mask=attention[:, :cut])
             own_noised = NoisedBatch(noisy[:, :cut], flags[:, :cut], noised.p)
             own_loss = float(path.step.loss(model, own, own_noised))
+            own_reference = attended if path.step.attend_padding else masked  # the paper recipes attend
             checks.append(
                 dict(
                     path=name,
                     reference_attending_padding=attended,
                     ours_on_reference_inputs=same_inputs,
-                    reference_padding_masked=masked,
+                    reference_on_own_inputs=own_reference,
                     ours_on_own_inputs=own_loss,
                     same=abs(same_inputs - attended) <= tolerance * abs(attended)
-                    and abs(own_loss - masked) <= tolerance * abs(masked),
+                    and abs(own_loss - own_reference) <= tolerance * abs(own_reference),
                 )
             )
+    switch.reset()
     model.train()
     return checks
 
@@ -419,8 +507,6 @@ def loss_checks(model, paths: dict, records, args, model_config, device) -> list
 
 
 def model_shape(args) -> dict:
-    from blocksft.bench.generate import TINY_SHAPE
-
     if args.tiny:
         return dict(TINY_SHAPE)
     if args.gpu_8b:
@@ -438,11 +524,7 @@ def model_shape(args) -> dict:
 
 
 def bench_records(args, vocab: int, count: int) -> list[dict]:
-    from blocksft.bench.noise import synthetic_examples
-
     if args.data:
-        from blocksft.data.records import load_records
-
         records = load_records(args.data, max_len=args.max_len)
         if len(records) < count:
             raise SystemExit(f"--data {args.data}: {len(records)} records, the run needs {count}")
@@ -461,13 +543,6 @@ def bench_records(args, vocab: int, count: int) -> list[dict]:
 
 def benchmark(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns everything it measured (what ``main`` prints)."""
-    from blocksft.bench.generate import random_llada
-    from blocksft.model.loading import resolve_dtype
-    from blocksft.objectives import get_objective
-    from blocksft.train.config import TrainConfig
-    from blocksft.train.lora import apply_lora
-    from blocksft.train.metrics import FlopModel, peak_flops_for
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -475,57 +550,41 @@ def benchmark(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
 
     # ----- Model: random weights made once on the device, LoRA, AdamW -----
-    model = random_llada(
-        model_shape(args), device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed
-    )
-    model, lora = apply_lora(
-        model, targets=args.lora_targets, r=args.lora_r, alpha=2.0 * args.lora_r, dropout=0.05
-    )
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.95)
-    )
+    model, lora, optimizer = build_model(args)
     config = model.get_base_model().config
 
     # ----- Records and paths -----
     rounds = args.warmup + args.steps
     records = bench_records(args, config.vocab_size, rounds * args.micro_batch)
-    objective = get_objective(args.objective, mask_id=config.mask_token_id, block_size=args.block_size)
+    mask_id = resolve_special_ids(None, config).mask  # a random model: its config's ids
+    objective = get_objective(args.objective, mask_id=mask_id, block_size=args.block_size)
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    paths = {}
+    paths, choices = {}, {}
     for name in args.paths:
         if name == "reference":
             paths[name] = ReferencePath(records, order, args, config, device)
         else:
-            settings = dataclasses.replace(TrainConfig(), **VARIANTS[name])
-            paths[name] = OurPath(settings, records, objective, args, config, device, rounds)
+            settings, resolved = path_config(name, args, model, objective)
+            choices[name] = format_choices(resolved)
+            paths[name] = OurPath(settings, records, objective, config, device, rounds)
+    switch = PathSwitch(model, paths, backend=args.compile_backend)
 
     # ----- Loss check, then the timed steps -----
-    checks = loss_checks(model, paths, records, args, config, device)
-    body = sum(p.numel() for n, p in model.named_parameters() if ".blocks." in n)
-    flop_model = FlopModel(
-        body_params=body,
-        trained_params=lora.trainable_params,
-        head_params=config.d_model * config.embedding_size,
-        n_layers=config.n_layers,
-        d_model=config.d_model,
+    checks = loss_checks(model, paths, records, args, config, device, switch)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    timings = time_paths(
+        model,
+        paths,
+        optimizer,
+        args,
+        device,
+        flop_model_of(model, lora),
+        peak_flops_of(args, device_name),
+        switch,
     )
-    on_cuda = device.type == "cuda"
-    device_name = (
-        torch.cuda.get_device_name(device) if on_cuda else platform.processor() or platform.machine()
-    )
-    peak_flops = (
-        args.peak_tflops * 1e12 if args.peak_tflops else (peak_flops_for(device_name) if on_cuda else None)
-    )
-    timings = time_paths(model, paths, optimizer, args, device, flop_model, peak_flops)
-    import peft
-    import transformers
-
     return {
         "benchmark": "train",
-        "device": device_name,
+        "device": device_name or platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "versions": {
             "torch": torch.__version__,
@@ -535,27 +594,63 @@ def benchmark(argv: list[str] | None = None) -> dict:
         "shape": "LLaDA-8B" if args.gpu_8b and not args.tiny else model_shape(args),
         "parameters": sum(p.numel() for p in model.parameters()),
         "lora": lora.summary(),
-        "settings": {
-            k: getattr(args, k)
-            for k in (
-                "objective",
-                "micro_batch",
-                "max_len",
-                "lora_r",
-                "dtype",
-                "gradient_checkpointing",
-                "steps",
-            )
-        }
-        | {
-            "records": "file " + args.data
-            if args.data
-            else ("full-length" if args.full_length else "synthetic")
-        },
+        "settings": run_settings(args),
         "memory": timings.pop("memory"),
         "paths": timings,
+        "choices": choices,
+        "compile_notes": switch.notes,
         "checks": checks,
     }
+
+
+def build_model(args):
+    """A random LLaDA of the bench's shape made on its device, LoRA on it, and AdamW over the adapters."""
+    model = random_llada(
+        model_shape(args), device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed
+    )
+    model, lora = apply_lora(
+        model, targets=args.lora_targets, r=args.lora_r, alpha=2.0 * args.lora_r, dropout=0.05
+    )
+    model.train()
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.95)
+    )
+    return model, lora, optimizer
+
+
+def flop_model_of(model, lora) -> FlopModel:
+    """The FLOP count of a step of the bench's model (its recompute left out: model FLOPs)."""
+    config = model.get_base_model().config
+    return FlopModel(
+        body_params=sum(p.numel() for n, p in model.named_parameters() if ".blocks." in n),
+        trained_params=lora.trainable_params,
+        head_params=config.d_model * config.embedding_size,
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+    )
+
+
+def peak_flops_of(args, device_name: str | None) -> float | None:
+    """The device's dense bf16 peak for MFU: ``--peak-tflops``, else a known GPU's, else none."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    return peak_flops_for(device_name) if device_name else None
+
+
+def run_settings(args) -> dict:
+    """The settings the report prints, and where the records came from."""
+    names = (
+        "objective",
+        "micro_batch",
+        "max_len",
+        "lora_r",
+        "dtype",
+        "gradient_checkpointing",
+        "steps",
+        "warmup",
+    )
+    records = "file " + args.data if args.data else ("full-length" if args.full_length else "synthetic")
+    return {name: getattr(args, name) for name in names} | {"records": records}
 
 
 def format_report(result: dict) -> str:
@@ -568,10 +663,14 @@ def format_report(result: dict) -> str:
         "settings: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()),
         result["lora"],
         f"peak memory: {result['memory']}; 'step' = peak minus what was held before the step",
+        FLOPS_FORMULA,
+        *(f"{name}: {text}" for name, text in result["choices"].items()),
+        *(f"note: {note}" for note in result["compile_notes"]),
         "",
         "| path | padded len | s/step min | s/step median | samples/s | tokens/s (median) | tokens/s (best) "
-        "| speed-up (median) | speed-up (best) | speed-up (CPU time) | peak MiB | step MiB | MFU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| speed-up (median) | speed-up (best) | speed-up (CPU time) | peak MiB | step MiB | MFU "
+        "| settings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in paths.items():
         ratio = ratio_best = ratio_cpu = "-"
@@ -594,6 +693,7 @@ def format_report(result: dict) -> str:
             f"{row['peak_memory_mib']:.0f}",
             f"{row['step_memory_mib']:.0f}",
             mfu,
+            row["settings"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if result["checks"]:
@@ -602,7 +702,7 @@ def format_report(result: dict) -> str:
             lines.append(
                 f"  {c['path']}: reference's inputs (padding attended): reference "
                 f"{c['reference_attending_padding']:.6f} ours {c['ours_on_reference_inputs']:.6f}; "
-                f"own inputs (padding masked): reference {c['reference_padding_masked']:.6f} ours "
+                f"own inputs: reference {c['reference_on_own_inputs']:.6f} ours "
                 f"{c['ours_on_own_inputs']:.6f} -> " + ("same" if c["same"] else "DIFFERENT")
             )
     return "\n".join(lines)
@@ -613,8 +713,6 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(result), flush=True)
     args = parse_args(argv)
     if args.json:
-        from blocksft.train.logs import write_json
-
         write_json(Path(args.json), result)
     return 0 if all(c["same"] for c in result["checks"]) else 1
 

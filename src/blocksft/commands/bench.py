@@ -4,10 +4,11 @@ import argparse
 import importlib
 import pkgutil
 
+import blocksft.bench
+from blocksft.errors import BlocksftError
+
 
 def available_benchmarks() -> list[str]:
-    import blocksft.bench
-
     return sorted(m.name for m in pkgutil.iter_modules(blocksft.bench.__path__) if not m.name.startswith("_"))
 
 
@@ -21,8 +22,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from blocksft.errors import BlocksftError
-
     names = available_benchmarks()
     if args.name not in names:
         raise BlocksftError(f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'}")

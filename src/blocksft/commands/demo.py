@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+from blocksft.config.flags import add_dataclass_arguments, build_config
+from blocksft.demo import run_demo
+from blocksft.demo.config import DemoConfig
+
 
 def add_arguments(parser) -> None:
-    from blocksft.config import add_dataclass_arguments
-    from blocksft.demo.config import DemoConfig
-
     parser.add_argument("--config", default=None, metavar="YAML", help="read settings from a YAML file")
     add_dataclass_arguments(parser, DemoConfig)
 
 
 def run(args) -> int:
-    from blocksft.config import build_config
-    from blocksft.demo import DemoConfig, run_demo
-
     config = build_config(DemoConfig, args, args.config)
     result = run_demo(config)
     summary = result.report.read_text().split("![accuracy")[0].split("\n", 2)[2]  # below the title

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+from blocksft.config.eval import EvalConfig
+from blocksft.config.flags import add_dataclass_arguments, build_config
+from blocksft.config.sampler import SamplerConfig
+from blocksft.evaluate import results
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from blocksft.config import add_dataclass_arguments
-    from blocksft.evaluate.config import EvalConfig
-    from blocksft.generation.options import SamplerConfig
-
     add_dataclass_arguments(parser, EvalConfig)
     sampler = parser.add_argument_group("decoding (the sampler's settings)")
     add_dataclass_arguments(sampler, SamplerConfig, exclude=("block_length",))
@@ -27,21 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blocksft.config import build_config
-    from blocksft.evaluate import results
-
     if args.compare:
         print(results.format_comparison(results.compare_files(*args.compare)))
         return 0
-
-    from blocksft.evaluate.config import EvalConfig
-    from blocksft.evaluate.runner import run_eval
-    from blocksft.generation.options import SamplerConfig
-
     config = build_config(EvalConfig, args)
     # --block-length may be a list (the grid): the sampler is checked with each value in run_eval.
     sampler_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "block_length"})
     sampler_args.block_length = config.block_lengths[0]
     sampler = build_config(SamplerConfig, sampler_args)
+    from blocksft.evaluate.runner import run_eval  # the heavy part (torch, the model) loads only now
+
     run_eval(config, sampler)
     return 0

@@ -5,38 +5,18 @@ for LLaDA by default: the base's own), config with ``auto_map``, modeling files,
 adapter under ``adapter/``.
 """
 
-from dataclasses import dataclass, field
-from typing import Literal
-
-
-@dataclass
-class MergeConfig:
-    """What ``blocksft merge`` merges, and into what."""
-
-    base: str = field(default="GSAI-ML/LLaDA-8B-Instruct", metadata={"help": "base model: hub id or folder"})
-    adapter: str = field(default="", metadata={"help": "PEFT LoRA adapter folder (adapter_config.json)"})
-    output: str = field(default="", metadata={"help": "checkpoint folder to create (must not exist)"})
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(
-        default="auto", metadata={"help": "merged weights' dtype (auto = the base checkpoint's)"}
-    )
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer to save (default: the base's)"})
-
-    def __post_init__(self):
-        if not self.adapter or not self.output:
-            raise ValueError("--adapter and --output are required")
+from blocksft.config.flags import add_dataclass_arguments, build_config
+from blocksft.config.merge import MergeConfig
 
 
 def add_arguments(parser) -> None:
-    from blocksft.config import add_dataclass_arguments
-
     add_dataclass_arguments(parser, MergeConfig)
 
 
 def run(args) -> int:
-    from blocksft.config import build_config
-    from blocksft.train.checkpoint import merge_adapter
-
     config = build_config(MergeConfig, args)
+    from blocksft.train.export import merge_adapter  # the heavy part (torch, PEFT) loads only now
+
     output = merge_adapter(
         config.base, config.adapter, config.output, dtype=config.dtype, tokenizer=config.tokenizer
     )

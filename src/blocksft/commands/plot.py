@@ -1,10 +1,10 @@
 """`blocksft plot RUN [RUN ...] --output loss.png`: loss curves of several runs in one PNG."""
 
+from blocksft.config.flags import add_dataclass_arguments, build_config
+from blocksft.config.plot import PlotConfig
+
 
 def add_arguments(parser) -> None:
-    from blocksft.config import add_dataclass_arguments
-    from blocksft.train.plot import PlotConfig
-
     parser.add_argument(
         "runs", nargs="+", help="<ckpt_dir>_logs folders, checkpoint roots or train_loss.csv files"
     )
@@ -12,9 +12,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from blocksft.config import build_config
-    from blocksft.train.plot import PlotConfig, plot_runs
+    config = build_config(PlotConfig, args)
+    from blocksft.train.plot import plot_runs  # matplotlib loads only now
 
-    output = plot_runs(args.runs, build_config(PlotConfig, args))
-    print(f"wrote {output}")
+    print(f"wrote {plot_runs(args.runs, config)}")
     return 0

@@ -8,11 +8,11 @@ file). Under a launcher use the module form, which also accepts the ``--local_ra
 
 import argparse
 
+from blocksft.config.flags import add_dataclass_arguments, build_config
+from blocksft.config.train import TrainConfig, available_recipes, resolve_recipe
+
 
 def add_arguments(parser) -> None:
-    from blocksft.config import add_dataclass_arguments
-    from blocksft.train.config import TrainConfig, available_recipes
-
     parser.add_argument(
         "--config",
         help=f"YAML recipe: a file, or a shipped name ({', '.join(available_recipes())}); flags override it",
@@ -22,18 +22,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
 
 
-def build_train_config(args):
+def build_train_config(args) -> TrainConfig:
     """The :class:`TrainConfig` for parsed arguments: defaults < recipe < flags."""
-    from blocksft.config import build_config
-    from blocksft.train.config import TrainConfig, resolve_recipe
-
     recipe = resolve_recipe(args.config) if args.config else None
     return build_config(TrainConfig, args, recipe)
 
 
 def run(args) -> int:
     config = build_train_config(args)
-    from blocksft.train.run import run_train
+    from blocksft.train.run import run_train  # the heavy part (torch, transformers) loads only now
 
     run_train(config)
     return 0

@@ -24,108 +24,30 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
+import datasets
+import torch
+
+import blocksft
+from blocksft.config.flags import config_to_dict
+from blocksft.config.prepare import PrepareConfig
+from blocksft.data.prepare_report import PrepareCounts, PrepareResult, write_histogram_plot
 from blocksft.data.prompts import (
-    ALPACA_PROMPT,
     chat_template_appends_header,
     encode_texts,
     load_prompt_template,
     render_conversation_texts,
     render_prompt_texts,
 )
+from blocksft.data.records import save_records, tokenizer_fingerprint
+from blocksft.data.tasks import open_dataset, quiet_datasets, require_columns
 from blocksft.errors import BlocksftError
+from blocksft.outputs import check_output_path, claim
+from blocksft.progress import progress
+from blocksft.special_tokens import require_mask_token, special_text_pattern, special_text_problem
+from blocksft.tokenizer import load_tokenizer
 
 TYPE_FIELD = "type"
-
-
-@dataclass
-class PrepareConfig:
-    """Everything ``blocksft prepare`` does is set here; defaults are the reference ``pt.py``'s."""
-
-    output: str = field(default="MathQA_256.pt", metadata={"help": "record file to write (.pt)"})
-    model: str = field(
-        default="GSAI-ML/LLaDA-8B-Instruct",
-        metadata={"help": "tokenizer (hub id or local folder) whose chat template renders the data"},
-    )
-    dataset: str = field(
-        default="meta-math/MetaMathQA",
-        metadata={"help": "hub dataset id, or a local .jsonl/.json/.parquet file or folder"},
-    )
-    split: str = field(default="train", metadata={"help": "dataset split (hub datasets and folders)"})
-    dataset_config: str | None = field(
-        default=None, metadata={"help": "hub dataset configuration, for datasets that have several"}
-    )
-    max_len: int = field(
-        default=256, metadata={"help": "drop (never truncate) samples with more tokens than this"}
-    )
-    max_samples: int = field(
-        default=20000, metadata={"help": "keep at most this many samples, in dataset order (0 = all)"}
-    )
-    filter_type: str = field(
-        default="GSM", metadata={"help": "skip rows whose 'type' field contains this text ('' keeps all)"}
-    )
-    query_field: str = field(default="query", metadata={"help": "field holding the question"})
-    response_field: str = field(default="response", metadata={"help": "field holding the answer"})
-    prompt_template: str = field(
-        default=ALPACA_PROMPT,
-        metadata={"help": "prompt text with {query}, or a path to a text file holding it (the reference's)"},
-    )
-    num_proc: int = field(
-        default=1,
-        metadata={"help": "processes for datasets.map (a fast tokenizer already uses several threads)"},
-    )
-    batch_size: int = field(default=1000, metadata={"help": "rows rendered and tokenized per batch"})
-    on_boundary_mismatch: Literal["split", "error", "skip"] = field(
-        default="split",
-        metadata={
-            "help": "a row whose tokens merge across the prompt/answer boundary: 'split' encodes its "
-            "prompt and answer apart, so the prompt has the ids it has at inference (counted and "
-            "reported); 'error' stops; 'skip' drops the row (counted)"
-        },
-    )
-    block_size: int = field(default=32, metadata={"help": "block size for the blocks-per-answer histogram"})
-    plot: bool = field(default=False, metadata={"help": "also write the histograms to <output>.png"})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "allow the tokenizer's own code from the hub"}
-    )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
-
-    def __post_init__(self):
-        for name in ("output", "model", "dataset", "query_field", "response_field", "prompt_template"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
-        if self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1, not {self.max_len}")
-        if self.max_samples < 0:
-            raise ValueError(f"max_samples must be >= 0 (0 = all), not {self.max_samples}")
-        for name in ("num_proc", "batch_size", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-
-
-@dataclass
-class PrepareCounts:
-    """What happened to the rows, up to the row where ``max_samples`` was reached."""
-
-    rows_read: int = 0
-    skipped_by_type: int = 0
-    dropped_too_long: int = 0
-    skipped_boundary_mismatch: int = 0
-    split_at_boundary: int = 0
-    kept: int = 0
-
-
-@dataclass
-class PrepareResult:
-    """The records (``[{"prompt_len": int, "full_ids": LongTensor}]``), counts and where they went."""
-
-    records: list[dict]
-    counts: PrepareCounts
-    output: Path | None = None
-    sidecar: Path | None = None
-    plot: Path | None = None
-    seconds: float = 0.0
 
 
 @dataclass
@@ -158,6 +80,7 @@ def encode_batch(
     response_field: str,
     appends_header: bool,
     max_len: int,
+    special_text=None,
 ) -> dict[str, list]:
     """Render and tokenize a batch of rows (the ``datasets.map`` function).
 
@@ -168,11 +91,18 @@ def encode_batch(
         Columns ``length`` (tokens of the full conversation), ``full_ids`` and ``prompt_len`` (rows
         that fit; ``[]`` and ``-1`` otherwise), ``boundary_ok`` (``full_ids[:prompt_len]`` equals
         the user-only ids), ``mismatch_prompt_ids`` (the user-only ids where it does not) and
-        ``problem`` (why a row is unusable, ``""`` for good rows).
+        ``problem`` (why a row is unusable, ``""`` for good rows), ``special_text`` (why a row is not
+        encoded: it holds a special token's text, found by the ``special_text`` pattern).
     """
     queries, responses = batch[query_field], batch[response_field]
     problems = [_row_problem(q, r, query_field, response_field) for q, r in zip(queries, responses)]
-    good = [i for i, problem in enumerate(problems) if not problem]
+    specials = [
+        ""
+        if problem or special_text is None
+        else special_text_problem({query_field: q, response_field: r}, special_text)
+        for problem, q, r in zip(problems, queries, responses)
+    ]
+    good = [i for i, (problem, special) in enumerate(zip(problems, specials)) if not (problem or special)]
     full_texts = render_conversation_texts(
         tokenizer,
         [queries[i] for i in good],
@@ -182,7 +112,7 @@ def encode_batch(
     )
     n = len(queries)
     out = {"length": [0] * n, "full_ids": [[]] * n, "prompt_len": [-1] * n, "boundary_ok": [False] * n}
-    out["mismatch_prompt_ids"], out["problem"] = [[]] * n, problems
+    out["mismatch_prompt_ids"], out["problem"], out["special_text"] = [[]] * n, problems, specials
     fitting, full_text_of = [], dict(zip(good, full_texts))
     for i, full in zip(good, encode_texts(tokenizer, full_texts)):
         out["length"][i] = len(full)
@@ -205,8 +135,6 @@ def encode_batch(
 
 
 def _encoded_features():
-    import datasets
-
     id_list = getattr(datasets, "List", datasets.Sequence)(datasets.Value("int32"))
     return datasets.Features(
         {
@@ -217,6 +145,7 @@ def _encoded_features():
             "mismatch_prompt_ids": id_list,
             "split_full_ids": id_list,
             "problem": datasets.Value("string"),
+            "special_text": datasets.Value("string"),
         }
     )
 
@@ -244,20 +173,20 @@ def _next_chunk_size(remaining: int, wanted: int, kept: int, scanned: int) -> in
     return min(remaining, math.ceil((wanted - kept) / max(keep_rate, 0.05) * 1.1) + 64)
 
 
-def _encode_rows(subset, encode, config: PrepareConfig, chunk_number: int) -> dict[str, list]:
+def _encode_rows(subset, encode, config: PrepareConfig) -> dict[str, list]:
     num_proc = config.num_proc if config.num_proc > 1 and len(subset) > config.num_proc else None
-    mapped = subset.map(
-        encode,
-        batched=True,
-        batch_size=config.batch_size,
-        num_proc=num_proc,
-        remove_columns=subset.column_names,
-        features=_encoded_features(),
-        keep_in_memory=True,
-        # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
-        new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
-        desc=f"Tokenizing{f' (part {chunk_number})' if chunk_number > 1 else ''}",
-    )
+    with quiet_datasets():  # progress is ours (per chunk), not a bar per map call
+        mapped = subset.map(
+            encode,
+            batched=True,
+            batch_size=config.batch_size,
+            num_proc=num_proc,
+            remove_columns=subset.column_names,
+            features=_encoded_features(),
+            keep_in_memory=True,
+            # An explicit fingerprint: hashing the tokenizer for the cache would cost more than the work.
+            new_fingerprint=f"blocksft-prepare-{uuid.uuid4().hex}",
+        )
     return mapped.to_dict()
 
 
@@ -302,12 +231,18 @@ class _Scan:
         return self.full or bool(self.mismatches and self.config.on_boundary_mismatch == "error")
 
     def take(self, rows: list[int], columns: dict[str, list]) -> None:
-        import torch
-
         for k, row in enumerate(rows):
             if columns["problem"][k]:
                 raise BlocksftError(f"row {row} of {self.config.dataset}: {columns['problem'][k]}")
             self.scanned, self.last_row = self.scanned + 1, row
+            if columns["special_text"][k]:
+                if self.config.on_special_text == "error":
+                    raise BlocksftError(
+                        f"row {row} of {self.config.dataset}: {columns['special_text'][k]}; remove it from "
+                        "the data, or pass --on-special-text skip to drop such rows"
+                    )
+                self.counts.skipped_special_text += 1
+                continue
             length, full_ids = columns["length"][k], columns["full_ids"][k]
             self.shortest = length if self.shortest is None else min(self.shortest, length)
             split_ids = columns["split_full_ids"][k]
@@ -355,7 +290,8 @@ def _nothing_kept_error(scan: _Scan, shortest_prompt) -> BlocksftError:
         )
     return BlocksftError(
         f"no row of {source} was kept ({counts.skipped_boundary_mismatch} skipped for merging tokens "
-        "across the prompt/answer boundary); use another tokenizer or template"
+        f"across the prompt/answer boundary, {counts.skipped_special_text} for special-token text); use "
+        "another tokenizer or template, or clean the data"
     )
 
 
@@ -376,8 +312,6 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         BlocksftError: missing fields, a bad row, a template that does not end as expected, tokens
             merging across the prompt/answer boundary (unless skipped), or nothing kept.
     """
-    from blocksft.data.tasks import require_columns
-
     template = load_prompt_template(config.prompt_template) if template is None else template
     require_columns(
         dataset,
@@ -395,16 +329,20 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
         response_field=config.response_field,
         appends_header=chat_template_appends_header(tokenizer),
         max_len=config.max_len,
+        special_text=special_text_pattern(tokenizer),
     )
     scan = _Scan(config)
-    chunk_number = 0
-    while scan.scanned < len(candidates) and not scan.must_stop:
-        size = _next_chunk_size(
-            len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
-        )
-        rows = candidates[scan.scanned : scan.scanned + size]
-        chunk_number += 1
-        scan.take(rows, _encode_rows(texts.select(rows), encode, config, chunk_number))
+    # Chunks of at most a tenth of the rows (10,000 at least), so that progress shows on long data.
+    most = max(10_000, len(candidates) // 10)
+    with progress(len(candidates), "tokenizing", unit="row") as bar:
+        while scan.scanned < len(candidates) and not scan.must_stop:
+            size = _next_chunk_size(
+                len(candidates) - scan.scanned, config.max_samples, len(scan.records), scan.scanned
+            )
+            rows = candidates[scan.scanned : scan.scanned + min(size, most)]
+            before = scan.scanned
+            scan.take(rows, _encode_rows(texts.select(rows), encode, config))
+            bar.update(scan.scanned - before)
     counts = scan.finish(len(dataset))
     if scan.mismatches and config.on_boundary_mismatch == "error":
         raise _boundary_error(scan.mismatches, scan.scanned, config.dataset, tokenizer)
@@ -422,26 +360,15 @@ def build_records(dataset, tokenizer, config: PrepareConfig, template: str | Non
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
-    if output.is_dir():
-        raise BlocksftError(f"--output {output} is a folder; give a file name such as {output / 'data.pt'}")
+    check_output_path(output, "--output", kind="file")
     if output.exists() and not overwrite:
         raise BlocksftError(f"--output {output} already exists; pass --overwrite to replace it")
 
 
-def _load_tokenizer(config: PrepareConfig):
-    from blocksft.tokenizer import load_tokenizer
-
-    return load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-
-
 def build_meta(config: PrepareConfig, tokenizer, template: str, counts: PrepareCounts, command: str | None):
     """The sidecar's contents (see :mod:`blocksft.data.records`)."""
-    from blocksft import __version__
-    from blocksft.config import config_to_dict
-    from blocksft.data.records import tokenizer_fingerprint
-
     return {
-        "blocksft_version": __version__,
+        "blocksft_version": blocksft.__version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -466,21 +393,21 @@ def run_prepare(config: PrepareConfig, *, tokenizer=None, command: str | None = 
     Raises:
         BlocksftError: any bad input; nothing is written then.
     """
-    from blocksft.data.prepare_report import write_histogram_plot
-    from blocksft.data.records import save_records
-    from blocksft.data.tasks import open_dataset
-
     started = time.perf_counter()
     output = Path(config.output)
     _check_output(output, config.overwrite)
     template = load_prompt_template(config.prompt_template)
-    tokenizer = _load_tokenizer(config) if tokenizer is None else tokenizer
-    dataset = open_dataset(config.dataset, config.split, config.dataset_config)
-    result = build_records(dataset, tokenizer, config, template)
-    meta = build_meta(config, tokenizer, template, result.counts, command)
-    result.sidecar = save_records(result.records, output, meta)
-    result.output = output
-    if config.plot:
-        result.plot = write_histogram_plot(result.records, config.block_size, Path(f"{output}.png"))
+    # One writer per output: a second run on the same file stops here instead of racing this one.
+    with claim(output.with_name(f".{output.name}.lock"), f"--output {output}"):
+        if tokenizer is None:
+            tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        require_mask_token(tokenizer, "--model", config.model)
+        dataset = open_dataset(config.dataset, config.split, config.dataset_config)
+        result = build_records(dataset, tokenizer, config, template)
+        meta = build_meta(config, tokenizer, template, result.counts, command)
+        result.sidecar = save_records(result.records, output, meta, overwrite=config.overwrite)
+        result.output = output
+        if config.plot:
+            result.plot = write_histogram_plot(result.records, config.block_size, Path(f"{output}.png"))
     result.seconds = time.perf_counter() - started
     return result

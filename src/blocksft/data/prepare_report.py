@@ -1,4 +1,5 @@
-"""The end-of-run report of `blocksft prepare`: counts, answer-length and blocks-per-answer histograms.
+"""What `blocksft prepare` made and its end-of-run report: counts, answer-length and blocks-per-answer
+histograms.
 
 Text for the terminal (:func:`format_summary`) and, with ``--plot``, a PNG drawn with matplotlib's
 Agg canvas (no global backend is switched).
@@ -9,16 +10,39 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from blocksft.data.prepare import PrepareConfig, PrepareResult
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from blocksft.config.prepare import PrepareConfig
+from blocksft.data.records import answer_lengths
 
 
-def answer_lengths(records: list[dict]) -> list[int]:
-    """Answer tokens per record (``<|eot_id|>`` included)."""
-    return [len(r["full_ids"]) - r["prompt_len"] for r in records]
+@dataclass
+class PrepareCounts:
+    """What happened to the rows, up to the row where ``max_samples`` was reached."""
+
+    rows_read: int = 0
+    skipped_by_type: int = 0
+    dropped_too_long: int = 0
+    skipped_boundary_mismatch: int = 0
+    split_at_boundary: int = 0
+    skipped_special_text: int = 0
+    kept: int = 0
+
+
+@dataclass
+class PrepareResult:
+    """The records (``[{"prompt_len": int, "full_ids": LongTensor}]``), counts and where they went."""
+
+    records: list[dict]
+    counts: PrepareCounts
+    output: Path | None = None
+    sidecar: Path | None = None
+    plot: Path | None = None
+    seconds: float = 0.0
 
 
 def length_bins(values: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
@@ -63,6 +87,8 @@ def format_summary(result: PrepareResult, config: PrepareConfig) -> str:
         table.append(
             ("skipped: boundary merge", counts.skipped_boundary_mismatch, "--on-boundary-mismatch skip")
         )
+    if counts.skipped_special_text:
+        table.append(("skipped: special text", counts.skipped_special_text, "--on-special-text skip"))
     if counts.split_at_boundary:
         table.append(
             (
@@ -90,9 +116,6 @@ def format_summary(result: PrepareResult, config: PrepareConfig) -> str:
 
 def write_histogram_plot(records: list[dict], block_size: int, path: Path) -> Path:
     """Answer-length and blocks-per-answer histograms as a PNG, written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     lengths = answer_lengths(records)
     figure = Figure(figsize=(10, 4))
     FigureCanvasAgg(figure)

@@ -14,7 +14,7 @@ single user message of the model's own chat template. Two renders matter:
   is; one that ends conversations with anything else is an error.
 
 Rendering is always ``apply_chat_template(..., tokenize=False)`` followed by encoding with
-``add_special_tokens=False`` (the render already holds BOS). Nothing here imports torch.
+``add_special_tokens=False`` (the render already holds BOS).
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from blocksft.config.prepare import ALPACA_PROMPT
 from blocksft.errors import BlocksftError
 from blocksft.tokenizer import ASSISTANT_HEADER
 
 QUERY_SLOT = "{query}"
-
-# The reference's Alpaca-style wrapper (pt.py), byte for byte.
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{query}\n\n### Response: Let's think step by step."
-)
 
 # Messages used only to find out how a chat template ends a conversation.
 _PROBE_USER = "Probe question?"
@@ -57,7 +52,11 @@ def load_prompt_template(value: str) -> str:
         )
     try:
         text = path.read_text(encoding="utf-8").removesuffix("\n")
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise BlocksftError(
+            f"--prompt-template file {path} is not UTF-8 text (byte {err.start}); re-encode it as UTF-8"
+        ) from err
+    except OSError as err:
         raise BlocksftError(f"--prompt-template file {path} cannot be read: {err}") from err
     if QUERY_SLOT not in text:
         raise BlocksftError(
@@ -233,23 +232,3 @@ def render_prompt_ids(tokenizer, query: str, template: str = ALPACA_PROMPT) -> l
         The ids, ending with the assistant header's tokens.
     """
     return encode_texts(tokenizer, render_prompt_texts(tokenizer, [query], template))[0]
-
-
-def render_conversation_ids(
-    tokenizer, query: str, response: str, template: str = ALPACA_PROMPT
-) -> tuple[list[int], int]:
-    """``(full_ids, prompt_len)`` of one training record, as ``blocksft prepare`` builds it.
-
-    Raises:
-        BlocksftError: the template does not end as expected, or the tokenizer merges tokens across
-            the prompt/answer boundary (``full_ids[:prompt_len]`` differs from the prompt's ids).
-    """
-    prompt_ids = render_prompt_ids(tokenizer, query, template)
-    (full_text,) = render_conversation_texts(tokenizer, [query], [response], template)
-    (full_ids,) = encode_texts(tokenizer, [full_text])
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise BlocksftError(
-            f"tokenizer {_model_name(tokenizer)!r} tokenizes the prompt differently when the answer "
-            f"follows it (query {query[:40]!r}); prompt_len would not mark the answer start"
-        )
-    return full_ids, len(prompt_ids)

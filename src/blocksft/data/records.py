@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from blocksft.errors import BlocksftError
-from blocksft.tokenizer import EOT, MASK
+from blocksft.outputs import publish_new
+from blocksft.special_tokens import EOT, token_id, tokenizer_mask_id
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _token_id(tokenizer, token: str) -> int | None:
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or (tokenizer.unk_token_id is not None and token_id == tokenizer.unk_token_id):
-        return None
-    return int(token_id)
-
-
 def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
     """What identifies a tokenizer for record files: name, vocabulary size and digest, special ids.
 
@@ -72,8 +66,8 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
             "bos": tokenizer.bos_token_id,
             "eos": tokenizer.eos_token_id,
             "pad": tokenizer.pad_token_id,
-            "mask": _token_id(tokenizer, MASK),
-            "eot": _token_id(tokenizer, EOT),
+            "mask": tokenizer_mask_id(tokenizer),
+            "eot": token_id(tokenizer, EOT),
         },
         "chat_template_sha256": _sha256_bytes(str(template).encode()) if template else None,
     }
@@ -167,6 +161,48 @@ def _check_vocab_range(records: list[dict], vocab_size: int, source: str | Path,
             )
 
 
+def answer_lengths(records: list[dict]) -> list[int]:
+    """Answer tokens of each record: ``len(full_ids) - prompt_len`` (``<|eot_id|>`` included)."""
+    return [len(r["full_ids"]) - int(r["prompt_len"]) for r in records]
+
+
+def records_sha256(records: list[dict]) -> str:
+    """SHA-256 of the records' content (each ``prompt_len`` and its ids as int64), whatever file
+    format or path they came from: two files with the same records have the same digest."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(int(record["prompt_len"]).to_bytes(8, "little", signed=True))
+        ids = record["full_ids"].to(torch.int64)
+        digest.update(len(ids).to_bytes(8, "little"))
+        digest.update(ids.numpy().astype("<i8", copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def check_no_mask_tokens(records: list[dict], mask_id: int, source: str | Path) -> None:
+    """Refuse records holding the mask id: training would read it as noise, never as data.
+
+    Raises:
+        BlocksftError: naming the first such record, the position and whether it is in the prompt.
+    """
+    lengths = torch.tensor([len(r["full_ids"]) for r in records])  # [N]
+    all_ids = torch.cat([r["full_ids"] for r in records])  # [sum L]
+    hits = (all_ids == mask_id).nonzero().flatten()
+    if not len(hits):
+        return
+    owner = torch.repeat_interleave(torch.arange(len(records)), lengths)  # [sum L]
+    starts = torch.cumsum(lengths, 0) - lengths  # [N]
+    first = int(hits[0])
+    i = int(owner[first])
+    position = first - int(starts[i])
+    part = "answer" if position >= records[i]["prompt_len"] else "prompt"
+    affected = len(torch.unique(owner[hits]))
+    raise BlocksftError(
+        f"record {i} of {source} holds the mask id {mask_id} at position {position} (in its {part}); "
+        f"{affected} record(s) do. A mask in the data is read as noise, not text: rebuild the file with "
+        f"`{_PREPARE_HINT}`, which refuses special-token text in rows, or drop those records"
+    )
+
+
 def read_meta(path: str | Path) -> dict | None:
     """The sidecar of record file ``path`` if there is one that describes this very file.
 
@@ -217,9 +253,9 @@ def check_tokenizer(meta: dict, tokenizer, source: str | Path) -> None:
     elif saved.get("vocab_sha256") and saved["vocab_sha256"] != current["vocab_sha256"]:
         differences.append("vocabulary")
     saved_ids = saved.get("special_token_ids") or {}
-    for name, token_id in current["special_token_ids"].items():
-        if name in saved_ids and saved_ids[name] != token_id:
-            differences.append(f"{name} id {saved_ids[name]} vs {token_id}")
+    for name, current_id in current["special_token_ids"].items():
+        if name in saved_ids and saved_ids[name] != current_id:
+            differences.append(f"{name} id {saved_ids[name]} vs {current_id}")
     if differences:
         model = current["name_or_path"] or "<the model you train>"
         raise BlocksftError(
@@ -297,7 +333,9 @@ def _plain(record: dict) -> dict:
     return {"prompt_len": record["prompt_len"], "full_ids": full_ids.contiguous()}
 
 
-def save_records(records: list[dict], path: str | Path, meta: dict | None = None) -> Path:
+def save_records(
+    records: list[dict], path: str | Path, meta: dict | None = None, *, overwrite: bool = True
+) -> Path:
     """Write records as the reference does (``torch.save`` of the list) plus the sidecar, atomically.
 
     Both files are written into a temporary folder beside ``path`` and renamed into place when
@@ -306,9 +344,11 @@ def save_records(records: list[dict], path: str | Path, meta: dict | None = None
 
     Args:
         records: ``[{"prompt_len": int, "full_ids": LongTensor}]`` (validated first).
-        path: the ``.pt`` file; an existing one is replaced.
+        path: the ``.pt`` file.
         meta: JSON-friendly facts for the sidecar (see :func:`tokenizer_fingerprint`); the format tag,
             record count and the file's digest are added.
+        overwrite: replace an existing file; otherwise a file that appeared at ``path`` meanwhile
+            (another process) is an error and stays as it is.
 
     Returns:
         The path of the sidecar.
@@ -329,9 +369,12 @@ def save_records(records: list[dict], path: str | Path, meta: dict | None = None
         }
         staged_meta = meta_path(staged)
         staged_meta.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        # A stale sidecar must never sit beside the new file, not even for a moment.
-        meta_path(path).unlink(missing_ok=True)
-        os.replace(staged, path)
+        if overwrite:
+            # A stale sidecar must never sit beside the new file, not even for a moment.
+            meta_path(path).unlink(missing_ok=True)
+            os.replace(staged, path)
+        else:
+            publish_new(staged, path, "--output")
         os.replace(staged_meta, meta_path(path))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

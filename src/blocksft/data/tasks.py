@@ -7,11 +7,15 @@ folder of them) with ``datasets``; bad input becomes one clear error. :func:`loa
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+
+import datasets
 
 from blocksft.errors import BlocksftError
 
@@ -56,7 +60,7 @@ def _is_local(source: str) -> bool:
 
 
 @contextmanager
-def _quiet(datasets):
+def quiet_datasets():
     """No progress bar and no log lines from ``datasets`` while a local file loads: it takes moments,
     and a parse failure must surface as our one-line error, not a logged traceback before it."""
     was_enabled, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
@@ -82,8 +86,6 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
     Raises:
         BlocksftError: missing, empty or unreadable file; unknown hub id or no network; no rows.
     """
-    import datasets
-
     path = Path(source)
     try:
         if _is_local(source):
@@ -97,7 +99,9 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
                 builder = LOCAL_FORMATS.get(path.suffix.lower())
                 if builder is None:
                     raise BlocksftError(f"{flag} {source}: unknown file type; use .jsonl, .json or .parquet")
-                with _quiet(datasets):
+                if builder == "json":
+                    check_utf8(path, f"{flag} {source}")
+                with quiet_datasets():
                     dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             dataset = datasets.load_dataset(source, config, split=split)
@@ -113,6 +117,26 @@ def open_dataset(source: str, split: str = "train", config: str | None = None, *
     if len(dataset) == 0:
         raise BlocksftError(f"{flag} {source} has no rows")
     return dataset
+
+
+def check_utf8(path: str | Path, what: str) -> None:
+    """Refuse a text file that is not UTF-8, naming the first bad byte (readers decode lazily, later)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise BlocksftError(
+                    f"{what} is not UTF-8 text (byte {offset + err.start}: {err.reason}); "
+                    "re-encode it as UTF-8"
+                ) from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise BlocksftError(f"{what} is not UTF-8 text (it ends inside a character); re-encode it") from None
 
 
 def require_columns(dataset, columns: Sequence[str], source: str, *, flag_hint: str = "") -> None:
@@ -154,15 +178,22 @@ def last_boxed(text: str) -> str | None:
 
 
 def gsm8k_gold(answer: str) -> str | None:
-    """GSM8K's final answer: the text after ``####``, commas removed; a one-line answer is itself.
+    """GSM8K's final answer: the number after ``####``, commas removed; a one-line answer that is a
+    number is itself.
 
     Returns:
-        ``None`` for a multi-line answer without ``####``.
+        ``None`` when that is not a number (no ``####`` line in a longer answer, or ``#### eighteen``):
+        a text gold would make every prediction wrong.
     """
     if "####" in answer:
-        return answer.rsplit("####", 1)[1].strip().replace(",", "")
-    answer = answer.strip()
-    return answer.replace(",", "") if answer and "\n" not in answer else None
+        gold = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    else:
+        gold = answer.strip().replace(",", "")
+    try:
+        Fraction(gold.removeprefix("$"))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return gold
 
 
 def _text(row: dict, field: str, index: int, source: str) -> str:
@@ -205,7 +236,11 @@ def load_gsm8k(source: str = GSM8K_SOURCE, split: str = "test", limit: int | Non
         question, answer = _text(row, "question", i, source), _text(row, "answer", i, source)
         gold = gsm8k_gold(answer)
         if gold is None:
-            raise BlocksftError(f"row {i} of {source}: field 'answer' has no '#### <final answer>' line")
+            last = answer.strip().rsplit("\n", 1)[-1]
+            raise BlocksftError(
+                f"row {i} of {source}: field 'answer' has no '#### <number>' line with the final answer "
+                f"(it ends {last[-60:]!r}); GSM8K answers end with one"
+            )
         problems.append(Problem(f"gsm8k-{tag}-{i:05d}", question, answer, gold))
     return problems
 
@@ -214,8 +249,6 @@ def _open_math(source: str, split: str, config: str | None):
     subjects = MATH_SUBJECT_CONFIGS.get(source) if config is None and not _is_local(source) else None
     if not subjects:
         return open_dataset(source, split, config, flag="MATH source")
-    import datasets
-
     return datasets.concatenate_datasets(
         [open_dataset(source, split, subject, flag="MATH source") for subject in subjects]
     )

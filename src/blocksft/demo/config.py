@@ -109,6 +109,13 @@ class DemoConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.task  # noqa: B018 - checks the task's ranges
+        if self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"--d-model {self.d_model} must be a multiple of --n-heads {self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"--d-model {self.d_model} / --n-heads {self.n_heads} gives heads of "
+                f"{self.d_model // self.n_heads} dimensions; rotary embeddings need an even head size"
+            )
         bad = [b for b in self.block_lengths if self.gen_length % b]
         if bad:
             raise ValueError(

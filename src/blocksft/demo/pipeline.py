@@ -106,7 +106,9 @@ def base_block_length(config: DemoConfig) -> int:
 
 
 def prepare_output(config: DemoConfig) -> Path:
-    out = Path(config.out)
+    from blocksft.outputs import check_output_path
+
+    out = check_output_path(config.out, "--out", kind="folder")
     if out.exists() and any(out.iterdir()):
         if not config.overwrite:
             raise BlocksftError(
@@ -173,7 +175,7 @@ def sft_steps(config: DemoConfig, blocks_per_sample: list[int]) -> dict[str, int
 
 
 def train_config(config: DemoConfig, **overrides):
-    from blocksft.train.config import TrainConfig
+    from blocksft.config.train import TrainConfig
 
     values = dict(
         max_len=256,
@@ -225,15 +227,17 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
 
 def _run_stages(config: DemoConfig) -> DemoResult:
-    from blocksft.data.prepare import PrepareConfig, run_prepare
+    from blocksft.config.eval import EvalConfig, output_path
+    from blocksft.config.prepare import PrepareConfig
+    from blocksft.config.sampler import SamplerConfig
+    from blocksft.data.prepare import run_prepare
     from blocksft.demo import task as demo_task
     from blocksft.demo.provenance import run_environment
     from blocksft.demo.report import demo_results, loss_summary, read_budget, write_report
-    from blocksft.evaluate.config import EvalConfig, output_path
     from blocksft.evaluate.runner import results_grid, run_eval
-    from blocksft.generation.options import SamplerConfig
     from blocksft.objectives import get_objective
-    from blocksft.tokenizer import build_tokenizer, mask_token_id
+    from blocksft.special_tokens import mask_token_id
+    from blocksft.tokenizer import build_tokenizer
     from blocksft.train.run import run_train
 
     environment = run_environment()
@@ -291,7 +295,8 @@ def _run_stages(config: DemoConfig) -> DemoResult:
         command="blocksft demo",
     )
 
-    # Padding is supervised (as EOS, like the reference) up to max_len: keep it the longest record.
+    # Padding is supervised (as EOS, like the reference) up to one fixed length, --max-len (every
+    # batch padded to it): keep it the longest record.
     sft_len = 8 * math.ceil(max(len(r["full_ids"]) for r in prepared.records) / 8)
     # Blocks per sample as the training schedule counts them (padding supervised up to sft_len).
     blockwise = get_objective(
@@ -313,6 +318,7 @@ def _run_stages(config: DemoConfig) -> DemoResult:
                 epochs=epochs_for(steps[objective], config.micro_batch, len(train)),
                 lr=config.sft_lr,
                 supervise_padding=True,
+                pad_to_max_len=True,
                 max_len=sft_len,
                 ckpt_dir=str(out / "checkpoints" / objective),
             )

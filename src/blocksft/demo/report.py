@@ -144,7 +144,8 @@ def plot_accuracy(table: dict[str, dict[int, dict]], training_block: int, path: 
 def plot_losses(logs: dict[str, Path], path: Path, budget: str = "equal-flops") -> Path:
     """Both SFT runs' training loss (the shared ``blocksft plot`` code): against the optimizer step
     under equal FLOPs, against the supervised tokens under equal tokens."""
-    from blocksft.train.plot import PlotConfig, plot_runs
+    from blocksft.config.plot import PlotConfig
+    from blocksft.train.plot import plot_runs
 
     names = list(logs)
     equal_tokens = budget == "equal-tokens"

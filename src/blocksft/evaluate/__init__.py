@@ -8,7 +8,6 @@
 * :mod:`.lm_eval_model`: an lm-evaluation-harness model class registered as ``blocksft``, and
   :mod:`.harness`, the harness's command line with it registered.
 
-Importing this package is light: torch and transformers load only inside the runner.
+Its settings are :class:`blocksft.config.eval.EvalConfig` and
+:class:`blocksft.config.sampler.SamplerConfig`.
 """
-
-TASKS = ("gsm8k", "math")

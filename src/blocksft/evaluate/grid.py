@@ -12,6 +12,10 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 
 def grid_table(cells: list[dict]) -> tuple[list[str], list[int], dict[str, dict[tuple[str, int], dict]]]:
     """Arrange cells ``{"model", "block_length", "metrics"}`` into rows (models) x columns (B).
@@ -73,20 +77,13 @@ def grid_csv(cells: list[dict]) -> str:
 
 def grid_heatmap(cells: list[dict], path: str | Path, title: str = "") -> Path:
     """A heatmap PNG, one panel per metric: models (rows) x inference block length (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     models, blocks, table = grid_table(cells)
     metrics = list(table)
-    fig, axes = plt.subplots(
-        1,
-        len(metrics),
-        figsize=(1.6 + 1.1 * len(blocks) * len(metrics) + 1.5 * len(metrics), 1.2 + 0.6 * len(models)),
-        squeeze=False,
+    fig = Figure(
+        figsize=(1.6 + 1.1 * len(blocks) * len(metrics) + 1.5 * len(metrics), 1.2 + 0.6 * len(models))
     )
+    FigureCanvasAgg(fig)  # drawn off-screen, without switching pyplot's backend
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         values = np.full((len(models), len(blocks)), np.nan)
         for (model, b), m in table[metric].items():
@@ -116,7 +113,6 @@ def grid_heatmap(cells: list[dict], path: str | Path, title: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     tmp.replace(path)
     return path
 

@@ -9,6 +9,7 @@ for the model arguments.
 
 
 def main() -> None:
+    # lm-eval is an optional extra: it (and our model class, which needs it) load only when run.
     from lm_eval.__main__ import cli_evaluate
 
     import blocksft.evaluate.lm_eval_model  # noqa: F401 - registers "blocksft"

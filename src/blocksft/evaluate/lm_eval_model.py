@@ -29,7 +29,17 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
+from blocksft.config.sampler import SamplerConfig
 from blocksft.errors import BlocksftError
+from blocksft.evaluate.runner import distributed_context, resolve_device
+from blocksft.generation.sampler import generate
+from blocksft.generation.text import decode_answer
+from blocksft.generation.transfer import left_pad
+from blocksft.model import LLaDAModelLM
+from blocksft.model.loading import load_model
+from blocksft.rng import batch_seed
+from blocksft.special_tokens import resolve_special_ids
+from blocksft.tokenizer import load_tokenizer
 
 
 @register_model("blocksft")
@@ -40,8 +50,8 @@ class BlocksftLM(LM):
         pretrained: checkpoint folder or hub id, or an already loaded model (then pass ``tokenizer``).
         tokenizer: a tokenizer object or name (default: the checkpoint's).
         dtype, device, trust_remote_code: as for ``blocksft eval``.
-        gen_length, block_length, steps, temperature, remasking, cfg_scale, threshold, cache:
-            the sampler's settings for ``generate_until``.
+        gen_length, block_length, steps, temperature, remasking, confidence, cfg_scale, threshold,
+            cache: the sampler's settings for ``generate_until``.
         batch_size: prompts decoded together in ``generate_until``.
         mc_num: Monte-Carlo samples per ``loglikelihood`` request; mc_batch_size: of those, how
             many go through the model at once.
@@ -62,6 +72,7 @@ class BlocksftLM(LM):
         steps: int = 256,
         temperature: float = 0.0,
         remasking: str = "low_confidence",
+        confidence: str = "float64",
         cfg_scale: float = 0.0,
         threshold: float | None = None,
         cache: str | None = None,
@@ -74,14 +85,9 @@ class BlocksftLM(LM):
         seed: int = 1234,
     ):
         super().__init__()
-        from blocksft.evaluate.runner import distributed_context, resolve_device
-        from blocksft.generation.options import SamplerConfig
-
         self._dist = distributed_context()
         self._rank, self._world_size = self._dist.rank, self._dist.world_size
         if isinstance(pretrained, str):
-            from blocksft.model.loading import load_model
-
             device = device or "auto"
             if device.startswith("cuda") and self._world_size > 1:
                 device = f"cuda:{self._dist.local_rank}"  # the harness passes one device to every rank
@@ -100,17 +106,18 @@ class BlocksftLM(LM):
         if tokenizer is None:
             raise BlocksftError("BlocksftLM: pass a tokenizer with an already loaded model")
         if isinstance(tokenizer, str):
-            from blocksft.model.loading import load_tokenizer
-
             tokenizer = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer
         self.model.eval()
+        self._ids = resolve_special_ids(tokenizer, self.model.config)
+        self._mask_id = self._ids.mask
         self.sampler = SamplerConfig(
             gen_length=int(gen_length),
             block_length=int(block_length),
             steps=int(steps),
             temperature=float(temperature),
             remasking=remasking,
+            confidence=confidence,
             cfg_scale=float(cfg_scale),
             threshold=None if threshold in (None, "None", "none") else float(threshold),
             cache=None if cache in (None, "None", "none") else cache,
@@ -176,18 +183,10 @@ class BlocksftLM(LM):
         context_ids = self._encode(context)
         return context_ids, whole[len(context_ids) :]
 
-    @property
-    def _mask_id(self) -> int:
-        from blocksft.tokenizer import mask_token_id
-
-        return mask_token_id(self.tokenizer)
-
     # --- log-likelihood -------------------------------------------------------------------------
 
     def _masked_logits(self, input_ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, V]`` at the ``where`` positions, row-major (only those, for our model)."""
-        from blocksft.model import LLaDAModelLM
-
         if isinstance(self.model, LLaDAModelLM):
             return self.model(input_ids, logits_at=where).logits
         return self.model(input_ids).logits[where]
@@ -233,8 +232,6 @@ class BlocksftLM(LM):
 
     @torch.inference_mode()
     def _is_greedy(self, context_ids: list[int], continuation_ids: list[int]) -> bool:
-        from blocksft.generate import generate
-
         length = len(continuation_ids)
         prompt = torch.tensor([context_ids], device=self._device)
         out = generate(
@@ -262,7 +259,7 @@ class BlocksftLM(LM):
             context, continuation = request.args
             context_ids, continuation_ids = self._encode_pair(context, continuation)
             context_ids = self._truncate(context_ids, continuation_ids)
-            generator = torch.Generator().manual_seed(self.seed + index)
+            generator = torch.Generator().manual_seed(batch_seed(self.seed, index))
             nll = self.continuation_nll(context_ids, continuation_ids, generator)
             greedy = (
                 self.greedy_check
@@ -284,17 +281,14 @@ class BlocksftLM(LM):
 
     @torch.inference_mode()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from blocksft.generate import decode_answer, generate, left_pad, stop_token_ids
-
-        stops = stop_token_ids(self.tokenizer)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stops[0]
+        stops = self._ids.stops
         out: list[str] = []
         bar = tqdm(total=len(requests), disable=disable_tqdm or self._rank != 0, desc="generate_until")
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start : start + self.batch_size]
             prompts = [self._encode(request.args[0]) for request in batch]
-            input_ids, attention_mask = left_pad(prompts, pad_id)
-            generator = torch.Generator(device=self._device).manual_seed(self.seed + start)
+            input_ids, attention_mask = left_pad(prompts, self._ids.pad)
+            generator = torch.Generator(device=self._device).manual_seed(batch_seed(self.seed, start))
             result = generate(
                 self.model,
                 input_ids.to(self._device),

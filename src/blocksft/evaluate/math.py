@@ -17,6 +17,8 @@ import logging
 import re
 import threading
 
+from math_verify import parse, verify
+
 from blocksft.data.tasks import last_boxed
 
 METRICS = ("math_verify", "exact")
@@ -160,8 +162,6 @@ def is_equivalent(prediction: str | None, gold: str | None, timeout_s: int = 5) 
     """
     if prediction is None or gold is None or not gold.strip():
         return False
-    from math_verify import parse, verify
-
     timeout = timeout_s if threading.current_thread() is threading.main_thread() else None
     try:
         gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout)

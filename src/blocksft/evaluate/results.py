@@ -29,9 +29,15 @@ from blocksft.evaluate.stats import paired_comparison, wilson_interval
 REQUIRED_ROW_KEYS = ("id", "index", "output", "gold", "extracted", "correct", "settings_id")
 
 
+# Settings that result files written before they existed did not record, with the value those
+# files were made with: at that value a setting leaves the fingerprint as it was, so they resume.
+SETTINGS_ADDED_LATER = {"confidence": "float64"}
+
+
 def settings_id(settings: dict) -> str:
     """A short fingerprint of a run's settings (canonical JSON, SHA-256, 16 hex digits)."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    kept = {k: v for k, v in settings.items() if SETTINGS_ADDED_LATER.get(k, object()) != v}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -61,7 +67,15 @@ def part_paths(output: str | Path) -> list[Path]:
 
 def _parse_lines(path: Path) -> tuple[list[tuple[str, dict]], bool]:
     """(raw line, row) pairs of a JSONL file, and whether its last line was torn (cut mid-write)."""
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise BlocksftError(f"{path} is a folder, not a results file; give a .jsonl file name")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BlocksftError(
+            f"{path} is not UTF-8 text (byte {err.start}), so not a blocksft results file; choose another "
+            "--output"
+        ) from err
     lines = text.split("\n")
     torn = False
     if lines and lines[-1] == "":
@@ -138,8 +152,8 @@ def _settings_mismatch_message(path: Path, output: Path, found_id: str, settings
     summary = summary_path(output)
     if settings is not None and summary.is_file():
         try:
-            old = json.loads(summary.read_text()).get("settings", {})
-        except (json.JSONDecodeError, AttributeError):
+            old = SETTINGS_ADDED_LATER | json.loads(summary.read_text()).get("settings", {})
+        except (json.JSONDecodeError, AttributeError, TypeError):
             old = {}
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:

@@ -1,14 +1,15 @@
 """LLaDA's semi-autoregressive block sampler (arXiv 2502.09992), with Fast-dLLM's options (arXiv 2505.22618).
 
-The algorithm, at the defaults exactly as in LLaDA's published ``generate``:
+The algorithm, at the defaults as in LLaDA's published ``generate`` (with ``confidence="llada"``
+exactly as it, in any dtype; the default ranks in float64, see :func:`generate`):
 
 1. canvas = prompt + ``gen_length`` mask tokens; blocks of ``block_length`` are decoded left to right,
    each with ``steps / num_blocks`` steps;
 2. at each step the model predicts every position of the current block; the predicted token is the
-   argmax (or float64 Gumbel-max sample) of the logits, its confidence the float64 softmax probability
-   of that token (``low_confidence``) or a uniform random number (``random``);
+   argmax (or float64 Gumbel-max sample) of the logits, its confidence the softmax probability of
+   that token (``low_confidence``) or a uniform random number (``random``);
 3. the ``n`` most confident still-masked positions of the block are committed, with ``n`` from
-   :func:`~blocksft.generation.schedule.transfer_schedule`; a committed token is never masked again and
+   :func:`~blocksft.generation.transfer.transfer_schedule`; a committed token is never masked again and
    nothing outside the current block is committed;
 4. classifier-free guidance: ``un + (cfg_scale + 1) * (cond - un)``, ``un`` = the canvas with the
    prompt replaced by masks.
@@ -33,75 +34,27 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from blocksft.config.sampler import check_sampler_options
 from blocksft.errors import BlocksftError
-from blocksft.generation.options import check_sampler_options
-from blocksft.generation.schedule import (
+from blocksft.generation.output import GenerateOutput, GenerateStep
+from blocksft.generation.static import DecoderCache, StaticDecoder
+from blocksft.generation.transfer import (
     positions_from_mask,
     predict_block,
     select_transfer,
+    select_transfer_topk,
     transfer_schedule,
 )
-from blocksft.tokenizer import LLADA_8B_MASK_ID
-
-
-@dataclass
-class GenerateStep:
-    """What a ``callback`` sees after every step.
-
-    Attributes:
-        block: index of the block being decoded; step: index of the step within the block;
-            step_index: index of the step in the whole run (as in ``GenerateOutput.commit_step``).
-        canvas: ``[B, P + G]`` the live canvas (read it, clone it to keep it, never modify it).
-        committed: ``[B, P + G]`` bool, positions committed at this step.
-        block_done: the current block has no mask left in any row being decoded.
-        nfe: model evaluations so far.
-    """
-
-    block: int
-    step: int
-    step_index: int
-    canvas: torch.Tensor
-    committed: torch.Tensor
-    block_done: bool
-    nfe: int
-
-
-@dataclass
-class GenerateOutput:
-    """Result of :func:`generate`.
-
-    Attributes:
-        sequences: ``[B, P + G]`` long, the prompt (as given, left padding kept) and the generation.
-        nfe: model evaluations (forward passes; classifier-free guidance counts 2 per step).
-        prompt_length: ``P``, where the generation starts in every row.
-        num_tokens: ``[B]`` generated tokens before the first EOS/EoT (``G`` when none).
-        commit_step: ``[B, G]`` the 0-based step (counted over the whole run) that committed each
-            generated token; -1 for tokens filled with EOS by ``stop_at_eos``.
-        forward_tokens: (row, position) pairs run through the model, summed over forwards: the
-            compute that caches save (their NFE equals the plain sampler's).
-    """
-
-    sequences: torch.Tensor
-    nfe: int
-    prompt_length: int
-    num_tokens: torch.Tensor
-    commit_step: torch.Tensor
-    forward_tokens: int
-
-    @property
-    def generated(self) -> torch.Tensor:
-        """``[B, G]`` the generated part of every row."""
-        return self.sequences[:, self.prompt_length :]
+from blocksft.model import LLaDAModelLM
+from blocksft.rng import check_generator
+from blocksft.special_tokens import LLADA_8B_MASK_ID, check_in_vocabulary
 
 
 def _our_llada(model):
     """The :class:`LLaDAModelLM` behind ``model`` (a PEFT wrapper is looked through), else None."""
-    from blocksft.model import LLaDAModelLM
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base if isinstance(base, LLaDAModelLM) else None
 
@@ -109,8 +62,9 @@ def _our_llada(model):
 class _BlockLogits:
     """Logits at the current block's positions, from full or cached forwards; counts the cost."""
 
-    def __init__(self, model, *, cache, cache_refresh, cfg_scale, mask_id):
+    def __init__(self, model, *, cache, cache_refresh, cfg_scale, mask_id, full_logits=False):
         self.model, self.llada = model, _our_llada(model)
+        self.full_logits = full_logits  # the head at every position, sliced afterwards (generate.py)
         if cache is not None and self.llada is None:
             raise BlocksftError(
                 f"cache={cache!r} needs blocksft's own LLaDA model (it passes a key/value cache and "
@@ -162,9 +116,11 @@ class _BlockLogits:
             attention_mask=key_mask,
             position_ids=positions,
             use_cache=self.cache is not None,
-            logits_at=at,
+            logits_at=None if self.full_logits else at,
         )
         self.kv_cache = out.kv_cache
+        if self.full_logits:
+            return out.logits[:, start:end]  # [b, K, V]
         return out.logits.view(x.shape[0], end - start, -1)  # [b, K, V]
 
     def _cached(self, x, key_mask, positions, start, end):
@@ -184,10 +140,6 @@ class _BlockLogits:
         return out.logits.view(x.shape[0], end - start, -1)  # [b, K, V]
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _check_prompt(prompt_ids, attention_mask, mask_id: int, model) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated ``(prompt_ids, attention_mask)``, both ``[B, P]`` long on the model's device."""
     if not torch.is_tensor(prompt_ids):
@@ -201,7 +153,7 @@ def _check_prompt(prompt_ids, attention_mask, mask_id: int, model) -> tuple[torc
         raise BlocksftError(
             f"prompt_ids must be integer ids [B, P], got {prompt_ids.dtype} {list(prompt_ids.shape)}"
         )
-    device = _model_device(model)
+    device = next(model.parameters()).device
     prompt_ids = prompt_ids.to(device=device, dtype=torch.long)
     if attention_mask is None:
         attention_mask = torch.ones_like(prompt_ids)
@@ -215,15 +167,14 @@ def _check_prompt(prompt_ids, attention_mask, mask_id: int, model) -> tuple[torc
             "attention_mask must be left padding (zeros, then ones): use left_pad(ids, pad_id)"
         )
     config = getattr(model, "config", None)
-    vocab = getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
-    if vocab is not None and not 0 <= mask_id < vocab:
-        raise BlocksftError(f"mask_id {mask_id} is outside the model's vocabulary [0, {vocab})")
+    check_in_vocabulary(mask_id, config, f"mask_id {mask_id}")
     if (prompt_ids == mask_id).any():
         row, col = (prompt_ids == mask_id).nonzero()[0].tolist()
         raise BlocksftError(
             f"the prompt contains the mask id {mask_id} (row {row}, position {col}): prompts cannot hold "
             "masks, and padding must use another id (LLaDA pads with EOS)"
         )
+    vocab = getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
     if (
         vocab is not None
         and prompt_ids.numel()
@@ -233,11 +184,15 @@ def _check_prompt(prompt_ids, attention_mask, mask_id: int, model) -> tuple[torc
     return prompt_ids, attention_mask
 
 
-def _check_generator(generator, device: torch.device) -> None:
-    if generator is not None and generator.device.type != device.type:
+def _check_length(model, prompt_len: int, gen_length: int) -> None:
+    """Refuse a canvas longer than the context the model was trained for (its positions beyond are
+    ones it has never seen: the output would be noise, silently)."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and prompt_len + gen_length > limit:
         raise BlocksftError(
-            f"the generator is on {generator.device} but the model is on {device}: "
-            f"use torch.Generator(device={str(device)!r}).manual_seed(seed)"
+            f"gen_length {gen_length} after a prompt of {prompt_len} tokens is {prompt_len + gen_length} "
+            f"tokens, longer than the model's max_sequence_length {limit}; lower --gen-length (or the prompt)"
         )
 
 
@@ -251,6 +206,7 @@ def generate(
     steps: int,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
+    confidence: str = "float64",
     cfg_scale: float = 0.0,
     mask_id: int = LLADA_8B_MASK_ID,
     attention_mask: torch.Tensor | None = None,
@@ -261,6 +217,8 @@ def generate(
     min_new_tokens: int = 0,
     stop_at_eos: bool = False,
     defer_eos: bool = False,
+    decode: str = "loop",
+    decoders: DecoderCache | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[GenerateStep], None] | None = None,
 ) -> GenerateOutput:
@@ -269,13 +227,21 @@ def generate(
     Args:
         model: our :class:`~blocksft.model.LLaDAModelLM` (or a PEFT wrapper of it), or any model
             whose forward takes ``input_ids``/``attention_mask`` and returns ``.logits`` (remote
-            code: no caches, and no position ids, so left-padded rows shift their positions).
-        prompt_ids: ``[B, P]`` (or ``[P]``) ids, left padded (see :func:`left_pad`).
+            code: no caches; LLaDA's published code ignores the attention mask, so left-padded
+            rows attend to their padding).
+        prompt_ids: ``[B, P]`` (or ``[P]``) ids, left padded
+            (:func:`~blocksft.generation.transfer.left_pad`).
         gen_length: tokens to generate; a multiple of ``block_length``.
         block_length: tokens per block.
         steps: steps in all; a multiple of the number of blocks.
         temperature: 0 for argmax; otherwise Gumbel-max sampling in float64.
         remasking: ``"low_confidence"`` or ``"random"``.
+        confidence: ``"float64"``: ``low_confidence`` ranks by the float64 softmax probability,
+            ties to the leftmost position (Fast-dLLM's choice; ``generate.py`` in fp32 but at
+            exact ties).
+            ``"llada"``: exactly LLaDA's ``generate.py`` in any dtype: the softmax in the logits'
+            dtype (bf16 on GPUs, where many probabilities tie) and the commits chosen by
+            ``torch.topk`` over the canvas row, as it does (full logits are computed then).
         cfg_scale: classifier-free guidance scale (0: off).
         mask_id: the mask token id (LLaDA-8B: 126336).
         attention_mask: ``[B, P]`` 1 on real prompt tokens, 0 on left padding; positions are
@@ -295,6 +261,15 @@ def generate(
             ``eos_token_ids[0]``. Saves forwards; changes no token up to that block's end.
         defer_eos: rank EOS/EoT predictions below every other prediction of the block (they are
             committed last), the intent of LLaDA's ``confidence_eos_eot_inf``.
+        decode: ``"loop"`` (this loop: the rows of a batch share each block, so a row that
+            finishes a block early waits for the others); ``"static"``: fixed-shape steps without
+            host syncs, each row moving to its next block as soon as it finishes one
+            (:mod:`blocksft.generation.static`; same tokens as the loop, at temperature 0 with
+            ``low_confidence``, float64 confidence and no guidance); ``"graph"``: those steps
+            captured in CUDA graphs on CUDA (no kernel-launch overhead; eager elsewhere);
+            ``"compiled"``: compiled whole with ``torch.compile`` first (slow first call).
+        decoders: a :class:`~blocksft.generation.static.DecoderCache` to reuse fixed-shape decoders
+            (and their captured graphs) between calls with the same shapes and settings.
         generator: random source for Gumbel noise and random confidences, on the model's device.
             Per step, the draws are ``[b, block_length, V]`` float64 noise (temperature > 0),
             then ``[b, block_length]`` float64 confidences (``random``), b = rows being decoded.
@@ -304,13 +279,10 @@ def generate(
         :class:`GenerateOutput`.
     """
     eos_token_ids = tuple(int(i) for i in eos_token_ids)
-    num_blocks, steps_per_block = check_sampler_options(
+    options = dict(  # the fixed-shape decoders' settings
         gen_length=gen_length,
         block_length=block_length,
         steps=steps,
-        temperature=temperature,
-        remasking=remasking,
-        cfg_scale=cfg_scale,
         threshold=threshold,
         cache=cache,
         cache_refresh=cache_refresh,
@@ -319,76 +291,199 @@ def generate(
         stop_at_eos=stop_at_eos,
         defer_eos=defer_eos,
     )
+    num_blocks, steps_per_block = check_sampler_options(
+        **options,
+        temperature=temperature,
+        remasking=remasking,
+        confidence=confidence,
+        cfg_scale=cfg_scale,
+        decode=decode,
+    )
+    if decode != "loop" and callback is not None:
+        raise BlocksftError(f"a step callback (--stream) needs decode='loop', not {decode!r}")
     block_logits = _BlockLogits(
-        model, cache=cache, cache_refresh=cache_refresh, cfg_scale=cfg_scale, mask_id=mask_id
+        model,
+        cache=cache,
+        cache_refresh=cache_refresh,
+        cfg_scale=cfg_scale,
+        mask_id=mask_id,
+        full_logits=confidence == "llada",
     )
     prompt_ids, prompt_mask = _check_prompt(prompt_ids, attention_mask, mask_id, model)
-    device = prompt_ids.device
-    _check_generator(generator, device)
-    batch, prompt_len = prompt_ids.shape
+    check_generator(generator, prompt_ids.device, "the model")
+    _check_length(model, prompt_ids.shape[1], gen_length)
+    if decode != "loop":
+        return _decode_fixed_shape(block_logits, prompt_ids, prompt_mask, decode, decoders, mask_id, options)
+    loop = _LoopDecoder(
+        block_logits,
+        prompt_ids,
+        prompt_mask,
+        gen_length=gen_length,
+        block_length=block_length,
+        num_blocks=num_blocks,
+        steps_per_block=steps_per_block,
+        mask_id=mask_id,
+        temperature=temperature,
+        remasking=remasking,
+        confidence=confidence,
+        threshold=threshold,
+        eos_token_ids=eos_token_ids,
+        min_new_tokens=min_new_tokens,
+        stop_at_eos=stop_at_eos,
+        defer_eos=defer_eos,
+        generator=generator,
+        callback=callback,
+    )
+    return loop.run()
 
-    # === 1. Canvas: prompt + gen_length masks; key mask and RoPE positions from the padding ===
-    canvas = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1)  # [B, L]
-    key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, gen_length)], dim=1)  # [B, L]
-    positions = positions_from_mask(key_mask)  # [B, L]
-    prompt_cols = torch.cat([prompt_mask.bool(), key_mask.new_zeros(batch, gen_length, dtype=torch.bool)], 1)
-    padded = not bool(key_mask.all())
-    if padded and block_logits.llada is None:
-        warnings.warn(
-            "left-padded prompts with a remote-code model: it takes no position ids, so padded rows "
-            "are decoded at shifted positions and may differ from decoding them alone",
-            stacklevel=2,
+
+def _decode_fixed_shape(
+    block_logits: _BlockLogits, prompt_ids, prompt_mask, decode: str, decoders, mask_id: int, options: dict
+) -> GenerateOutput:
+    """``decode`` other than ``loop``: a :class:`StaticDecoder`, reused from ``decoders`` when given."""
+    if block_logits.llada is None:
+        raise BlocksftError(
+            f"decode={decode!r} needs blocksft's own LLaDA model; {type(block_logits.model).__name__} was "
+            "loaded from remote code: load it without --trust-remote-code or use decode='loop'"
         )
-    eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
-    commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
-    per_step = transfer_schedule(block_length, steps_per_block)
-    active = torch.arange(batch, device=device)
-    step_index = 0
 
-    for block in range(num_blocks):
-        start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
-        rows = active
-        rows_key_mask = key_mask[rows] if padded else None
-        suppress = min(max(min_new_tokens - block * block_length, 0), block_length)
-        for step in range(steps_per_block):
+    def build():
+        return StaticDecoder(block_logits.llada, prompt_ids, prompt_mask, mask_id=mask_id, **options)
+
+    if decoders is None:
+        return build().run(decode)
+    key = (decode, mask_id, *sorted(options.items()))
+    return decoders.decoder(key, block_logits.llada, prompt_ids, prompt_mask, build).run(decode)
+
+
+class _LoopDecoder:
+    """The loop sampler: the rows of a batch share each block (see :func:`generate`)."""
+
+    def __init__(
+        self,
+        block_logits: _BlockLogits,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        *,
+        gen_length: int,
+        block_length: int,
+        num_blocks: int,
+        steps_per_block: int,
+        mask_id: int,
+        temperature: float,
+        remasking: str,
+        confidence: str,
+        threshold: float | None,
+        eos_token_ids: tuple[int, ...],
+        min_new_tokens: int,
+        stop_at_eos: bool,
+        defer_eos: bool,
+        generator: torch.Generator | None,
+        callback: Callable[[GenerateStep], None] | None,
+    ):
+        self.block_logits, self.mask_id, self.generator, self.callback = (
+            block_logits,
+            mask_id,
+            generator,
+            callback,
+        )
+        self.gen_length, self.block_length = gen_length, block_length
+        self.num_blocks, self.steps_per_block = num_blocks, steps_per_block
+        self.temperature, self.remasking, self.confidence = temperature, remasking, confidence
+        self.threshold, self.min_new_tokens, self.defer_eos = threshold, min_new_tokens, defer_eos
+        self.stop_at_eos, self.eos_token_ids = stop_at_eos, eos_token_ids
+        batch, self.prompt_len = prompt_ids.shape
+        device = prompt_ids.device
+
+        # === 1. Canvas: prompt + gen_length masks; key mask and RoPE positions from the padding ===
+        self.canvas = torch.cat(
+            [prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1
+        )  # [B, L]
+        self.key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, gen_length)], dim=1)  # [B, L]
+        self.positions = positions_from_mask(self.key_mask)  # [B, L]
+        self.prompt_cols = torch.cat(
+            [prompt_mask.bool(), self.key_mask.new_zeros(batch, gen_length, dtype=torch.bool)], 1
+        )  # [B, L]
+        self.padded = not bool(self.key_mask.all())
+        if self.padded and block_logits.llada is None:
+            warnings.warn(
+                "left-padded prompts with a remote-code model: the published LLaDA code ignores the "
+                "attention mask, so padded rows attend to their padding and may differ from decoding "
+                "them alone (their shifted positions are harmless: RoPE depends on relative positions)",
+                stacklevel=4,
+            )
+        self.eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
+        self.commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)  # [B, G]
+        self.per_step = transfer_schedule(block_length, steps_per_block)
+
+    def run(self) -> GenerateOutput:
+        active = torch.arange(self.canvas.shape[0], device=self.canvas.device)
+        step_index = 0
+        for block in range(self.num_blocks):
+            rows = active
+            step_index = self._decode_block(block, rows, step_index)
+            # === 3. Rows that produced EOS/EoT stop after this block ===
+            if self.stop_at_eos:
+                end = self.prompt_len + (block + 1) * self.block_length
+                finished = torch.isin(self.canvas[rows, self.prompt_len : end], self.eos).any(-1)  # [b]
+                self.canvas[rows[finished], end:] = self.eos_token_ids[0]
+                active = rows[~finished]
+                if len(active) == 0:
+                    break
+        generated = self.canvas[:, self.prompt_len :]
+        is_stop = torch.isin(generated, self.eos)  # [B, G]
+        num_tokens = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), self.gen_length)
+        return GenerateOutput(
+            sequences=self.canvas,
+            nfe=self.block_logits.nfe,
+            prompt_length=self.prompt_len,
+            num_tokens=num_tokens,
+            commit_step=self.commit_step,
+            forward_tokens=self.block_logits.forward_tokens,
+        )
+
+    def _decode_block(self, block: int, rows: torch.Tensor, step_index: int) -> int:
+        """Decode block ``block`` of the ``rows`` still decoding; returns the next step's index."""
+        canvas, prompt_len, mask_id = self.canvas, self.prompt_len, self.mask_id
+        start, end = prompt_len + block * self.block_length, prompt_len + (block + 1) * self.block_length
+        rows_key_mask = self.key_mask[rows] if self.padded else None
+        suppress = min(max(self.min_new_tokens - block * self.block_length, 0), self.block_length)
+        for step in range(self.steps_per_block):
             x = canvas[rows]  # [b, L]
             masked = x[:, start:end] == mask_id  # [b, K]
             if not masked.any():  # threshold decoding finished the block early
                 break
             # === 2. Predict the block, commit the most confident masked positions ===
-            logits = block_logits(x, rows_key_mask, positions[rows], prompt_cols[rows], start, end, step)
-            tokens, confidence = predict_block(
-                logits, temperature, remasking, generator, eos=eos, suppress_eos=suppress, defer_eos=defer_eos
+            logits = self.block_logits(
+                x, rows_key_mask, self.positions[rows], self.prompt_cols[rows], start, end, step
+            )
+            tokens, scores = predict_block(
+                logits,
+                self.temperature,
+                self.remasking,
+                self.generator,
+                eos=self.eos,
+                suppress_eos=suppress,
+                defer_eos=self.defer_eos,
+                confidence=self.confidence,
             )  # [b, K] each
-            counts = torch.full((len(rows),), per_step[step], dtype=torch.long, device=device)
-            transfer = select_transfer(confidence, masked, counts, threshold)  # [b, K]
+            counts = torch.full((len(rows),), self.per_step[step], dtype=torch.long, device=x.device)
+            if self.confidence == "llada":
+                transfer = select_transfer_topk(
+                    scores, masked, counts, self.threshold, offset=start, width=x.shape[1]
+                )  # [b, K]
+            else:
+                transfer = select_transfer(scores, masked, counts, self.threshold)  # [b, K]
             canvas[rows, start:end] = torch.where(transfer, tokens, x[:, start:end])
             gen_cols = slice(start - prompt_len, end - prompt_len)
-            commit_step[rows, gen_cols] = torch.where(transfer, step_index, commit_step[rows, gen_cols])
-            if callback is not None:
+            self.commit_step[rows, gen_cols] = torch.where(
+                transfer, step_index, self.commit_step[rows, gen_cols]
+            )
+            if self.callback is not None:
                 committed = torch.zeros_like(canvas, dtype=torch.bool)
                 committed[rows, start:end] = transfer
                 block_done = not bool((canvas[rows, start:end] == mask_id).any())
-                callback(
-                    GenerateStep(block, step, step_index, canvas, committed, block_done, block_logits.nfe)
-                )
+                nfe = self.block_logits.nfe
+                self.callback(GenerateStep(block, step, step_index, canvas, committed, block_done, nfe))
             step_index += 1
-        # === 3. Rows that produced EOS/EoT stop after this block ===
-        if stop_at_eos:
-            finished = torch.isin(canvas[rows, prompt_len:end], eos).any(-1)  # [b]
-            canvas[rows[finished], end:] = eos_token_ids[0]
-            active = rows[~finished]
-            if len(active) == 0:
-                break
-
-    generated = canvas[:, prompt_len:]
-    is_stop = torch.isin(generated, eos)  # [B, G]
-    num_tokens = torch.where(is_stop.any(-1), is_stop.int().argmax(-1), gen_length)
-    return GenerateOutput(
-        sequences=canvas,
-        nfe=block_logits.nfe,
-        prompt_length=prompt_len,
-        num_tokens=num_tokens,
-        commit_step=commit_step,
-        forward_tokens=block_logits.forward_tokens,
-    )
+        return step_index

@@ -1,4 +1,4 @@
-"""From generated rows to text: stop tokens, answers cut at the first EOS/EoT, canvases for streaming.
+"""Between text and ids: prompts encoded, answers cut at the first EOS/EoT, canvases for streaming.
 
 Shared by ``blocksft generate`` and the evaluation runner so that both read answers the same way.
 """
@@ -8,23 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from blocksft.errors import BlocksftError
-from blocksft.tokenizer import EOT, mask_token_id
+from blocksft.special_tokens import stop_token_ids
 
 MASK_GLYPH = "░"
-
-
-def stop_token_ids(tokenizer) -> tuple[int, ...]:
-    """The ids that end an answer: the tokenizer's EOS and ``<|eot_id|>`` when it has them.
-
-    For LLaDA-8B-Instruct that is ``(126081, 126348)``.
-    """
-    ids = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    eot = tokenizer.convert_tokens_to_ids(EOT)
-    if eot is not None and eot != tokenizer.unk_token_id and eot not in ids:
-        ids.append(int(eot))
-    return tuple(ids)
 
 
 def cut_at_stop(ids: Sequence[int], stop_ids: Iterable[int]) -> list[int]:
@@ -44,7 +30,8 @@ def decode_answer(tokenizer, sequences, prompt_len: int, stop_ids: Iterable[int]
         tokenizer: the model's tokenizer.
         sequences: ``[B, P + G]`` ids (``GenerateOutput.sequences``) or a list of id lists.
         prompt_len: ``P``, the (padded) prompt width (``GenerateOutput.prompt_length``).
-        stop_ids: ids that end an answer; default :func:`stop_token_ids`.
+        stop_ids: ids that end an answer; default
+            :func:`~blocksft.special_tokens.stop_token_ids`.
 
     Returns:
         One string per row.
@@ -69,30 +56,6 @@ def render_canvas(tokenizer, ids: Sequence[int], mask_id: int, glyph: str = MASK
     if run:
         parts.append(tokenizer.decode(run, skip_special_tokens=False))
     return "".join(parts)
-
-
-def resolve_mask_id(model_config, tokenizer, override: int | None = None) -> int:
-    """The mask id to decode with: ``override``, else the model config's ``mask_token_id``,
-    cross-checked with the tokenizer's ``<|mdm_mask|>``.
-
-    Raises:
-        BlocksftError: when the two disagree or neither knows it.
-    """
-    if override is not None:
-        return int(override)
-    from_config = getattr(model_config, "mask_token_id", None)
-    try:
-        from_tokenizer = mask_token_id(tokenizer)
-    except ValueError:
-        from_tokenizer = None
-    if from_config is not None and from_tokenizer is not None and int(from_config) != from_tokenizer:
-        raise BlocksftError(
-            f"the model config says mask_token_id={from_config} but the tokenizer's <|mdm_mask|> is "
-            f"{from_tokenizer}: check that they belong together, or pass --mask-id"
-        )
-    if from_config is None and from_tokenizer is None:
-        raise BlocksftError("neither the model config nor the tokenizer names a mask token: pass --mask-id")
-    return int(from_config if from_config is not None else from_tokenizer)
 
 
 def encode_prompt(tokenizer, text: str, *, chat: bool = False) -> list[int]:

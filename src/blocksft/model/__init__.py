@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
+from .auto_dream import DreamConfig, DreamModel  # registers model_type "Dream"  # noqa: F401
 from .configuration_llada import LLaDAConfig
 from .modeling_llada import LLaDAModelLM, LLaDAOutput
 

@@ -1,17 +1,23 @@
-"""Loading LLaDA models and tokenizers from the hub or a local folder.
+"""Loading LLaDA models from the hub or a local folder, onto a device this machine has.
 
-Our own :class:`LLaDAModelLM` is used by default; the published remote code only when asked
-(``trust_remote_code=True``), with the fix it needs under transformers 5.x (``use_cache`` set).
+Our own :class:`LLaDAModelLM` is used by default (a local folder is first checked against the
+published layout, :func:`~blocksft.model.layout.verify_checkpoint`); the published remote code only
+when asked (``trust_remote_code=True``), with the fix it needs under transformers 5.x (``use_cache``
+set). Tokenizers load with :func:`blocksft.tokenizer.load_tokenizer`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from ..errors import BlocksftError
-from ..tokenizer import check_model_source, load_tokenizer, source_error
+from blocksft.errors import BlocksftError
+from blocksft.tokenizer import check_model_source, source_error
+
 from .configuration_llada import LLaDAConfig
+from .layout import verify_checkpoint
 from .modeling_llada import LLaDAModelLM
 
 _DTYPES = {
@@ -32,6 +38,30 @@ def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
     if dtype not in _DTYPES:
         raise BlocksftError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def check_device(spec: str, flag: str = "--device") -> torch.device:
+    """The torch device named by ``spec``, refused when this machine cannot run on it.
+
+    Raises:
+        BlocksftError: not a device name, no CUDA in this torch build or machine, or no such GPU.
+    """
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise BlocksftError(f"{flag} {spec} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise BlocksftError(f"{flag} {spec}: {build}; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise BlocksftError(f"{flag} {spec}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise BlocksftError(f"{flag} {spec}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise BlocksftError(f"{flag} {spec}: blocksft runs on cpu, cuda or mps")
+    return device
 
 
 def load_model(
@@ -78,8 +108,11 @@ def _load(name_or_path: str, torch_dtype, trust_remote_code: bool) -> PreTrained
                 f"{name_or_path} is a {model_type!r} checkpoint, not 'llada'; blocksft's own model "
                 "class only covers LLaDA (pass --trust-remote-code to use the checkpoint's own code)"
             )
+        folder = Path(name_or_path)
+        if folder.is_dir() and any(folder.glob("*.safetensors")):  # headers only: cheap
+            verify_checkpoint(folder)
         model = LLaDAModelLM.from_pretrained(name_or_path, dtype=torch_dtype)
     return model
 
 
-__all__ = ["load_model", "load_tokenizer", "resolve_dtype"]
+__all__ = ["check_device", "load_model", "resolve_dtype"]

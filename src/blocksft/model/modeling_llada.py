@@ -9,8 +9,10 @@ head, no logit scaling.
 
 Beyond the published code: an optional key-padding ``attention_mask``, explicit ``position_ids``
 (left-padded batches), a key/value cache whose fresh span can sit anywhere in the sequence (prefix
-and dual caches for block decoding), logits at selected positions only (training takes loss on a
-few positions of a 126,464-wide vocabulary) and gradient checkpointing.
+and dual caches for block decoding), fixed-size cache buffers written in place at given columns
+(:class:`StaticCacheSpan`: decoding steps without data-dependent shapes, for CUDA graphs), logits at
+selected positions only (training takes loss on a few positions of a 126,464-wide vocabulary) and
+gradient checkpointing.
 
 This file imports only torch, transformers and its sibling ``configuration_llada``: checkpoints
 carry it for ``trust_remote_code`` loading.
@@ -45,6 +47,32 @@ class LLaDAOutput(ModelOutput):
     logits: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
     kv_cache: list[LayerCache] | None = None
+
+
+@dataclass
+class StaticCacheSpan:
+    """Where a forward's keys/values go in fixed-size per-layer cache buffers ``[B, n_kv, S, hs]``.
+
+    Each layer writes the fresh keys/values of the input positions marked ``fresh`` into its buffers
+    at their ``columns`` (in place), keeps the buffers' own values everywhere else, and attends over
+    all ``S`` buffer columns. Shapes never depend on the data: one decoding step per (batch, length)
+    can be captured once in a CUDA graph and replayed.
+
+    Attributes:
+        columns: ``[B, T]`` long, the buffer column of each input position.
+        fresh: ``[B, T]`` bool, the input positions whose keys/values replace the buffers'.
+    """
+
+    columns: torch.Tensor
+    fresh: torch.Tensor
+
+    def write(self, layer_cache: LayerCache, k: torch.Tensor, v: torch.Tensor) -> LayerCache:
+        """Write ``k``, ``v`` ``[B, n_kv, T, hs]`` into the layer's buffers; returns the buffers."""
+        index = self.columns[:, None, :, None].expand_as(k)  # [B, n_kv, T, hs]
+        fresh = self.fresh[:, None, :, None]  # [B, 1, T, 1]
+        for buffer, new in zip(layer_cache, (k, v)):
+            buffer.scatter_(2, index, torch.where(fresh, new, buffer.gather(2, index)))
+        return layer_cache
 
 
 class RMSNorm(nn.Module):
@@ -111,12 +139,14 @@ class LLaDABlock(nn.Module):
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
         layer_cache: LayerCache | None,
-        span: tuple[int, int] | None,
+        span: tuple[int, int] | StaticCacheSpan | None,
     ) -> tuple[torch.Tensor, LayerCache]:
         q = apply_rope(self._split_heads(self.q_proj(h), self.n_heads), cos, sin, self.rope_full_precision)
         k = apply_rope(self._split_heads(self.k_proj(h), self.n_kv_heads), cos, sin, self.rope_full_precision)
         v = self._split_heads(self.v_proj(h), self.n_kv_heads)
-        if layer_cache is not None:
+        if isinstance(span, StaticCacheSpan):
+            k, v = span.write(layer_cache, k, v)
+        elif layer_cache is not None:
             # The fresh keys/values replace span [start, end) of the cached ones.
             start, end = span
             k_cache, v_cache = layer_cache
@@ -213,9 +243,12 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
                 (S = T without a cache, the cached length with one). Padding keys are ignored;
                 without a mask every position is attended, as in the published code.
             position_ids: ``[B, T]`` RoPE positions; default ``cache_span[0] + arange(T)``.
-            kv_cache: per-layer cache from a previous call with ``use_cache=True``.
+            kv_cache: per-layer cache from a previous call with ``use_cache=True``, or fixed-size
+                buffers with a :class:`StaticCacheSpan`.
             cache_span: ``(start, end)`` of the cached sequence that ``input_ids`` recomputes;
-                keys/values outside it come from the cache. Required with ``kv_cache``.
+                keys/values outside it come from the cache. Required with ``kv_cache``. A
+                :class:`StaticCacheSpan` instead writes into the buffers in place (``position_ids``
+                required).
             use_cache: return the per-layer keys/values of all key positions.
             logits_at: ``[B, T]`` bool; if given, logits only at these positions, ``[N, V]``
                 in row-major order (``hidden[logits_at]``), which saves the head's cost.
@@ -229,8 +262,11 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         b, t = input_ids.shape
         if kv_cache is not None and cache_span is None:
             raise ValueError("cache_span=(start, end) is required with kv_cache")
-        start = cache_span[0] if cache_span is not None else 0
-        if cache_span is not None and cache_span[1] - start != t:
+        static = isinstance(cache_span, StaticCacheSpan)
+        if static and (kv_cache is None or position_ids is None):
+            raise ValueError("a StaticCacheSpan needs kv_cache buffers and position_ids")
+        start = cache_span[0] if cache_span is not None and not static else 0
+        if cache_span is not None and not static and cache_span[1] - start != t:
             raise ValueError(f"cache_span {cache_span} does not match the input length {t}")
         if position_ids is None:
             position_ids = torch.arange(start, start + t, device=input_ids.device).expand(b, t)

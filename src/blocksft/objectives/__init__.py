@@ -22,17 +22,13 @@ CE over loss tokens, no ``1/p``) with the variants the paper's ablations and its
 :func:`get_objective` selects ``blockwise`` / ``fullseq`` / ``blockwise_visible_suffix`` by name.
 
 Layout: ``noise`` (the noising functions), ``loss`` (the loss), ``budget`` (token and FLOP counts),
-``registry`` (objectives by name). Everything public is importable from ``blocksft.objectives``.
+``objective`` (an objective with its options, by name). The names, the options and their ranges
+are configuration (:mod:`blocksft.config.objective`). The functions are importable from
+``blocksft.objectives``.
 """
 
 from blocksft.objectives.budget import TokenCounts, count_tokens, forward_flops, training_step_flops
-from blocksft.objectives.loss import (
-    LossNormalize,
-    LossWeighting,
-    linear_cross_entropy,
-    loss_weights,
-    masked_ce_loss,
-)
+from blocksft.objectives.loss import linear_cross_entropy, loss_weights, masked_ce_loss
 from blocksft.objectives.noise import (
     NoisedBatch,
     noise_blockwise,
@@ -40,25 +36,12 @@ from blocksft.objectives.noise import (
     num_blocks,
     supervised_span_lens,
 )
-from blocksft.objectives.registry import (
-    OBJECTIVES,
-    Objective,
-    ObjectiveOptions,
-    ObjectiveSpec,
-    available_objectives,
-    get_objective,
-)
+from blocksft.objectives.objective import Objective, get_objective
 
 __all__ = [
-    "OBJECTIVES",
-    "LossNormalize",
-    "LossWeighting",
     "NoisedBatch",
     "Objective",
-    "ObjectiveOptions",
-    "ObjectiveSpec",
     "TokenCounts",
-    "available_objectives",
     "count_tokens",
     "forward_flops",
     "get_objective",

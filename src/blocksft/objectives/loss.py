@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 
-from blocksft.errors import BlocksftError
-
-LossWeighting = Literal["none", "inv_p"]
-LossNormalize = Literal["per_sample_masked", "answer_len", "batch_tokens", "batch_masked"]
-
-
-def check_loss_options(weighting: str, normalize: str) -> None:
-    """Raise :class:`BlocksftError` naming the flag when a loss option is unknown."""
-    if weighting not in get_args(LossWeighting):
-        raise BlocksftError(f"--loss-weighting must be one of {get_args(LossWeighting)}, got {weighting!r}")
-    if normalize not in get_args(LossNormalize):
-        raise BlocksftError(f"--loss-normalize must be one of {get_args(LossNormalize)}, got {normalize!r}")
+from blocksft.config.objective import LossNormalize, LossWeighting, check_loss_options
 
 
 def masked_ce_loss(

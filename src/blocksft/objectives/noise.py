@@ -7,7 +7,9 @@ from typing import NamedTuple
 
 import torch
 
+from blocksft.config.objective import check_noise_options
 from blocksft.errors import BlocksftError
+from blocksft.rng import check_generator
 
 Lengths = torch.Tensor | Sequence[int] | int
 
@@ -39,15 +41,6 @@ def num_blocks(answer_lens, block_size: int):
     return (answer_lens + block_size - 1) // block_size
 
 
-def check_noise_options(*, eps: float, prefix_mask_rate: float = 0.0, suffix_mask_prob: float = 1.0) -> None:
-    """Raise :class:`BlocksftError` naming the flag when a noising option is out of range."""
-    if not 0.0 < eps <= 1.0:
-        raise BlocksftError(f"--mask-eps must be in (0, 1], got {eps}")
-    for flag, value in (("--prefix-mask-rate", prefix_mask_rate), ("--suffix-mask-prob", suffix_mask_prob)):
-        if not 0.0 <= value <= 1.0:
-            raise BlocksftError(f"{flag} must be in [0, 1], got {value}")
-
-
 def as_lengths(values: Lengths, batch: int, device: torch.device, name: str) -> torch.Tensor:
     """``values`` as a ``[B]`` long tensor on ``device`` (an int is broadcast)."""
     out = torch.as_tensor(values, dtype=torch.long, device=device)
@@ -56,14 +49,6 @@ def as_lengths(values: Lengths, batch: int, device: torch.device, name: str) -> 
     if out.shape != (batch,):
         raise ValueError(f"{name} must have shape [{batch}], got {tuple(out.shape)}")
     return out
-
-
-def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(
-            f"the generator is on {generator.device} but the batch is on {device}; "
-            f"create it with torch.Generator(device={str(device)!r})"
-        )
 
 
 def _validate(
@@ -155,7 +140,7 @@ def noise_blockwise(
         prompt_lens: ``[B]`` prompt lengths (tensor, sequence or one int for all rows).
         answer_lens: ``[B]`` true answer lengths (without padding).
         block_index: ``[B]`` active block of each row, in ``[0, num_blocks)``; ``-1`` means the row
-            has no block left (exhausted, or schedule padding): the row is returned entirely clean
+            has no block left (its blocks are all used): the row is returned entirely clean
             (no prefix noise, no suffix masking) with no loss token, as the reference does.
         block_size: tokens per block; blocks start at the answer start, the last may be partial.
         mask_id: the mask token id.
@@ -164,7 +149,7 @@ def noise_blockwise(
         suffix_mask_prob: probability that each answer token after the block is masked (never in the
             loss); 1.0 hides the whole suffix (the paper), 0.0 leaves it visible.
         supervise_padding: the answer runs to the end of the row, so padding after it is part of the
-            answer (blocks are counted over ``L - prompt_len``; pad every batch to one fixed length).
+            answer: a block may reach into it, and the suffix runs to the row's end.
         generator: the only source of randomness, on ``input_ids.device``; None uses torch's global one.
         check: validate spans and block indices (one device sync); without it, invalid input is
             undefined behaviour (turn it off only for inputs already checked, e.g. from the schedule).
@@ -175,7 +160,7 @@ def noise_blockwise(
     check_noise_options(eps=eps, prefix_mask_rate=prefix_mask_rate, suffix_mask_prob=suffix_mask_prob)
     batch, seq_len = input_ids.shape
     device = input_ids.device
-    _check_generator(generator, device)
+    check_generator(generator, device)
     prompt_lens = as_lengths(prompt_lens, batch, device, "prompt_lens")
     answer_lens = as_lengths(answer_lens, batch, device, "answer_lens")
     block_index = as_lengths(block_index, batch, device, "block_index")
@@ -219,7 +204,7 @@ def noise_fullseq(
         mask_id: the mask token id.
         eps: lower bound of the per-row mask rate.
         supervise_padding: the answer runs to the end of the row (padding noised and trained).
-        active: optional ``[B]`` bool; rows set False are left clean with no loss (schedule padding).
+        active: optional ``[B]`` bool; rows set False are left clean with no loss.
         generator: the only source of randomness, on ``input_ids.device``.
         check: validate spans (one device sync).
 
@@ -229,7 +214,7 @@ def noise_fullseq(
     check_noise_options(eps=eps)
     batch, seq_len = input_ids.shape
     device = input_ids.device
-    _check_generator(generator, device)
+    check_generator(generator, device)
     prompt_lens = as_lengths(prompt_lens, batch, device, "prompt_lens")
     answer_lens = as_lengths(answer_lens, batch, device, "answer_lens")
     if check:

@@ -7,8 +7,7 @@ where the reference logs one rank's micro-batch), then ``lr, grad_norm``, per-st
 ``supervised_tokens`` (loss-bearing), ``tokens`` (non-padding), ``padded_tokens`` (what the device
 computed), ``samples``, estimated ``flops``, and ``tokens_per_s`` (non-padding tokens per second).
 ``batches.jsonl`` has one line per (step, rank, micro-batch): its sample ids, blocks and loss.
-``config.json`` holds every setting of the run (resolved) and ``ablation_config.json`` the
-reference's keys.
+(``config.json`` and ``ablation_config.json`` are written by :mod:`blocksft.train.run`.)
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ import math
 import os
 import sys
 from pathlib import Path
+
+from blocksft.errors import BlocksftError
 
 CSV_COLUMNS = (
     "step",
@@ -91,12 +92,34 @@ def truncate_after(path: Path, step: int, *, csv_file: bool) -> None:
 
 
 def read_loss_csv(path: Path) -> dict[str, list[float]]:
-    """Columns of a ``train_loss.csv`` as float lists (empty cells become NaN)."""
-    with Path(path).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {c: [] for c in CSV_COLUMNS}
-    return {c: [float(r[c]) if r.get(c) not in (None, "") else math.nan for r in rows] for c in rows[0]}
+    """Columns of a ``train_loss.csv`` as float lists (empty cells become NaN).
+
+    Raises:
+        BlocksftError: the file is not UTF-8 text or a cell is not a number.
+    """
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns: dict[str, list[float]] = {c: [] for c in reader.fieldnames or []}
+            for row in reader:
+                for name, cell in row.items():
+                    if name is None or name not in columns:
+                        continue
+                    columns[name].append(_number(cell, path, reader.line_num, name))
+    except UnicodeDecodeError as err:
+        raise BlocksftError(f"{path} is not UTF-8 text (byte {err.start}); is it a train_loss.csv?") from err
+    return columns or {c: [] for c in CSV_COLUMNS}
+
+
+def _number(cell: str | None, path: Path, line: int, column: str) -> float:
+    if cell in (None, ""):
+        return math.nan
+    try:
+        return float(cell)
+    except ValueError:
+        raise BlocksftError(
+            f"{path} line {line}: {cell!r} in column {column!r} is not a number; is it a train_loss.csv?"
+        ) from None
 
 
 def budget_summary(csv_path: Path) -> dict:
@@ -118,44 +141,3 @@ def format_budget(budget: dict) -> str:
         f"{budget['supervised_tokens']:,} supervised (loss-bearing) tokens of {budget['tokens']:,} processed "
         f"({budget['padded_tokens']:,} with padding); EQUAL-FLOPS: ~{budget['estimated_flops']:.3e} FLOPs"
     )
-
-
-def write_run_config(config, objective, *, steps: int, world_size: int, modules) -> None:
-    """``config.json`` (every setting, resolved) and the reference's ``ablation_config.json``."""
-    import dataclasses
-
-    import torch
-
-    from blocksft import __version__
-    from blocksft.config import config_to_dict
-
-    mask_id = objective.options.mask_id
-    derived = {
-        "objective_options": dataclasses.asdict(objective.options),
-        "total_steps": steps,
-        "world_size": world_size,
-        "samples_per_step": world_size * config.micro_batch * config.grad_accum,
-        "lora_modules": list(modules),
-        "blocksft_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    payload = {"config": config_to_dict(config), "derived": derived}
-    write_json(config.logs_dir / "config.json", payload)
-    ablation = {
-        "BLOCK_SIZE": config.block_size,
-        "PREFIX_MASK_RATE": config.prefix_mask_rate,
-        "SUFFIX_MASK_PROB": objective.options.suffix_mask_prob,
-        "MICRO_BSIZE": config.micro_batch,
-        "GRAD_ACC": config.grad_accum,
-        "LR": config.lr,
-        "EPOCHS": config.epochs,
-        "MAX_SAMPLES": config.max_samples,
-        "TOTAL_TRAIN_STEPS": steps,
-        "SAVE_EVERY": config.save_every or steps,
-        "CKPT_DIR": config.ckpt_dir,
-        "SEED": config.seed,
-        "MASK_ID": mask_id,
-        "MAX_LEN": config.max_len,
-        "OBJECTIVE": config.objective,
-    }
-    write_json(config.logs_dir / "ablation_config.json", ablation)

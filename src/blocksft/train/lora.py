@@ -12,12 +12,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+
 from blocksft.errors import BlocksftError
+
+from .engine import full_numel
 
 BLOCK_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 REFERENCE_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj")
 TARGET_PRESETS = {"reference": REFERENCE_TARGETS, "all": BLOCK_LINEAR_LAYERS}
 BLOCK_PREFIX = r"model\.transformer\.blocks\.\d+\."
+PEFT_PREFIX = "base_model.model."  # what PEFT puts before the base model's module names
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,6 @@ def target_regex(names: tuple[str, ...]) -> str:
 
 def matched_modules(model, names: tuple[str, ...]) -> dict[str, list[str]]:
     """For each name, the block linear layers of ``model`` it matches (refusing names matching none)."""
-    import torch
-
     pattern = re.compile(BLOCK_PREFIX + r"(?P<leaf>[^.]+)")
     matches: dict[str, list[str]] = {n: [] for n in names}
     for module_name, module in model.named_modules():
@@ -95,8 +100,6 @@ def apply_lora(model, *, targets: str, r: int, alpha: float, dropout: float):
     Returns:
         ``(peft_model, LoraReport)``.
     """
-    from peft import LoraConfig, get_peft_model
-
     names = resolve_lora_targets(targets)
     matched_modules(model, names)
     lora_config = LoraConfig(
@@ -108,17 +111,9 @@ def apply_lora(model, *, targets: str, r: int, alpha: float, dropout: float):
 
 def lora_report(peft_model, names: tuple[str, ...]) -> LoraReport:
     """Module names that carry LoRA, and trainable / total parameter counts."""
-    from peft.tuners.lora import LoraLayer
-
-    prefix = "base_model.model."
     modules = tuple(
-        name.removeprefix(prefix) for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)
+        name.removeprefix(PEFT_PREFIX) for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)
     )
-    trainable = sum(_numel(p) for p in peft_model.parameters() if p.requires_grad)
-    total = sum(_numel(p) for p in peft_model.parameters())
+    trainable = sum(full_numel(p) for p in peft_model.parameters() if p.requires_grad)
+    total = sum(full_numel(p) for p in peft_model.parameters())
     return LoraReport(targets=names, modules=modules, trainable_params=trainable, total_params=total)
-
-
-def _numel(param) -> int:
-    # Under ZeRO-3 a parameter is partitioned; ds_numel is its full size.
-    return int(getattr(param, "ds_numel", param.numel()))

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from blocksft.objectives import forward_flops, training_step_flops
+
+from .items import TrainBatch
+
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; other GPUs: pass the peak explicitly.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 
@@ -44,8 +48,6 @@ class FlopModel:
 
     def step_flops(self, padded_tokens: int, seq_len: int, logit_positions):
         """FLOPs of forward + backward over a micro-batch (``logit_positions`` may be a tensor)."""
-        from blocksft.objectives import forward_flops, training_step_flops
-
         body = forward_flops(
             self.body_params, padded_tokens, n_layers=self.n_layers, d_model=self.d_model, context=seq_len
         )
@@ -72,23 +74,29 @@ class StepMeter:
     window_start: float | None = None
 
     def record(
-        self, batch: dict, loss_mask: torch.Tensor, loss: torch.Tensor, *, step: int, sparse_logits: bool
+        self,
+        batch: TrainBatch,
+        loss_mask: torch.Tensor,
+        loss: torch.Tensor,
+        *,
+        step: int,
+        sparse_logits: bool,
     ) -> None:
-        """Count one micro-batch of optimizer step ``step``: ``batch`` from the collator,
-        ``loss_mask`` [B, L] and its loss."""
+        """Count one micro-batch of optimizer step ``step``: the batch, its ``loss_mask`` [B, L] and
+        its loss."""
         if self.window_start is None:
             self.window_start = time.perf_counter()
-        b, seq_len = batch["input_ids"].shape
+        b, seq_len = batch.input_ids.shape
         supervised = loss_mask.sum().to(torch.float64)
         flops = supervised * 0.0
         if self.flop_model is not None:
             logit_positions = supervised if sparse_logits else b * seq_len
             flops = flops + self.flop_model.step_flops(b * seq_len, seq_len, logit_positions)
-        real = (batch["prompt_lens"] + batch["answer_lens"]).sum().to(torch.float64)
+        real = (batch.prompt_lens + batch.answer_lens).sum().to(torch.float64)
         counts = torch.stack([supervised, real, flops])
         counts = torch.cat([counts, counts.new_tensor([b * seq_len, b])])
         loss_and_step = torch.stack([loss.detach().double(), counts.new_tensor(step)])
-        self.rows.append((counts, batch["sample_ids"], batch["block_index"], loss_and_step))
+        self.rows.append((counts, batch.sample_ids, batch.block_index, loss_and_step))
 
     def flush(self, accelerator) -> tuple[dict, list[dict]]:
         """Sum counts over ranks; gather per-micro-batch sample ids and losses (rank order).

@@ -8,44 +8,16 @@ processed tokens, FLOPs), which is how EQUAL-TOKENS and EQUAL-FLOPS comparisons 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from blocksft.config.plot import X_AXES, PlotConfig
 from blocksft.errors import BlocksftError
+from blocksft.outputs import check_output_path
 
 from .logs import read_loss_csv
-
-X_AXES = {
-    "step": "optimizer step",
-    "samples": "samples seen",
-    "supervised_tokens": "supervised (loss-bearing) tokens",
-    "tokens": "processed tokens",
-    "flops": "estimated training FLOPs",
-}
-
-
-@dataclass
-class PlotConfig:
-    """How ``blocksft plot`` draws the runs."""
-
-    output: str = field(default="loss.png", metadata={"help": "PNG to write"})
-    metric: str = field(
-        default="loss", metadata={"help": "CSV column on the y axis (loss, lr, grad_norm, ...)"}
-    )
-    x: Literal["step", "samples", "supervised_tokens", "tokens", "flops"] = field(
-        default="step", metadata={"help": "x axis: the step, or a cumulative budget"}
-    )
-    smooth: float = field(
-        default=0.0, metadata={"help": "exponential moving average weight in [0, 1) (0 = raw values)"}
-    )
-    log_y: bool = field(default=False, metadata={"help": "logarithmic y axis (losses spanning decades)"})
-    labels: list[str] | None = field(default=None, metadata={"help": "legend labels, one per run"})
-    title: str | None = field(default=None, metadata={"help": "figure title"})
-
-    def __post_init__(self):
-        if not 0.0 <= self.smooth < 1.0:
-            raise ValueError(f"smooth must be in [0, 1), got {self.smooth}")
 
 
 def loss_csv_of(run: str | Path) -> Path:
@@ -80,28 +52,36 @@ def cumulative(values: list[float]) -> list[float]:
     return out
 
 
+def plotted_columns(path: Path, config: PlotConfig) -> dict[str, list[float]]:
+    """The columns of one run's CSV, refused when there is nothing to draw."""
+    columns = read_loss_csv(path)
+    if config.metric not in columns or config.x not in columns or "step" not in columns:
+        missing = next(c for c in (config.metric, config.x, "step") if c not in columns)
+        raise BlocksftError(f"{path} has no column {missing!r}; columns: {', '.join(columns) or 'none'}")
+    if not columns["step"]:
+        raise BlocksftError(f"{path} has no rows (the run logged no step yet); nothing to plot")
+    if all(math.isnan(v) for v in columns[config.metric]):
+        raise BlocksftError(f"{path}: column {config.metric!r} has no values; choose another --metric")
+    return columns
+
+
 def plot_runs(runs: list[str | Path], config: PlotConfig) -> Path:
     """Draw ``config.metric`` of every run against ``config.x`` into ``config.output``.
 
     Returns:
         The PNG written (atomically).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not runs:
         raise BlocksftError("give at least one run (a <ckpt_dir>_logs folder or a train_loss.csv)")
     if config.labels is not None and len(config.labels) != len(runs):
         raise BlocksftError(f"--labels: {len(config.labels)} labels for {len(runs)} runs")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for k, run in enumerate(runs):
-        path = loss_csv_of(run)
-        columns = read_loss_csv(path)
-        if config.metric not in columns or config.x not in columns:
-            missing = config.metric if config.metric not in columns else config.x
-            raise BlocksftError(f"{path} has no column {missing!r}; columns: {', '.join(columns)}")
+    output = check_output_path(config.output, "--output", kind="file")
+    paths = [loss_csv_of(run) for run in runs]
+    curves = [(path, plotted_columns(path, config)) for path in paths]
+    fig = Figure(figsize=(8, 5))
+    FigureCanvasAgg(fig)  # drawn off-screen, without switching pyplot's backend
+    ax = fig.subplots()
+    for k, (path, columns) in enumerate(curves):
         xs = columns["step"] if config.x == "step" else cumulative(columns[config.x])
         ys = columns[config.metric]
         label = config.labels[k] if config.labels else run_label(path)
@@ -118,10 +98,8 @@ def plot_runs(runs: list[str | Path], config: PlotConfig) -> Path:
     ax.legend()
     if config.title:
         ax.set_title(config.title)
-    output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.tmp{output.suffix or '.png'}")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     tmp.replace(output)
     return output

@@ -1,32 +1,71 @@
 """``run_train(config)``: a whole training run, top to bottom.
 
-Engine and folders -> tokenizer, model, mask id -> records and the item plan -> LoRA -> Trainer ->
-train (or resume) -> final merged checkpoint and the budget. Launch it with ``python``/``blocksft
-train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module blocksft.train`` or
-``accelerate launch``: the Trainer picks the distributed setup up from the launcher.
+Engine and folders -> tokenizer, records, special ids -> model -> the item plan -> LoRA -> speed
+settings -> Trainer -> train (or resume) -> final merged checkpoint and the budget. Launch it with
+``python``/``blocksft train`` (one process; CPU for tests), ``torchrun``, ``deepspeed --module
+blocksft.train`` or ``accelerate launch``: the Trainer picks the distributed setup up from the
+launcher.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from transformers import AutoConfig, TrainingArguments, set_seed
+from transformers.trainer_callback import ProgressCallback
 
-from blocksft.errors import BlocksftError
+import blocksft
+from blocksft.config.flags import config_to_dict
+from blocksft.config.train import TrainConfig, is_on
+from blocksft.data.records import check_no_mask_tokens, load_records, records_sha256
+from blocksft.model.loading import load_model
+from blocksft.objectives import Objective, get_objective
+from blocksft.outputs import check_output_path, claim
+from blocksft.special_tokens import resolve_special_ids
+from blocksft.tokenizer import load_tokenizer
 
+from .block_schedule import BlockSchedule
 from .callbacks import (
     CompleteMarkerCallback,
     ExportCallback,
     LossProgressCallback,
     MergedExporter,
+    read_exports,
 )
-from .config import TrainConfig, resolve_deepspeed_config
-from .data import ItemDataset, PadCollator, group_by_length, plan_items, schedule_state_at, steps_for
-from .logs import CsvLog, budget_summary, format_budget, say, write_json, write_run_config
+from .choices import Choice, format_choices, replace_choice
+from .engine import (
+    check_engine,
+    enable_checkpointing,
+    full_numel,
+    resolve_deepspeed,
+    resolve_dtype,
+    resolved_config,
+    start_distributed,
+    training_arguments,
+    uses_gpu,
+)
+from .export import remove_partial_exports
+from .items import ItemDataset, PadCollator, plan_position, plan_run
+from .logs import CsvLog, budget_summary, format_budget, say, write_json
+from .lora import apply_lora
+from .lr_schedule import WarmupCosine
 from .metrics import FlopModel, StepMeter
-from .resume import check_output, check_schedule, checkpoint_step
+from .resume import (
+    check_data_identity,
+    check_output,
+    check_schedule,
+    checkpoint_step,
+    finished_run,
+    resume_changes,
+    saved_run,
+)
+from .speed import compile_blocks, resolve_grouping, resolve_model_speed
 from .trainer import BlockSFTTrainer, TrainStep
 
 
@@ -59,251 +98,306 @@ def run_train(config: TrainConfig, *, callbacks=()) -> TrainResult:
     Returns:
         A :class:`TrainResult` (on every rank; ``exports`` and ``budget`` are filled on rank 0).
     """
-    from accelerate import PartialState
-    from transformers import AutoConfig
-
-    import blocksft.model  # noqa: F401  (registers LLaDA with the Auto classes)
-    from blocksft.data.records import load_records
-    from blocksft.model.loading import load_model, load_tokenizer
-
     # ----- Engine and output folders -----
+    on_gpu = uses_gpu(config)
+    # Resolved before the resume check: grouping decides the data order, dtype and DeepSpeed the
+    # engine, and config.json records what ran.
+    grouping = resolve_grouping(config, on_gpu)
+    engine = [resolve_dtype(config, on_gpu), resolve_deepspeed(config, on_gpu)]
+    config = resolved_config(config, [grouping, *engine])
     args = training_arguments(config)
     check_engine(config, args.deepspeed)
+    check_output_path(config.logs_dir, f"--ckpt-dir {config.ckpt_dir}: its logs folder", kind="folder")
     world_size = start_distributed(args)
     state = PartialState()
-    resume_from = check_output(config)
-    state.wait_for_everyone()  # every rank has checked before rank 0 writes anything
+    # One writer per run folder: rank 0 holds the claim for the run's life (a second run on the same
+    # --ckpt-dir stops here; the kernel frees it if this process dies).
+    lock = Path(config.ckpt_dir).with_name(f".{Path(config.ckpt_dir).name}.lock")
+    with claim(lock, f"--ckpt-dir {config.ckpt_dir}") if state.is_main_process else nullcontext():
+        return _train_claimed(config, args, world_size, state, callbacks, grouping, engine)
 
-    # ----- Tokenizer, records, mask id and objective: all checked before the weights load -----
+
+def _train_claimed(
+    config: TrainConfig,
+    args: TrainingArguments,
+    world_size: int,
+    state: PartialState,
+    callbacks,
+    grouping: Choice,
+    engine: list[Choice],
+) -> TrainResult:
+    """:func:`run_train` once the run folder is this run's (``grouping`` and ``engine``: the choices
+    made before the resume check)."""
+    saved = saved_run(config.logs_dir) if config.resume else None
+    resume_from = check_output(config, saved)
+    finished = finished_run(config)
+    if finished is not None:
+        return already_finished(config.logs_dir, finished)
+    clear_partial_exports(config.ckpt_dir, state)
+
+    # ----- Tokenizer, records, special ids and objective: all checked before the weights load -----
     tokenizer = load_tokenizer(config.tokenizer or config.model)
-    records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
-    if config.max_samples:
-        records = records[: config.max_samples]
-    model_config = AutoConfig.from_pretrained(config.model)
-    pad_id = padding_id(tokenizer, model_config)
-    objective = build_objective(config, resolve_mask_id(config.mask_id, model_config, tokenizer, pad_id))
-    model = load_model(config.model, dtype=training_dtype(config))
+    records, data = load_run_records(config, tokenizer, saved)
+    ids = resolve_special_ids(tokenizer, AutoConfig.from_pretrained(config.model), mask_id=config.mask_id)
+    check_no_mask_tokens(records, ids.mask, config.data)
+    objective = build_objective(config, ids.mask)
+    model = load_model(config.model, dtype=config.dtype)
 
     # ----- The block schedule, the item plan, steps -----
     schedule, items, steps = plan_run(config, objective, records, world_size)
     args.max_steps = steps
     samples_per_step = world_size * config.micro_batch * config.grad_accum
-
-    def schedule_state(step: int) -> dict:
-        return schedule_state_at(schedule, items, step * samples_per_step)
-
+    resume_step = checkpoint_step(resume_from) if resume_from else 0
     if resume_from:
-        check_schedule(resume_from, schedule, schedule_state(checkpoint_step(resume_from)))
+        check_schedule(resume_from, schedule, plan_position(items, resume_step * samples_per_step))
 
     # ----- LoRA (or full fine-tuning) -----
-    from transformers import set_seed
-
     set_seed(config.seed)
     model, lora_modules = attach_adapters(model, config)
-    if config.torch_compile:
-        compile_blocks(model)
+
+    # ----- Speed settings: auto resolved for this device and model, printed and recorded -----
+    config, speed = settle_speed(config, args, model, objective, grouping, engine)
+    resumes = resume_history(saved, config, resume_step)
+    record = RunRecord(config, objective, steps, world_size, lora_modules, data, resumes, engine, speed)
+    record.main = state.is_main_process
+    if is_on(config.torch_compile):
+        compile_blocks(model, on_fallback=record.compile_fell_back)
 
     # ----- Logs and the Trainer -----
-    resume_step = checkpoint_step(resume_from) if resume_from else 0
-    csv_log = None
     if state.is_main_process:
         config.logs_dir.mkdir(parents=True, exist_ok=True)
-        csv_log = CsvLog(config.logs_dir, resume_step=resume_step)
-        write_run_config(config, objective, steps=steps, world_size=world_size, modules=lora_modules)
-    trainer = BlockSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=ItemDataset(records, items),
-        data_collator=PadCollator(
-            pad_id=pad_id,
-            multiple_of=config.pad_to_multiple_of,
-            pad_to=config.max_len if (config.pad_to_max_len or config.supervise_padding) else None,
-            supervise_padding=config.supervise_padding,
-        ),
-        processing_class=tokenizer,
-        train_step=TrainStep(
-            objective,
-            seed=config.seed,
-            sparse_logits=config.sparse_logits,
-            attend_padding=config.attend_padding,
-            ce_chunk_size=config.ce_chunk_size,
-        ),
-        meter=StepMeter(flop_model=flop_model_of(model, config)),
-        csv_log=csv_log,
-    )
-    exporter = MergedExporter(trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer)
-    add_callbacks(trainer, exporter, config.save_every, CompleteMarkerCallback(schedule_state), *callbacks)
+        record.write()
+    csv_log = CsvLog(config.logs_dir, resume_step=resume_step) if state.is_main_process else None
+    dataset = ItemDataset(records, items)
+    trainer, exporter = build_trainer(config, args, model, tokenizer, objective, ids.pad, dataset, csv_log)
+    markers = CompleteMarkerCallback(partial(schedule_state, schedule, items, samples_per_step))
+    bar = add_callbacks(trainer, exporter, config.save_every, markers, *callbacks)
 
     # ----- Train, then the last merged checkpoint and the budget -----
     if resume_from:
         say(f"resuming from {resume_from} (step {resume_step} of {steps})")
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        bar.close()
+    return finish_run(trainer, exporter, config.logs_dir, state)
+
+
+def settle_speed(
+    config: TrainConfig, args: TrainingArguments, model, objective: Objective, grouping: Choice, engine
+) -> tuple[TrainConfig, list[Choice]]:
+    """The speed settings for the built model: resolved, set in the Trainer's arguments, and printed
+    with the engine's."""
+    speed = [grouping, *resolve_model_speed(config, model, objective, uses_gpu(config))]
+    config = resolved_config(config, speed)
+    enable_checkpointing(args, config)
+    say(format_choices(engine, "engine"))
+    say(format_choices(speed))
+    return config, speed
+
+
+def schedule_state(schedule: BlockSchedule, items: list, samples_per_step: int, step: int) -> dict:
+    """The block schedule's state after ``step`` optimizer steps, for a resumable state's marker."""
+    return schedule.state(*plan_position(items, step * samples_per_step))
+
+
+def build_trainer(
+    config: TrainConfig,
+    args: TrainingArguments,
+    model,
+    tokenizer,
+    objective: Objective,
+    pad_id: int,
+    dataset: ItemDataset,
+    csv_log: CsvLog | None,
+) -> tuple[BlockSFTTrainer, MergedExporter]:
+    """The Trainer over the run's items, and what writes its merged checkpoints."""
+    trainer = BlockSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        collator=build_collator(config, objective, pad_id),
+        processing_class=tokenizer,
+        train_step=build_train_step(config, objective),
+        lr_schedule=lr_schedule_of(config),
+        meter=StepMeter(flop_model=flop_model_of(model, config)),
+        csv_log=csv_log,
+    )
+    exporter = MergedExporter(
+        trainer, ckpt_dir=config.ckpt_dir, tokenizer=tokenizer, logs_dir=config.logs_dir
+    )
+    return trainer, exporter
+
+
+def clear_partial_exports(ckpt_dir: str, state: PartialState) -> None:
+    """Delete merged checkpoints an interrupted run left half-written (rank 0, holding the claim);
+    every rank has passed the resume checks before rank 0 writes anything."""
+    if state.is_main_process:
+        for folder in remove_partial_exports(ckpt_dir):
+            say(f"removed {folder}, a merged checkpoint left half-written by an interrupted run")
+    state.wait_for_everyone()
+
+
+def already_finished(logs_dir: Path, budget: dict) -> TrainResult:
+    """A resumed run that had ended: nothing to do but say what it wrote."""
+    exports = [p for _, p in sorted(read_exports(logs_dir).items())]
+    say(
+        f"the run in {logs_dir} finished already ({budget['steps']} steps; merged "
+        f"checkpoints {', '.join(map(str, exports)) or 'none recorded'}): nothing to do"
+    )
+    return TrainResult(budget["steps"], exports, logs_dir, budget)
+
+
+def finish_run(trainer: BlockSFTTrainer, exporter: MergedExporter, logs_dir: Path, state) -> TrainResult:
+    """The last merged checkpoint (unless the last step exported one) and the budget (rank 0)."""
     if trainer.state.global_step not in exporter.exported_steps:
         exporter.export(trainer.state.global_step)
     budget = {}
     if state.is_main_process:
-        budget = budget_summary(config.logs_dir / "train_loss.csv")
-        write_json(config.logs_dir / "budget.json", budget)
+        budget = budget_summary(logs_dir / "train_loss.csv")
+        write_json(logs_dir / "budget.json", budget)
         say(format_budget(budget))
     state.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return TrainResult(trainer.state.global_step, exporter.exports, config.logs_dir, budget, model)
+    return TrainResult(trainer.state.global_step, exporter.exports, logs_dir, budget, model)
 
 
-# ----- Engine -------------------------------------------------------------------------------------
+def load_run_records(config: TrainConfig, tokenizer, saved: dict | None) -> tuple[list[dict], dict]:
+    """The records the run trains on (the first ``--max-samples``) and the data's content digests,
+    checked against the interrupted run's on ``--resume``."""
+    records = load_records(config.data, tokenizer=tokenizer, max_len=config.max_len)
+    data = {"records_sha256": records_sha256(records)}
+    if config.max_samples:
+        records = records[: config.max_samples]
+    data["trained_records_sha256"] = records_sha256(records) if config.max_samples else data["records_sha256"]
+    if config.resume:
+        check_data_identity(saved, data, config.data)
+    return records, data
 
 
-def training_dtype(config: TrainConfig) -> str:
-    """``bf16`` on a GPU that supports it (or as asked), ``fp32`` on CPU."""
-    if config.dtype != "auto":
-        return config.dtype
-    on_gpu = torch.cuda.is_available() and not config.use_cpu
-    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+# ----- The run's record ---------------------------------------------------------------------------
 
 
-def training_arguments(config: TrainConfig):
-    """The ``TrainingArguments`` for a config (``max_steps`` is set once the data is planned)."""
-    from transformers import TrainingArguments
+@dataclass
+class RunRecord:
+    """``config.json`` (every setting as it ran; the engine and speed choices; the data's content
+    digests; the resumes that changed settings) and the reference's ``ablation_config.json``,
+    written on rank 0; rewritten when a choice changes mid-run (a compile that falls back)."""
 
-    on_gpu = torch.cuda.is_available() and not config.use_cpu
-    dtype = training_dtype(config)
-    if not 0.0 <= config.warmup_ratio < 1.0:
-        raise BlocksftError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
-    if config.report_to != "none" and importlib.util.find_spec(config.report_to) is None:
-        raise BlocksftError(
-            f"--report-to {config.report_to} needs the package: pip install {config.report_to}"
-        )
-    return TrainingArguments(
-        output_dir=str(config.checkpoints_dir),
-        per_device_train_batch_size=config.micro_batch,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr,
-        adam_beta1=config.adam_beta1,
-        adam_beta2=config.adam_beta2,
-        adam_epsilon=config.adam_eps,
-        weight_decay=config.weight_decay,
-        optim="adamw_torch",
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
-        warmup_steps=config.warmup_ratio,
-        max_grad_norm=config.max_grad_norm,
-        max_steps=1,
-        seed=config.seed,
-        bf16=on_gpu and dtype == "bf16",
-        fp16=on_gpu and dtype == "fp16",
-        use_cpu=not on_gpu,
-        deepspeed=resolve_deepspeed_config(config.deepspeed, cuda_available=on_gpu),
-        **checkpointing_arguments(TrainingArguments, config.gradient_checkpointing),
-        logging_steps=config.log_every,
-        logging_nan_inf_filter=False,
-        save_strategy="steps" if config.checkpoint_every else "no",
-        save_steps=config.checkpoint_every or 1,
-        save_total_limit=config.keep_checkpoints or None,
-        report_to=[] if config.report_to == "none" else [config.report_to],
-        remove_unused_columns=False,
-        label_names=[],
-        dataloader_num_workers=config.num_workers,
-        dataloader_pin_memory=on_gpu,
-        ddp_find_unused_parameters=False,
-        disable_tqdm=False,
+    config: TrainConfig
+    objective: Objective
+    steps: int
+    world_size: int
+    modules: tuple
+    data: dict
+    resumes: list[dict]
+    engine: list[Choice]
+    speed: list[Choice]
+    main: bool = True  # rank 0 writes
+
+    def compile_fell_back(self, note: str) -> None:
+        """``torch.compile`` failed at the first step: record that the blocks run eagerly."""
+        self.speed = [
+            replace_choice(c, "off", note) if c.setting == "torch_compile" else c for c in self.speed
+        ]
+        self.config = resolved_config(self.config, self.speed)
+        say(f"note: {note}")
+        if self.main:
+            self.write()
+
+    def write(self) -> None:
+        config, options = self.config, self.objective.options
+        derived = {
+            "objective_options": dataclasses.asdict(options),
+            "total_steps": self.steps,
+            "world_size": self.world_size,
+            "samples_per_step": self.world_size * config.micro_batch * config.grad_accum,
+            "lora_modules": list(self.modules),
+            "data": self.data,
+            "blocksft_version": blocksft.__version__,
+            "torch_version": torch.__version__,
+            "engine": {c.setting: c.as_dict() for c in self.engine},
+            "speed": {c.setting: c.as_dict() for c in self.speed},
+        }
+        payload = {"config": config_to_dict(config), "derived": derived, "resumes": self.resumes}
+        write_json(config.logs_dir / "config.json", payload)
+        ablation = {
+            "BLOCK_SIZE": config.block_size,
+            "PREFIX_MASK_RATE": config.prefix_mask_rate,
+            "SUFFIX_MASK_PROB": options.suffix_mask_prob,
+            "MICRO_BSIZE": config.micro_batch,
+            "GRAD_ACC": config.grad_accum,
+            "LR": config.lr,
+            "EPOCHS": config.epochs,
+            "MAX_SAMPLES": config.max_samples,
+            "TOTAL_TRAIN_STEPS": self.steps,
+            "SAVE_EVERY": config.save_every or self.steps,
+            "CKPT_DIR": config.ckpt_dir,
+            "SEED": config.seed,
+            "MASK_ID": options.mask_id,
+            "MAX_LEN": config.max_len,
+            "OBJECTIVE": config.objective,
+        }
+        write_json(config.logs_dir / "ablation_config.json", ablation)
+
+
+def resume_history(saved: dict | None, config: TrainConfig, resume_step: int) -> list[dict]:
+    """The run's resumes with changed settings (``--allow-changes``), for ``config.json``."""
+    history = list((saved or {}).get("resumes", []))
+    changed = resume_changes(saved, config) if saved is not None else {}
+    if changed:
+        history.append({"step": resume_step, "changed": {k: list(v) for k, v in changed.items()}})
+    return history
+
+
+# ----- What the Trainer is built from ---------------------------------------------------------------
+
+
+def build_objective(config: TrainConfig, mask_id: int) -> Objective:
+    """The configured :class:`blocksft.objectives.Objective` (it validates its own options)."""
+    return get_objective(
+        config.objective,
+        mask_id=mask_id,
+        block_size=config.block_size,
+        eps=config.mask_eps,
+        prefix_mask_rate=config.prefix_mask_rate,
+        suffix_mask_prob=config.suffix_mask_prob,
+        supervise_padding=config.supervise_padding,
+        loss_weighting=config.loss_weighting,
+        loss_normalize=config.loss_normalize,
     )
 
 
-def checkpointing_arguments(arguments_class, enabled: bool) -> dict:
-    """Gradient checkpointing under the name this transformers has (``activation_checkpointing``
-    replaced ``gradient_checkpointing``, which now warns), non-reentrant."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(arguments_class)}
-    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False}}
-
-
-def start_distributed(args) -> int:
-    """Set the distributed backend up now (ZeRO-3 partitions the model while loading it); the world size."""
-    world_size = args.world_size  # first access initialises the process group
-    if args.deepspeed and args.use_cpu and world_size > 1:
-        # accelerate's CPU path leaves DeepSpeed's own process group uninitialised, which ZeRO-3's
-        # partitioned model loading needs (on GPUs accelerate initialises it).
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-    return world_size
+def build_collator(config: TrainConfig, objective: Objective, pad_id: int) -> PadCollator:
+    """How the run pads its batches: to ``--max-len`` or to each batch's longest record."""
+    return PadCollator(
+        pad_id=pad_id,
+        multiple_of=config.pad_to_multiple_of,
+        pad_to=config.max_len if config.pad_to_max_len else None,
+        supervise_padding=config.supervise_padding,
+        complete_blocks=config.block_size if objective.blockwise else None,
+        max_len=config.max_len,
+    )
 
 
-def check_engine(config: TrainConfig, deepspeed_config: str | None) -> None:
-    """Refuse options the engine cannot honour: the chunked head reads the head's weight directly,
-    which ZeRO-3 partitions across ranks."""
-    import json
-
-    if not (config.ce_chunk_size and deepspeed_config):
-        return
-    stage = json.loads(Path(deepspeed_config).read_text()).get("zero_optimization", {}).get("stage", 0)
-    if stage == 3:
-        raise BlocksftError(
-            "--ce-chunk-size does not work with DeepSpeed ZeRO-3 (the LM head is partitioned): "
-            "use --deepspeed zero2 or --ce-chunk-size 0"
-        )
+def build_train_step(config: TrainConfig, objective: Objective) -> TrainStep:
+    """Noise + forward + loss of one micro-batch, with the run's settings."""
+    return TrainStep(
+        objective,
+        seed=config.seed,
+        sparse_logits=config.sparse_logits,
+        attend_padding=config.attend_padding,
+        ce_chunk_size=config.ce_chunk_size,
+    )
 
 
-def compile_blocks(model, backend: str = "inductor") -> None:
-    """``torch.compile`` each transformer block's forward (dynamic shapes: batches differ in length).
-
-    The blocks, not the whole model: the number of loss positions makes the head's input
-    data-dependent in size, which breaks a whole-model graph. The compiled forward is an instance
-    attribute of the block; deleting it goes back to eager. ``backend``: ``torch.compile``'s (tests
-    trace with ``"eager"``, which skips code generation).
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for block in base.blocks:
-        block.forward = torch.compile(block.forward, dynamic=True, backend=backend)
-
-
-def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> None:
-    """Our progress bar instead of the stock one, merged exports, and the other callbacks."""
-    from transformers.trainer_callback import ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    for callback in (LossProgressCallback(), ExportCallback(exporter, save_every), *extra):
-        trainer.add_callback(callback)
-
-
-# ----- Model, tokens -----------------------------------------------------------------------------
-
-
-def padding_id(tokenizer, model_config) -> int:
-    """The pad id (the reference falls back to EOS when the tokenizer has no pad token)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, model_config.pad_token_id):
-        if candidate is not None:
-            return int(candidate)
-    raise BlocksftError("the tokenizer has neither a pad nor an EOS token: cannot pad batches")
-
-
-def resolve_mask_id(requested: int | None, model_config, tokenizer, pad_id: int) -> int:
-    """``--mask-id`` or the model config's, checked against the vocabulary, the tokenizer and pad."""
-    from blocksft.tokenizer import MASK
-
-    mask_id = requested if requested is not None else getattr(model_config, "mask_token_id", None)
-    if mask_id is None:
-        raise BlocksftError("the model config has no mask_token_id: pass --mask-id")
-    vocab = model_config.vocab_size
-    if not 0 <= mask_id < vocab:
-        raise BlocksftError(f"--mask-id {mask_id} is outside the model's vocabulary [0, {vocab})")
-    if mask_id == pad_id:
-        raise BlocksftError(f"--mask-id {mask_id} equals the padding id: masks and padding must differ")
-    token_id = tokenizer.convert_tokens_to_ids(MASK)
-    if token_id is not None and token_id != tokenizer.unk_token_id and token_id != mask_id:
-        raise BlocksftError(
-            f"--mask-id {mask_id} differs from the tokenizer's {MASK} id {token_id}: "
-            f"pass --mask-id {token_id}"
-        )
-    return int(mask_id)
+def lr_schedule_of(config: TrainConfig) -> WarmupCosine:
+    """The run's warmup-cosine schedule (``--warmup-ratio``, ``--min-lr-ratio``, ``--warmup-type``)."""
+    return WarmupCosine(config.warmup_ratio, config.min_lr_ratio, config.warmup_type)
 
 
 def attach_adapters(model, config: TrainConfig):
     """LoRA on the configured targets (or every weight trainable); prints what is trained."""
-    from .lora import apply_lora
-
     if config.full_finetune:
         model.requires_grad_(True)
         count = sum(p.numel() for p in model.parameters())
@@ -321,87 +415,24 @@ def attach_adapters(model, config: TrainConfig):
 
 
 def flop_model_of(model, config: TrainConfig) -> FlopModel:
-    def count(params):
-        return sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
-
+    """The shapes that decide a step's FLOPs, for the logs' FLOP counts."""
     mc = model.config
+    trained = [p for p in model.parameters() if p.requires_grad]
     return FlopModel(
-        body_params=count(p for n, p in model.named_parameters() if ".blocks." in n),
-        trained_params=None
-        if config.full_finetune
-        else count(p for p in model.parameters() if p.requires_grad),
+        body_params=sum(full_numel(p) for n, p in model.named_parameters() if ".blocks." in n),
+        trained_params=None if config.full_finetune else sum(full_numel(p) for p in trained),
         head_params=mc.d_model * mc.embedding_size,
         n_layers=mc.n_layers,
         d_model=mc.d_model,
-        recompute=config.gradient_checkpointing,
+        recompute=is_on(config.gradient_checkpointing),
     )
 
 
-# ----- Data ---------------------------------------------------------------------------------------
-
-
-def plan_run(config: TrainConfig, objective, records, world_size: int):
-    """The block schedule, the items the run trains on (in order) and its optimizer steps (printed)."""
-    schedule = block_schedule(config, objective, records)
-    samples_per_step = world_size * config.micro_batch * config.grad_accum
-    items = plan_items(schedule, config.epochs, blockwise=objective.blockwise)
-    steps = steps_for(items, samples_per_step, config.total_steps)
-    say(describe_plan(config, schedule, items, steps, samples_per_step, world_size))
-    say(f"logs in {config.logs_dir}/, merged checkpoints in {config.ckpt_dir}_stepNNNN/")
-    items = items[: steps * samples_per_step]
-    if config.group_by_length:
-        items = group_by_length(
-            items,
-            [len(r["full_ids"]) for r in records],
-            slice_size=world_size * config.micro_batch,
-            window=config.length_group_steps * samples_per_step,
-            seed=config.seed,
-        )
-    return schedule, items, steps
-
-
-def build_objective(config: TrainConfig, mask_id: int):
-    """The configured :class:`blocksft.objectives.Objective` (it validates its own options)."""
-    from blocksft.objectives import get_objective
-
-    return get_objective(
-        config.objective,
-        mask_id=mask_id,
-        block_size=config.block_size,
-        eps=config.mask_eps,
-        prefix_mask_rate=config.prefix_mask_rate,
-        suffix_mask_prob=config.suffix_mask_prob,
-        supervise_padding=config.supervise_padding,
-        loss_weighting=config.loss_weighting,
-        loss_normalize=config.loss_normalize,
-    )
-
-
-def block_schedule(config: TrainConfig, objective, records):
-    """The seeded block schedule over the records (one rank: the Trainer's loader shards the items)."""
-    from blocksft.schedule import BlockSchedule
-
-    prompt_lens = [int(r["prompt_len"]) for r in records]
-    answer_lens = [len(r["full_ids"]) - p for r, p in zip(records, prompt_lens)]
-    counts = objective.block_counts(prompt_lens, answer_lens, max_len=config.max_len)
-    return BlockSchedule(
-        counts if counts is not None else [1] * len(records),
-        seed=config.seed,
-        shuffle=config.shuffle,
-        drop_exhausted=config.drop_exhausted,
-    )
-
-
-def describe_plan(config, schedule, items, steps, samples_per_step, world_size) -> str:
-    """What the run will do, and when its budget ends it early."""
-    text = (
-        f"{config.objective}: {schedule.num_samples:,} samples x {config.epochs} epoch(s); "
-        f"{steps} optimizer steps of {samples_per_step} samples (world size {world_size} x micro-batch "
-        f"{config.micro_batch} x grad-accum {config.grad_accum})"
-    )
-    if config.objective != "fullseq":
-        used = sum(item.block >= 0 for item in items[: steps * samples_per_step])
-        text += f"; {used:,} of {schedule.total_pairs:,} (sample, block) pairs"
-        if used == schedule.total_pairs and config.epochs > schedule.epochs_to_cover:
-            text += f": all used after epoch {schedule.epochs_to_cover}, so the run stops early there"
-    return text
+def add_callbacks(trainer, exporter: MergedExporter, save_every: int, *extra) -> LossProgressCallback:
+    """Our progress bar instead of the stock one, merged exports, and the other callbacks; returns
+    the progress callback (to close its bar however training ends)."""
+    trainer.remove_callback(ProgressCallback)
+    bar = LossProgressCallback()
+    for callback in (bar, ExportCallback(exporter, save_every), *extra):
+        trainer.add_callback(callback)
+    return bar

@@ -1,31 +1,33 @@
 """The training step and the thin ``transformers.Trainer`` subclass that runs it.
 
-:class:`TrainStep` is one micro-batch: noise it on its device, run the model (logits only where
-loss is taken, unless ``sparse_logits`` is off), take the loss. It calls ``blocksft.objectives``
-for the math and is shared by the Trainer and the benchmarks. :class:`BlockSFTTrainer` overrides
-only ``compute_loss`` (calls the step), ``log`` (adds the step's token counts, summed over ranks,
-and stops on a non-finite loss) and the sampler (the item list is already in training order);
-optimiser, scheduler, DeepSpeed, mixed precision, checkpoints and resume are the stock Trainer's.
+:class:`TrainStep` is one micro-batch (a :class:`~blocksft.train.items.TrainBatch`): noise it on its
+device, run the model (logits only where loss is taken, unless ``sparse_logits`` is off), take the
+loss. It calls ``blocksft.objectives`` for the math and is shared by the Trainer and the
+benchmarks. :class:`BlockSFTTrainer` overrides only ``compute_loss`` (calls the step), ``log`` (adds
+the step's token counts, summed over ranks, and stops on a non-finite loss), the sampler (the item
+list is already in training order) and ``create_scheduler`` (our
+:class:`~blocksft.train.lr_schedule.WarmupCosine`, also under DeepSpeed, whose engine steps it);
+optimiser, DeepSpeed, mixed precision, checkpoints and resume are the stock Trainer's. The Trainer
+handles its batches as mappings, so ours travel to it as ``{"batch": TrainBatch}``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import Trainer
 
 from blocksft.errors import BlocksftError
+from blocksft.objectives import NoisedBatch, Objective, linear_cross_entropy
+from blocksft.rng import batch_seed
 
+from .items import TrainBatch
 from .logs import CsvLog
+from .lr_schedule import WarmupCosine
 from .metrics import StepMeter
-
-
-def noise_seed(seed: int, first_item: int) -> int:
-    """Seed of one micro-batch's noise: the run seed and the batch's first item (unique per batch,
-    the same after a resume, different on every rank)."""
-    return (seed % (1 << 31)) * (1 << 32) + first_item
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class TrainStep:
             logits are kept for the backward pass. 0: the model's head, then the loss.
     """
 
-    objective: object
+    objective: Objective
     seed: int
     sparse_logits: bool = True
     attend_padding: bool = False
@@ -53,40 +55,36 @@ class TrainStep:
         if self.ce_chunk_size and not self.sparse_logits:
             raise BlocksftError("--ce-chunk-size works on the loss positions: it needs --sparse-logits")
 
-    def __call__(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, loss_mask [B, L])`` for a batch from :class:`~blocksft.train.data.PadCollator`."""
+    def __call__(self, model, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(loss, loss_mask [B, L])`` for a batch."""
         noised = self.noise(batch)
         return self.loss(model, batch, noised), noised.loss_mask
 
-    def noise(self, batch: dict):
+    def noise(self, batch: TrainBatch) -> NoisedBatch:
         """The batch's :class:`~blocksft.objectives.NoisedBatch`, drawn on its device from its own seed."""
-        input_ids = batch["input_ids"]  # [B, L]
+        input_ids = batch.input_ids  # [B, L]
         generator = torch.Generator(device=input_ids.device)
-        generator.manual_seed(noise_seed(self.seed, batch["first_item"]))
+        generator.manual_seed(batch_seed(self.seed, batch.first_item))
         return self.objective.noise(
             input_ids,
-            batch["prompt_lens"],
-            batch["answer_lens"],
-            block_index=batch["block_index"],
+            batch.prompt_lens,
+            batch.answer_lens,
+            block_index=batch.block_index,
             generator=generator,
         )
 
-    def loss(self, model, batch: dict, noised) -> torch.Tensor:
+    def loss(self, model, batch: TrainBatch, noised: NoisedBatch) -> torch.Tensor:
         """The objective's loss of ``model`` on a batch noised as ``noised``."""
-        input_ids = batch["input_ids"]  # [B, L]
+        input_ids = batch.input_ids  # [B, L]
         lengths = dict(
-            prompt_lens=batch["prompt_lens"],
-            answer_lens=batch["answer_lens"],
-            block_index=batch["block_index"],
+            prompt_lens=batch.prompt_lens, answer_lens=batch.answer_lens, block_index=batch.block_index
         )
         # Without padding in the batch the mask changes nothing: leave it out so that SDPA may use
         # its flash kernel (which takes no mask). ``has_padding`` is a host bool: no device sync.
-        masked = not self.attend_padding and batch.get("has_padding", True)
-        inputs = dict(input_ids=noised.noised_ids, attention_mask=batch["attention_mask"] if masked else None)
+        masked = not self.attend_padding and batch.has_padding
+        inputs = dict(input_ids=noised.noised_ids, attention_mask=batch.attention_mask if masked else None)
         if self.ce_chunk_size:
             # Hidden states [B, L, D] -> [N, D] at the loss positions; head + CE in chunks.
-            from blocksft.objectives import linear_cross_entropy
-
             hidden = model(**inputs, return_logits=False, output_hidden_states=True).hidden_states
             return linear_cross_entropy(
                 hidden[noised.loss_mask],
@@ -110,25 +108,62 @@ def lm_head_weight(model) -> torch.Tensor:
     return model.get_output_embeddings().weight
 
 
-class BlockSFTTrainer(Trainer):
-    """``transformers.Trainer`` whose loss is a :class:`TrainStep`."""
+@dataclass(frozen=True)
+class KeyedCollator:
+    """The Trainer moves, counts and inspects its batches as mappings: ours go as ``{"batch": ...}``
+    (the data loader places a :class:`TrainBatch` through its ``to``)."""
 
-    def __init__(self, *args, train_step: TrainStep, meter: StepMeter, csv_log: CsvLog | None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.train_step, self.meter, self.csv_log = train_step, meter, csv_log
+    collator: Callable[[list[dict]], TrainBatch]
+
+    def __call__(self, features: list[dict]) -> dict[str, TrainBatch]:
+        return {"batch": self.collator(features)}
+
+
+class BlockSFTTrainer(Trainer):
+    """``transformers.Trainer`` whose loss is a :class:`TrainStep` over batches of ``collator``."""
+
+    def __init__(
+        self,
+        *args,
+        collator: Callable[[list[dict]], TrainBatch],
+        train_step: TrainStep,
+        lr_schedule: WarmupCosine,
+        meter: StepMeter,
+        csv_log: CsvLog | None,
+        **kwargs,
+    ):
+        super().__init__(*args, data_collator=KeyedCollator(collator), **kwargs)
+        self.train_step, self.lr_schedule, self.meter, self.csv_log = train_step, lr_schedule, meter, csv_log
         # Our loss is a per-batch mean; the Trainer must average it over accumulation steps itself.
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, loss_mask = self.train_step(model, inputs)
+        batch = inputs["batch"].to(self.args.device)  # already there when the loader placed it
+        loss, loss_mask = self.train_step(model, batch)
         self.meter.record(
-            inputs,
+            batch,
             loss_mask,
             loss,
             step=self.state.global_step + 1,
             sparse_logits=self.train_step.sparse_logits,
         )
         return (loss, {"loss_mask": loss_mask}) if return_outputs else loss
+
+    def floating_point_ops(self, inputs) -> int:
+        # The stock estimate (6 x tokens x parameters), from our batch's ids.
+        return super().floating_point_ops({"input_ids": inputs["batch"].input_ids})
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        # Also called by the Trainer's DeepSpeed set-up (the shipped DeepSpeed files hold no scheduler).
+        if self.lr_scheduler is None:
+            self.lr_scheduler = self.lr_schedule.build(optimizer or self.optimizer, num_training_steps)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            set_peak_lr(self.optimizer, self.lr_scheduler, self.args.learning_rate)
 
     def _get_train_sampler(self, train_dataset=None):
         # The item list is already in training order (seeded shuffling per epoch, see data.py).
@@ -145,6 +180,19 @@ class BlockSFTTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def set_peak_lr(optimizer, scheduler, peak_lr: float) -> None:
+    """Make a restored schedule run at ``peak_lr``: its base LR (and the optimizer's current one,
+    scaled alike) were saved with the run's old ``--lr`` (``--resume --allow-changes lr``)."""
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    if not base_lrs or all(base == peak_lr for base in base_lrs):
+        return
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = group["lr"] * peak_lr / base
+        group["initial_lr"] = peak_lr
+    scheduler.base_lrs = [peak_lr] * len(base_lrs)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 class NonFiniteLossError(BlocksftError):
     """The loss became NaN or infinite: the run stops; saved checkpoints are left as they are."""
 
@@ -153,7 +201,8 @@ class NonFiniteLossError(BlocksftError):
         samples = sorted({s for b in bad for s in b["samples"]})
         super().__init__(
             f"loss is {loss} at step {step} (samples {samples[:64]}{' ...' if len(samples) > 64 else ''}); "
-            "training stopped and no checkpoint was written for this step. Resume from the last complete "
-            "state with --resume (after lowering --lr, say) or inspect those samples"
+            "training stopped and no checkpoint was written for this step. Inspect those samples, or resume "
+            "from the last complete state with a lower learning rate: the same command with --resume "
+            "--allow-changes lr --lr <lower>"
         )
         self.step, self.samples = step, samples

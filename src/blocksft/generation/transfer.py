@@ -1,4 +1,5 @@
-"""Pure tensor pieces of semi-autoregressive decoding: how many tokens to commit, which ones, and how.
+"""Pure tensor pieces of one decoding step: how many tokens to commit (the transfer schedule), which
+ones, and the predictions; the canvas's padding and positions.
 
 Conventions: the canvas is ``[B, L]`` with ``L = P + G`` (``P`` = the left-padded prompt width,
 ``G`` = ``gen_length``); block ``b`` covers canvas columns ``[P + b * K, P + (b + 1) * K)`` with
@@ -43,17 +44,65 @@ def select_transfer(
     Returns:
         ``[B, K]`` bool. Ties in confidence go to the leftmost position.
     """
+    counts = transfer_counts(confidence, masked, counts, threshold)
+    rank = descending_rank(confidence.masked_fill(~masked, float("-inf")))  # [B, K]
+    return (rank < counts[:, None]) & masked
+
+
+def descending_rank(values: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` each value's 0-based place in its row sorted in descending order, ties to the
+    leftmost: the number of values ahead of it (larger, or equal and to its left). Pairwise
+    comparisons (``K x K`` per row) instead of a sort kernel: the same ranks as a stable descending
+    argsort, and nothing that a CUDA graph capture or ``torch.compile(fullgraph=True)`` objects to."""
+    width = values.shape[-1]
+    left = torch.ones(width, width, dtype=torch.bool, device=values.device).tril(-1)  # [i, j]: j < i
+    other, own = values[..., None, :], values[..., :, None]  # [B, 1, K] (j), [B, K, 1] (i)
+    return ((other > own) | ((other == own) & left)).sum(-1)
+
+
+def transfer_counts(
+    confidence: torch.Tensor, masked: torch.Tensor, counts: torch.Tensor, threshold: float | None
+) -> torch.Tensor:
+    """``[B]`` positions to commit per row: ``counts``, raised by the threshold rule (every masked
+    position above it, at least one), never more than the masks left."""
     left = masked.sum(-1)  # [B]
     counts = counts.to(left.device)
     if threshold is not None:
         above = ((confidence > threshold) & masked).sum(-1)
         counts = torch.maximum(torch.maximum(counts, above), left.clamp(max=1))
-    counts = torch.minimum(counts, left)
-    ranked = confidence.masked_fill(~masked, float("-inf"))
-    order = ranked.argsort(dim=-1, descending=True, stable=True)  # [B, K]
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return (rank < counts[:, None]) & masked
+    return torch.minimum(counts, left)
+
+
+def select_transfer_topk(
+    confidence: torch.Tensor,
+    masked: torch.Tensor,
+    counts: torch.Tensor,
+    threshold: float | None = None,
+    *,
+    offset: int,
+    width: int,
+) -> torch.Tensor:
+    """:func:`select_transfer` as LLaDA's ``generate.py`` selects: per row, ``torch.topk`` over the
+    whole canvas row, -inf everywhere but at the block's masked positions.
+
+    The same set as :func:`select_transfer` except at ties, which ``torch.topk`` breaks its own way
+    (a function of the whole row, its length included): building the row exactly as ``generate.py``
+    does makes the choice exactly its choice, also in bf16, where ties are common.
+
+    Args:
+        confidence, masked, counts, threshold: as in :func:`select_transfer` (``[B, K]`` block-local).
+        offset: canvas column of the block's first position; width: the canvas width ``L``.
+
+    Returns:
+        ``[B, K]`` bool.
+    """
+    counts = transfer_counts(confidence, masked, counts, threshold).tolist()
+    row = confidence.new_full((confidence.shape[0], width), float("-inf"))  # [B, L]
+    row[:, offset : offset + confidence.shape[1]] = confidence.masked_fill(~masked, float("-inf"))
+    transfer = torch.zeros_like(row, dtype=torch.bool)  # [B, L]
+    for j, count in enumerate(counts):
+        transfer[j, torch.topk(row[j], k=count).indices] = True
+    return transfer[:, offset : offset + confidence.shape[1]] & masked
 
 
 def sample_tokens(
@@ -85,18 +134,24 @@ def token_confidence(
     tokens: torch.Tensor,
     remasking: str,
     generator: torch.Generator | None = None,
+    *,
+    confidence: str = "float64",
 ) -> torch.Tensor:
-    """Confidence that orders the commits: the float64 softmax probability of each predicted token
+    """Confidence that orders the commits: the softmax probability of each predicted token
     (``low_confidence``) or a uniform random number (``random``, drawn as ``[B, K]`` float64).
 
     Args:
         logits: ``[B, K, V]``; tokens: ``[B, K]`` the predictions.
+        confidence: ``float64`` (the softmax in float64) or ``llada`` (in the logits' dtype, as
+            LLaDA's ``generate.py``: bf16 logits give bf16 probabilities).
 
     Returns:
-        ``[B, K]`` float64.
+        ``[B, K]``, float64 (``llada`` with ``low_confidence``: the logits' dtype).
     """
     if remasking == "low_confidence":
-        probs = torch.softmax(logits.to(torch.float64), dim=-1)  # [B, K, V]
+        probs = torch.softmax(
+            logits if confidence == "llada" else logits.to(torch.float64), dim=-1
+        )  # [B, K, V]
         return probs.gather(-1, tokens[..., None]).squeeze(-1)
     if remasking == "random":
         return torch.rand(tokens.shape, dtype=torch.float64, device=tokens.device, generator=generator)
@@ -112,6 +167,7 @@ def predict_block(
     eos: torch.Tensor | None = None,
     suppress_eos: int = 0,
     defer_eos: bool = False,
+    confidence: str = "float64",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted tokens and their confidences for one block, with the EOS options.
 
@@ -124,17 +180,18 @@ def predict_block(
             edits the logits after sampling and misses EOS, its issue #137).
         defer_eos: lower the confidence of EOS/EoT predictions by 2, below every probability,
             keeping their order: they are committed after the block's other predictions.
+        confidence: the softmax's dtype, see :func:`token_confidence`.
 
     Returns:
-        ``(tokens [B, K] long, confidence [B, K] float64)``.
+        ``(tokens [B, K] long, confidence [B, K])``.
     """
     if suppress_eos:
         logits[:, :suppress_eos, eos] = float("-inf")
     tokens = sample_tokens(logits, temperature, generator)
-    confidence = token_confidence(logits, tokens, remasking, generator)
+    scores = token_confidence(logits, tokens, remasking, generator, confidence=confidence)
     if defer_eos:
-        confidence = torch.where(torch.isin(tokens, eos), confidence - 2.0, confidence)
-    return tokens, confidence
+        scores = torch.where(torch.isin(tokens, eos), scores - 2.0, scores)
+    return tokens, scores
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""The sampler's knobs as a dataclass, and the checks that ``generate`` and the config share (no torch)."""
+"""The block sampler's knobs as a dataclass, and the checks that the sampler and the config share.
+
+:class:`SamplerConfig` holds the keyword arguments of :func:`blocksft.generation.sampler.generate`
+(except the ids); ``blocksft generate``, ``blocksft eval`` and the lm-evaluation-harness model
+take their decoding settings from it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from blocksft.errors import BlocksftError
 
 REMASKING = ("low_confidence", "random")
 CACHES = ("prefix", "dual")
+CONFIDENCES = ("float64", "llada")
+DECODERS = ("loop", "static", "graph", "compiled")
 
 
 def check_sampler_options(
@@ -19,6 +26,7 @@ def check_sampler_options(
     steps: int,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
+    confidence: str = "float64",
     cfg_scale: float = 0.0,
     threshold: float | None = None,
     cache: str | None = None,
@@ -27,6 +35,7 @@ def check_sampler_options(
     min_new_tokens: int = 0,
     stop_at_eos: bool = False,
     defer_eos: bool = False,
+    decode: str = "loop",
 ) -> tuple[int, int]:
     """Check the sampler's options; return ``(num_blocks, steps_per_block)``.
 
@@ -54,6 +63,8 @@ def check_sampler_options(
         raise BlocksftError(f"temperature must be >= 0, got {temperature}")
     if remasking not in REMASKING:
         raise BlocksftError(f"unknown remasking {remasking!r}; choose one of {', '.join(REMASKING)}")
+    if confidence not in CONFIDENCES:
+        raise BlocksftError(f"unknown confidence {confidence!r}; choose one of {', '.join(CONFIDENCES)}")
     if cfg_scale < 0:
         raise BlocksftError(f"cfg_scale must be >= 0, got {cfg_scale}")
     if threshold is not None:
@@ -79,12 +90,44 @@ def check_sampler_options(
     ):
         if wanted and not eos_token_ids:
             raise BlocksftError(f"{name} needs eos_token_ids (e.g. the tokenizer's EOS and <|eot_id|> ids)")
+    check_static_options(
+        decode=decode,
+        temperature=temperature,
+        remasking=remasking,
+        confidence=confidence,
+        cfg_scale=cfg_scale,
+    )
     return num_blocks, steps // num_blocks
+
+
+def check_static_options(
+    *, decode: str, temperature: float, remasking: str, confidence: str, cfg_scale: float
+) -> None:
+    """Refuse what the fixed-shape steps do not do (the loop sampler does all of it)."""
+    if decode not in DECODERS:
+        raise BlocksftError(f"unknown decode {decode!r}; choose one of {', '.join(DECODERS)}")
+    if decode == "loop":
+        return
+    unsupported = [
+        name
+        for name, supported in (
+            ("temperature > 0", temperature == 0),
+            (f"remasking {remasking!r}", remasking == "low_confidence"),
+            (f"confidence {confidence!r}", confidence == "float64"),
+            ("cfg_scale > 0", cfg_scale == 0),
+        )
+        if not supported
+    ]
+    if unsupported:
+        raise BlocksftError(
+            f"decode={decode!r} decodes at temperature 0 with low_confidence remasking, float64 "
+            f"confidence and no guidance; {', '.join(unsupported)} needs decode='loop'"
+        )
 
 
 @dataclass
 class SamplerConfig:
-    """How to decode: the keyword arguments of :func:`blocksft.generate.generate` (except the ids)."""
+    """How to decode: the keyword arguments of :func:`~blocksft.generation.sampler.generate` but the ids."""
 
     gen_length: int = field(default=256, metadata={"help": "number of tokens to generate"})
     block_length: int = field(default=32, metadata={"help": "tokens per semi-autoregressive block"})
@@ -92,6 +135,14 @@ class SamplerConfig:
     temperature: float = field(default=0.0, metadata={"help": "Gumbel-max sampling temperature (0: argmax)"})
     remasking: Literal["low_confidence", "random"] = field(
         default="low_confidence", metadata={"help": "which predictions to commit at each step"}
+    )
+    confidence: Literal["float64", "llada"] = field(
+        default="float64",
+        metadata={
+            "help": "low_confidence's probabilities: float64 (softmax in float64, ties to the left; "
+            "Fast-dLLM's; LLaDA's generate.py in fp32 but at exact ties) or llada (generate.py exactly "
+            "in any dtype: softmax in the logits' dtype, bf16 on GPUs, commits chosen by torch.topk)"
+        },
     )
     cfg_scale: float = field(default=0.0, metadata={"help": "classifier-free guidance scale (0: off)"})
     threshold: float | None = field(
@@ -114,11 +165,20 @@ class SamplerConfig:
     defer_eos: bool = field(
         default=False, metadata={"help": "commit EOS/EoT predictions only after a block's other predictions"}
     )
+    decode: Literal["loop", "static", "graph", "compiled"] = field(
+        default="loop",
+        metadata={
+            "help": "loop (rows of a batch share each block), static (fixed-shape steps, each row moving "
+            "to its next block as soon as it finishes one; same tokens), graph (those steps captured "
+            "in CUDA graphs on CUDA) or compiled (compiled with torch.compile first); not loop: "
+            "temperature 0, low_confidence, float64 confidence, no guidance"
+        },
+    )
 
     def __post_init__(self):
         # eos ids come from the tokenizer at run time; assume they exist for the check here.
         check_sampler_options(**self.generate_kwargs(), eos_token_ids=(0,))
 
     def generate_kwargs(self) -> dict:
-        """The fields as keyword arguments for :func:`blocksft.generate.generate`."""
+        """The fields as keyword arguments for :func:`blocksft.generation.sampler.generate`."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)}

@@ -1,5 +1,6 @@
-"""The training-step optimisations give the plain path's loss and gradients; length grouping keeps the
-schedule's guarantees; the benchmarks and the GPU check script run on CPU with a tiny shape."""
+"""The fast training paths give the plain path's loss and gradients (equivalences, no timings); length
+grouping keeps the schedule's guarantees; the benchmarks and the GPU check script run on CPU with a
+tiny shape."""
 
 import dataclasses
 import itertools
@@ -14,11 +15,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from train_utils import read_rows, tiny_config, write_tiny_inputs
 
+from blocksft.bench.eval import GSM8K_PROMPT_LENGTHS, benchmark, gsm8k_prompts, parse_args
+from blocksft.bench.train import main
+from blocksft.config.train import DEEPSPEED_DIR
 from blocksft.errors import BlocksftError
 from blocksft.objectives import get_objective, linear_cross_entropy, loss_weights, masked_ce_loss
 from blocksft.testing import tiny_llada_model
-from blocksft.train.data import Item, PadCollator, group_by_length
+from blocksft.train.block_schedule import BlockSchedule
+from blocksft.train.engine import check_engine
+from blocksft.train.items import Item, PadCollator, group_by_length, plan_items
+from blocksft.train.lora import apply_lora
+from blocksft.train.metrics import FlopModel
+from blocksft.train.run import run_train
+from blocksft.train.speed import compile_blocks
 from blocksft.train.trainer import TrainStep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,8 +149,6 @@ def make_batch(tokenizer, lengths=((4, 13), (6, 21), (3, 9), (5, 17)), multiple_
 
 
 def lora_model(tokenizer, *, full=False):
-    from blocksft.train.lora import apply_lora
-
     model = tiny_llada_model(tokenizer, seed=0)
     if full:
         return model.train().requires_grad_(True)
@@ -194,8 +203,8 @@ def test_gradient_checkpointing_with_lora_gives_the_same_step(tokenizer):
 
 def test_a_batch_without_padding_drops_its_attention_mask_and_keeps_its_loss(tokenizer):
     batch = make_batch(tokenizer, lengths=((4, 12), (6, 10), (3, 13)))  # all 16 long: no padding
-    assert batch["has_padding"] is False and batch["attention_mask"].all()
-    assert make_batch(tokenizer)["has_padding"] is True
+    assert batch.has_padding is False and batch.attention_mask.all()
+    assert make_batch(tokenizer).has_padding is True
     model = lora_model(tokenizer)
     seen = []
     model.get_base_model().register_forward_pre_hook(
@@ -203,14 +212,12 @@ def test_a_batch_without_padding_drops_its_attention_mask_and_keeps_its_loss(tok
     )
     step = TrainStep(get_objective("blockwise", mask_id=2, block_size=8), seed=5)
     without_mask = loss_and_grads(model, step, batch)
-    with_mask = loss_and_grads(model, step, {**batch, "has_padding": True})
-    assert seen[0] is None and torch.equal(seen[1], batch["attention_mask"])
+    with_mask = loss_and_grads(model, step, dataclasses.replace(batch, has_padding=True))
+    assert seen[0] is None and torch.equal(seen[1], batch.attention_mask)
     assert_same(without_mask, with_mask)
 
 
 def test_compiled_blocks_trace_with_lora_and_give_the_same_step(tokenizer):
-    from blocksft.train.run import compile_blocks
-
     batch = make_batch(tokenizer)
     model = lora_model(tokenizer)
     step = TrainStep(get_objective("fullseq", mask_id=2), seed=5)
@@ -229,9 +236,6 @@ def test_compiled_blocks_trace_with_lora_and_give_the_same_step(tokenizer):
 
 
 def epoch_items(num_samples, epochs, seed=3):
-    from blocksft.schedule import BlockSchedule
-    from blocksft.train.data import plan_items
-
     blocks = torch.randint(1, 4, (num_samples,), generator=gen(seed)).tolist()
     return plan_items(BlockSchedule(blocks, seed=seed), epochs, blockwise=True)
 
@@ -282,24 +286,18 @@ def test_each_rank_takes_whole_micro_batches_of_grouped_items():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from train_utils import write_tiny_inputs
-
     folder = tmp_path_factory.mktemp("perf")
     model_dir, data = write_tiny_inputs(folder, n_samples=48)
     return folder, model_dir, data
 
 
 def run_batches(config):
-    from blocksft.train import run_train
-
     result = run_train(config)
     lines = (config.logs_dir / "batches.jsonl").read_text().splitlines()
     return result, [json.loads(line) for line in lines]
 
 
 def test_a_grouped_chunked_checkpointed_run_trains_the_same_pairs_with_less_padding(inputs):
-    from train_utils import read_rows, tiny_config
-
     folder, model_dir, data = inputs
     common = dict(total_steps=4, epochs=2, lora_dropout=0.0, checkpoint_every=0)
     plain, plain_batches = run_batches(tiny_config(folder, model_dir, data, "plain", **common))
@@ -331,23 +329,16 @@ def test_a_grouped_chunked_checkpointed_run_trains_the_same_pairs_with_less_padd
 
 
 def test_chunked_ce_is_refused_under_zero3_and_without_sparse_logits(inputs):
-    from train_utils import tiny_config
-
-    from blocksft.train.config import CONFIGS_PACKAGE_DIR
-    from blocksft.train.run import check_engine
-
     folder, model_dir, data = inputs
     config = tiny_config(folder, model_dir, data, "zero3", ce_chunk_size=64)
     with pytest.raises(BlocksftError, match="ZeRO-3"):
-        check_engine(config, str(CONFIGS_PACKAGE_DIR / "deepspeed" / "zero3.json"))
-    check_engine(config, str(CONFIGS_PACKAGE_DIR / "deepspeed" / "zero2.json"))
+        check_engine(config, str(DEEPSPEED_DIR / "zero3.json"))
+    check_engine(config, str(DEEPSPEED_DIR / "zero2.json"))
     with pytest.raises(ValueError, match="needs sparse_logits"):
         dataclasses.replace(config, sparse_logits=False)
 
 
 def test_flop_count_gives_attention_a_backward_of_twice_its_forward():
-    from blocksft.train.metrics import FlopModel
-
     model = FlopModel(body_params=100, trained_params=10, head_params=50, n_layers=2, d_model=4)
     attention = 4 * 2 * 4 * 8 * 16  # forward: 4 * layers * d_model * context * tokens
     weights = 2 * 100 * 16 + 2 * 50 * 3  # body at 16 tokens, head at 3 positions
@@ -358,8 +349,6 @@ def test_flop_count_gives_attention_a_backward_of_twice_its_forward():
 
 
 def test_train_benchmark_compares_the_paths_with_identical_losses(capsys):
-    from blocksft.bench.train import main
-
     argv = [
         "--tiny",
         "--micro-batch",
@@ -373,7 +362,7 @@ def test_train_benchmark_compares_the_paths_with_identical_losses(capsys):
         "--lora-r",
         "4",
     ]
-    paths = ["reference", "ours", "full-logits", "chunked-ce", "grouped", "ours+chunked+grouped"]
+    paths = ["reference", "ours", "paper", "full-logits", "chunked-ce", "grouped", "ours+chunked+grouped"]
     assert main(argv + ["--paths", *paths, "--objective", "fullseq"]) == 0
     out = capsys.readouterr().out
     for path in paths:
@@ -398,10 +387,59 @@ def run_bench_script(script: str, out: Path, *args: str) -> subprocess.Completed
 def test_gpu_check_script_runs_end_to_end_on_cpu_with_a_tiny_shape(tmp_path):
     done = run_bench_script("gpu_check.py", tmp_path, "--tiny")
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(result["train"]["paths"]) >= {"reference", "ours"}
-    assert all(check["same"] for check in result["train"]["checks"])
-    assert {row["mode"] for row in result["generate"]["rows"]} >= {"plain", "prefix + threshold 0.9"}
-    assert "speed-up" in done.stdout and "tokens/s" in done.stdout
+    train = result["train"]
+    assert set(train["paths"]) == {"reference", "ours", "eager", "fast"}
+    assert all(check["same"] for check in train["checks"]) and len(train["checks"]) == 3
+    assert train["paths"]["reference"]["settings"].startswith("eager, no checkpointing, padded to max_len")
+    assert train["paths"]["fast"]["settings"].startswith("compiled, no checkpointing, grouped")
+    assert "torch.compile off (auto: CPU)" in train["choices"]["ours"]  # CPU: what always ran
+    rows = result["decode"]["rows"]
+    assert {(r["mode"], r["decode"]) for r in rows} == {
+        (mode, decode)
+        for mode in ("plain", "dual", "threshold 0.9", "dual + threshold 0.9")
+        for decode in ("loop", "graph")
+    }
+    for mode in ("plain", "threshold 0.9"):  # one row: the graph step decodes what the loop decodes
+        loop, graph = (
+            next(r for r in rows if (r["mode"], r["decode"]) == (mode, d)) for d in ("loop", "graph")
+        )
+        assert graph["nfe"] == loop["nfe"] and graph["agree"] == loop["agree"]
+    assert {r["batch"] for key in ("decode_batch8", "decode_batch32") for r in result[key]["rows"]} == {2, 3}
+    default, fast = (result[key]["rows"][0] for key in ("eval_default", "eval_fast"))
+    assert (
+        default["problems_per_minute"] > 0 and fast["mean_nfe_per_problem"] < default["mean_nfe_per_problem"]
+    )
+    assert "target: ours >= 2.0x the reference" in done.stdout and "fast / default" in done.stdout
+
+
+def test_eval_benchmark_decodes_gsm8k_prompts_or_prompts_of_their_lengths(tmp_path, capsys):
+    rows = [
+        {
+            "question": "A farmer has 12 cows and buys 7 more. How many cows does he have?",
+            "answer": "#### 19",
+        },
+        {
+            "question": "Mia reads 15 pages a day for 4 days. How many pages does she read?",
+            "answer": "#### 60",
+        },
+    ]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = parse_args(["--tiny", "--problems", "3", "--data", str(data)])
+    prompts, source = gsm8k_prompts(args, vocab=512)
+    assert source == str(data) and len(prompts) == 3 and prompts[2] == prompts[0]  # the rows, cycled
+    synthetic, source = gsm8k_prompts(parse_args(["--problems", "200", "--data", "none"]), vocab=512)
+    lengths = [len(p) for p in synthetic]
+    assert source.startswith("random ids") and GSM8K_PROMPT_LENGTHS[0] <= min(lengths)
+    assert max(lengths) <= GSM8K_PROMPT_LENGTHS[-1] and 120 < sum(lengths) / len(lengths) < 145
+    argv = ["--tiny", "--problems", "2", "--gen-length", "16", "--block-length", "8", "--data", str(data)]
+    result = benchmark(argv + ["--default-batch", "1", "--fast-batch", "2"])
+    assert [r["setting"] for r in result["rows"]] == ["default", "fast"]
+    assert result["rows"][0]["mean_nfe_per_problem"] == 16 and result["rows"][0]["speed_up"] == 1.0
+    assert (
+        result["rows"][1]["sampler"]["decode"] == "graph"
+        and "throughput, not accuracy" in result["description"]
+    )
 
 
 def test_gpu_train_cli_script_trains_and_exports_on_cpu_with_a_tiny_shape(tmp_path):

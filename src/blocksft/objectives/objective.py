@@ -1,25 +1,22 @@
-"""Objectives by name (what the trainer selects with ``--objective``) and their options."""
+"""An objective with its options, what the trainer calls once per batch; objectives by name.
+
+The names, their fixed options and the options' ranges are configuration
+(:mod:`blocksft.config.objective`); here they become the noising and the loss.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from types import MappingProxyType
 
 import torch
 
+from blocksft.config.objective import OBJECTIVES, ObjectiveOptions
 from blocksft.errors import BlocksftError
-from blocksft.objectives.loss import (
-    LossNormalize,
-    LossWeighting,
-    check_loss_options,
-    loss_weights,
-    masked_ce_loss,
-)
+from blocksft.objectives.loss import loss_weights, masked_ce_loss
 from blocksft.objectives.noise import (
     Lengths,
     NoisedBatch,
     as_lengths,
-    check_noise_options,
     noise_blockwise,
     noise_fullseq,
     num_blocks,
@@ -28,45 +25,13 @@ from blocksft.objectives.noise import (
 
 
 @dataclasses.dataclass(frozen=True)
-class ObjectiveOptions:
-    """The knobs of an objective (see :func:`get_objective` for which apply to which)."""
-
-    mask_id: int = dataclasses.field(metadata={"help": "mask token id (LLaDA: 126336)"})
-    block_size: int = dataclasses.field(default=32, metadata={"help": "answer tokens per block"})
-    eps: float = dataclasses.field(default=1e-3, metadata={"help": "mask rate p ~ U(eps, 1)"})
-    prefix_mask_rate: float = dataclasses.field(
-        default=0.0, metadata={"help": "mask rate of the answer before the active block (no loss)"}
-    )
-    suffix_mask_prob: float = dataclasses.field(
-        default=1.0, metadata={"help": "probability of masking each answer token after the block (no loss)"}
-    )
-    supervise_padding: bool = dataclasses.field(
-        default=False, metadata={"help": "padding after the answer is noised and trained as answer"}
-    )
-    loss_weighting: LossWeighting = dataclasses.field(default="none", metadata={"help": "none | inv_p"})
-    loss_normalize: LossNormalize = dataclasses.field(
-        default="per_sample_masked",
-        metadata={"help": "per_sample_masked | answer_len | batch_tokens | batch_masked"},
-    )
-
-    def __post_init__(self):
-        if self.mask_id < 0:
-            raise BlocksftError(f"--mask-id must be a token id >= 0, got {self.mask_id}")
-        if self.block_size < 1:
-            raise BlocksftError(f"--block-size must be at least 1, got {self.block_size}")
-        check_noise_options(
-            eps=self.eps, prefix_mask_rate=self.prefix_mask_rate, suffix_mask_prob=self.suffix_mask_prob
-        )
-        check_loss_options(self.loss_weighting, self.loss_normalize)
-
-
-@dataclasses.dataclass(frozen=True)
 class Objective:
     """A named objective with its options: what the trainer calls once per batch.
 
-    ``blockwise`` objectives need a block per row (from :class:`blocksft.schedule.BlockSchedule`,
-    whose block counts are :meth:`block_counts`); the full-sequence one ignores blocks, except that
-    a row with block -1 (schedule padding) is left clean with no loss.
+    ``blockwise`` objectives need a block per row (from
+    :class:`blocksft.train.block_schedule.BlockSchedule`, whose block counts are :meth:`block_counts`);
+    the full-sequence one ignores blocks, except that a row with block -1 (no block) is left clean
+    with no loss.
     """
 
     name: str
@@ -76,15 +41,16 @@ class Objective:
     def block_counts(self, prompt_lens: Lengths, answer_lens: Lengths, *, max_len: int | None = None):
         """Blocks of each sample, for the schedule (``None`` for the full-sequence objective).
 
-        With ``supervise_padding`` the answer runs to ``max_len`` (required), so every batch must
-        then be padded to ``max_len``.
+        Blocks cover the true answer. With ``supervise_padding`` and ``max_len`` (every batch padded
+        to that fixed length, ``--pad-to-max-len``) the answer runs to ``max_len``, so the blocks of
+        EOS padding are trained too. With per-batch padding the padded length is unknown when the
+        schedule is planned: blocks stay those of the true answer, and the collator completes
+        each row's last block with EOS (:class:`blocksft.train.items.PadCollator`).
         """
         if not self.blockwise:
             return None
         answer = torch.as_tensor(answer_lens, dtype=torch.long)
-        if self.options.supervise_padding:
-            if max_len is None:
-                raise BlocksftError("--supervise-padding with a blockwise objective needs --max-len")
+        if self.options.supervise_padding and max_len is not None:
             answer = max_len - torch.as_tensor(prompt_lens, dtype=torch.long)
         return num_blocks(answer, self.options.block_size).tolist()
 
@@ -176,60 +142,28 @@ class Objective:
         return dict(p=noised.p, weighting=o.loss_weighting, normalize=o.loss_normalize, answer_lens=spans)
 
 
-@dataclasses.dataclass(frozen=True)
-class ObjectiveSpec:
-    """A registry entry: ``suffix_mask_prob`` is the objective's fixed value, or its default if free."""
-
-    name: str
-    blockwise: bool
-    description: str
-    suffix_mask_prob: float | None = 1.0
-    suffix_fixed: bool = False
-
-
-OBJECTIVES = MappingProxyType(
-    {
-        spec.name: spec
-        for spec in (
-            ObjectiveSpec(
-                "blockwise", True, "Blockwise SFT (the paper): one block, clean prefix, hidden suffix"
-            ),
-            ObjectiveSpec(
-                "fullseq", False, "classical masked SFT over the whole answer", suffix_mask_prob=None
-            ),
-            ObjectiveSpec(
-                "blockwise_visible_suffix",
-                True,
-                "blockwise loss with the future visible (suffix_mask_prob 0)",
-                suffix_mask_prob=0.0,
-                suffix_fixed=True,
-            ),
-        )
-    }
-)
-
-
-def available_objectives() -> list[str]:
-    return list(OBJECTIVES)
-
-
 def get_objective(
     name: str,
     *,
     mask_id: int,
-    block_size: int = 32,
-    eps: float = 1e-3,
     prefix_mask_rate: float = 0.0,
     suffix_mask_prob: float | None = None,
-    supervise_padding: bool = False,
-    loss_weighting: LossWeighting = "none",
-    loss_normalize: LossNormalize = "per_sample_masked",
+    **options,
 ) -> Objective:
     """Build the objective ``name`` (``blockwise``, ``fullseq``, ``blockwise_visible_suffix``).
 
-    ``suffix_mask_prob=None`` takes the objective's value (1.0 for ``blockwise``, 0.0 for
-    ``blockwise_visible_suffix``). Options that cannot apply are errors: a prefix or suffix setting
-    with ``fullseq``, a non-zero suffix probability with ``blockwise_visible_suffix``.
+    Args:
+        name: the objective.
+        mask_id: the mask token id.
+        prefix_mask_rate: the answer prefix's mask rate (blockwise objectives only).
+        suffix_mask_prob: None takes the objective's value (1.0 for ``blockwise``, 0.0 for
+            ``blockwise_visible_suffix``).
+        options: the other fields of :class:`~blocksft.config.objective.ObjectiveOptions`
+            (``block_size``, ``eps``, ``supervise_padding``, ``loss_weighting``, ``loss_normalize``),
+            at its defaults when left out.
+
+    Options that cannot apply are errors: a prefix or suffix setting with ``fullseq``, a non-zero
+    suffix probability with ``blockwise_visible_suffix``.
     """
     if name not in OBJECTIVES:
         raise BlocksftError(f"unknown --objective {name!r}; available: {', '.join(OBJECTIVES)}")
@@ -249,13 +183,6 @@ def get_objective(
             f"--objective blockwise --suffix-mask-prob {suffix_mask_prob}"
         )
     options = ObjectiveOptions(
-        mask_id=mask_id,
-        block_size=block_size,
-        eps=eps,
-        prefix_mask_rate=prefix_mask_rate,
-        suffix_mask_prob=suffix_mask_prob,
-        supervise_padding=supervise_padding,
-        loss_weighting=loss_weighting,
-        loss_normalize=loss_normalize,
+        mask_id=mask_id, prefix_mask_rate=prefix_mask_rate, suffix_mask_prob=suffix_mask_prob, **options
     )
     return Objective(name, spec.blockwise, options)

@@ -1,4 +1,5 @@
-"""The knobs of ``blocksft eval`` that are not the sampler's (those are in ``SamplerConfig``)."""
+"""The knobs of ``blocksft eval`` that are not the sampler's (those are in
+:class:`~blocksft.config.sampler.SamplerConfig`), and where each run writes its rows."""
 
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ class EvalConfig:
         },
     )
     seed: int = field(default=42, metadata={"help": "seeds sampling (temperature > 0, random remasking)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's), bf16, fp16 or fp32"})
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (the checkpoint's own dtype), bf16, fp16 or fp32"}
+    )
     device: str = field(default="auto", metadata={"help": "auto: cuda:LOCAL_RANK with a GPU, else cpu"})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "use the checkpoint's published modeling code instead of blocksft's"}

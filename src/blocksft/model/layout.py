@@ -1,9 +1,18 @@
-"""Checking a safetensors checkpoint against the LLaDA parameter names and shapes."""
+"""The published LLaDA parameter layout (names and shapes), and checking a checkpoint folder against it.
+
+:func:`blocksft.model.loading.load_model` checks a local folder with :func:`verify_checkpoint`
+before loading it into our class: transformers would fill a missing tensor with random values and
+only warn.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from safetensors import safe_open
+
+from blocksft.errors import BlocksftError
 
 from .configuration_llada import LLaDAConfig
 
@@ -46,8 +55,6 @@ def expected_parameter_shapes(config: LLaDAConfig) -> dict[str, tuple[int, ...]]
 
 def checkpoint_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the tensors in a folder's safetensors files, read from their headers."""
-    from safetensors import safe_open
-
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.exists():
@@ -55,7 +62,7 @@ def checkpoint_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
     else:
         files = sorted(p.name for p in folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no safetensors files in {folder}")
+        raise BlocksftError(f"no safetensors files in {folder}")
     shapes = {}
     for name in files:
         with safe_open(str(folder / name), framework="pt") as f:
@@ -65,7 +72,7 @@ def checkpoint_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def verify_checkpoint(folder: str | Path, config: LLaDAConfig | None = None) -> None:
-    """Raise ``ValueError`` listing missing, unexpected and mis-shaped tensors, if any."""
+    """Raise :class:`BlocksftError` listing missing, unexpected and mis-shaped tensors, if any."""
     config = config or LLaDAConfig.from_pretrained(folder)
     expected, found = expected_parameter_shapes(config), checkpoint_shapes(folder)
     missing = sorted(set(expected) - set(found))
@@ -79,4 +86,4 @@ def verify_checkpoint(folder: str | Path, config: LLaDAConfig | None = None) -> 
     if wrong:
         problems.append("wrong shape: " + ", ".join(f"{k} {found[k]} != {expected[k]}" for k in wrong[:5]))
     if problems:
-        raise ValueError(f"checkpoint {folder} does not match the LLaDA layout: " + "; ".join(problems))
+        raise BlocksftError(f"checkpoint {folder} does not match the LLaDA layout: " + "; ".join(problems))
