@@ -175,7 +175,7 @@ def run_quick_demo(out: Path, *flags: str, expect: int = 0) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    # Laid out as bench/demo_results.py lays its runs out, so that it can read this one.
+    # Laid out as `blocksft bench demo` lays its runs out, so that it can read this one.
     out = tmp_path_factory.mktemp("demo") / "equal-flops" / "seed-1"
     return out, run_quick_demo(out, "--seed", "1")
 
@@ -204,7 +204,7 @@ def test_quick_demo_writes_every_artefact(quick_run):
     # One results file per (model, block length), each row scored, all on the same held-out problems:
     # both SFT models at both block lengths, the base at the training block size only.
     results = sorted((out / "results").glob("demo.*.b*.jsonl"))
-    assert sorted(p.name.split("_step")[0] + p.name.rsplit(".", 2)[-2] for p in results) == [
+    assert sorted(p.name.split("_step")[0] + "." + p.name.rsplit(".", 2)[-2] for p in results) == [
         "demo.base.b8",
         "demo.blockwise.b32",
         "demo.blockwise.b8",
@@ -258,6 +258,61 @@ def test_quick_demo_records_what_its_numbers_came_from_and_prints_no_foreign_war
     assert not re.search(r"warn|Setting accelerator", done.stdout + done.stderr, re.IGNORECASE)
 
 
+# What `blocksft demo --quick --seed 1` produced when the README's numbers were last regenerated
+# (torch 2.13.0+cpu, 1 thread; identical under ATEN_CPU_CAPABILITY=avx2 and avx512). A change that
+# moves these moves the full demo's results too: regenerate the README with `blocksft bench demo`.
+# fmt: off
+PINNED_QUICK_LOSSES = {
+    "base": [6.0688, 6.0318, 5.1794, 5.6493, 4.9656, 5.7149,
+             5.7358, 5.4819, 5.5785, 5.4141, 5.6416, 4.7999],
+    "blockwise": [4.3279, 5.2011, 4.4142, 4.3136, 5.1767, 4.9079,
+                  4.944, 5.5791, 3.9414, 5.3713, 4.116, 4.8137],
+    "fullseq": [5.2255, 5.9508, 5.2151, 5.0025, 5.0253, 5.4162,
+                5.6046, 5.4729, 5.4573, 5.3574, 4.8181, 4.702],
+}
+# fmt: on
+# (strict, flexible) correct counts of the 24 held-out problems per model and block length.
+PINNED_QUICK_COUNTS = {
+    "base": {"8": (0, 1)},
+    "blockwise": {"8": (0, 2), "32": (0, 2)},
+    "fullseq": {"8": (0, 2), "32": (0, 2)},
+}
+PINNED_QUICK_OUTPUTS_SHA256 = "d92eaa1255be0367584441fe17065baa5d5ef66e5cf052633d2a147dfbe64e14"
+REGENERATE = (
+    "the demo's results moved: if intended, regenerate the README with `blocksft bench demo` and re-pin"
+)
+
+
+def quick_outputs_digest(out: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((out / "results").glob("demo.*.b*.jsonl")):
+        for line in path.read_text().splitlines():
+            digest.update(json.loads(line)["output"].encode())
+    return digest.hexdigest()
+
+
+def test_quick_demo_repeats_its_pinned_losses_and_accuracies(quick_run):
+    import csv
+
+    import torch
+
+    out, _ = quick_run
+    for name, pinned in PINNED_QUICK_LOSSES.items():
+        rows = list(csv.DictReader((out / "checkpoints" / f"{name}_logs" / "train_loss.csv").open()))
+        # 5e-4 absorbs another x86 CPU's float rounding over 12 steps, not a change of the math.
+        assert [float(r["loss"]) for r in rows] == pytest.approx(pinned, abs=5e-4), f"{name}: {REGENERATE}"
+    accuracy = json.loads((out / "demo.json").read_text())["results"]["accuracy"]
+    counts = {
+        name: {b: (cell["strict"]["correct"], cell["flexible"]["correct"]) for b, cell in cells.items()}
+        for name, cells in accuracy.items()
+    }
+    assert counts == PINNED_QUICK_COUNTS, REGENERATE
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # the kernels the pin was made on
+        assert quick_outputs_digest(out) == PINNED_QUICK_OUTPUTS_SHA256, REGENERATE
+
+
 def test_quick_demo_report_is_complete(quick_run):
     out, done = quick_run
     report = (out / "report.md").read_text()
@@ -287,9 +342,9 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path):
 
 
 def test_demo_results_script_runs_the_demo_and_rewrites_the_readme(quick_run, tmp_path):
-    """bench/demo_results.py reads the finished seed-1 run, runs the equal-tokens one (--quick) and
+    """`blocksft bench demo` reads the finished seed-1 run, runs the equal-tokens one (--quick) and
     writes both into the README's marked part; the equal-tokens budgets match supervised tokens."""
-    from blocksft.demo.published import BEGIN, END
+    from blocksft.bench.demo import BEGIN, END
 
     seed_1, _ = quick_run
     runs = seed_1.parent.parent
@@ -298,7 +353,10 @@ def test_demo_results_script_runs_the_demo_and_rewrites_the_readme(quick_run, tm
     done = subprocess.run(
         [
             sys.executable,
-            str(Path(__file__).resolve().parents[1] / "bench" / "demo_results.py"),
+            "-m",
+            "blocksft",
+            "bench",
+            "demo",
             "--seeds",
             "1",
             "--equal-tokens-seeds",

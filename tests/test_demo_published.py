@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocksft.demo.provenance import code_revision, describe_environment, describe_revision
-from blocksft.demo.published import (
+from blocksft.bench.demo import (
     BEGIN,
     END,
     cell_spread,
@@ -15,6 +14,7 @@ from blocksft.demo.published import (
     replace_between_markers,
     verdict_tally,
 )
+from blocksft.demo.provenance import code_revision, describe_environment, describe_revision
 from blocksft.errors import BlocksftError
 
 ENVIRONMENT = {
@@ -41,7 +41,13 @@ def fake_run(seed: int, blockwise: dict[int, int], fullseq: dict[int, int], p: f
         "fullseq": {b: {"strict": _metric(c)} for b, c in fullseq.items()},
     }
     paired = {
-        b: {"accuracy_a": blockwise[b] / 200, "accuracy_b": fullseq[b] / 200, "a_only": 1, "b_only": 2, "p": p}
+        b: {
+            "accuracy_a": blockwise[b] / 200,
+            "accuracy_b": fullseq[b] / 200,
+            "a_only": 1,
+            "b_only": 2,
+            "p": p,
+        }
         for b in blockwise
     }
     return {
@@ -49,8 +55,19 @@ def fake_run(seed: int, blockwise: dict[int, int], fullseq: dict[int, int], p: f
         "seconds": 300.0 + seed,
         "stages": {"pretrain": 60.0, "sft blockwise": 90.0, "sft fullseq": 95.0, "eval": 50.0 + seed},
         "environment": dict(ENVIRONMENT),
-        "settings": {"seed": seed, "out": f"runs/seed-{seed}", "overwrite": True, "n_test": 200, "threads": 1},
-        "results": {"training_block": 8, "accuracy": accuracy, "paired": paired, "verdict": f"verdict {seed}."},
+        "settings": {
+            "seed": seed,
+            "out": f"runs/seed-{seed}",
+            "overwrite": True,
+            "n_test": 200,
+            "threads": 1,
+        },
+        "results": {
+            "training_block": 8,
+            "accuracy": accuracy,
+            "paired": paired,
+            "verdict": f"verdict {seed}.",
+        },
         "budgets": {},
     }
 
@@ -82,7 +99,7 @@ def test_verdict_tally_counts_wins_significance_and_the_gap():
 
 
 def test_render_states_provenance_tables_and_tally():
-    text = render(RUNS, [], "python bench/demo_results.py --seeds 0,1,2")
+    text = render(RUNS, [], "blocksft bench demo --seeds 0,1,2")
     assert "torch 2.13.0+cpu, transformers 5.24.0, 1 torch thread, Some CPU (AVX512, 2 CPUs)" in text
     assert "commit 0123456 (clean)" in text
     assert "**5.0-5.0 minutes**" not in text and "**5.0 minutes** (3 runs" in text

@@ -1,4 +1,4 @@
-"""The demo's published numbers, regenerated from runs: ``python bench/demo_results.py``.
+"""The demo's published numbers, regenerated from runs: ``blocksft bench demo``.
 
 Runs ``blocksft demo`` for several seeds one after the other (each in its own process, as a user
 runs it), or reads finished output folders, and rewrites the README's part between
@@ -291,7 +291,7 @@ def run_seed(folder: Path, seed: int, extra: list[str]) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python bench/demo_results.py",
+        prog="blocksft bench demo",
         description="Run `blocksft demo` for several seeds (one after the other) and rewrite the README's "
         "demo results between its markers.",
     )
@@ -320,7 +320,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python bench/demo_results.py", f"--seeds {args.seeds}"]
+    parts = ["blocksft bench demo", f"--seeds {args.seeds}"]
     parts.append(f"--equal-tokens-seeds {args.equal_tokens_seeds or chr(39) * 2}")
     if args.demo_args:
         parts.append(f"--demo-args='{args.demo_args}'")
@@ -329,27 +329,23 @@ def command_line(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        seeds, token_seeds = _seeds(args.seeds), _seeds(args.equal_tokens_seeds)
-        if not seeds:
-            raise BlocksftError("--seeds needs at least one seed")
-        readme = Path(args.readme)
-        text = readme.read_text()
-        replace_between_markers(text, "")  # fail before hours of runs, not after
-        runs_dir, extra = Path(args.runs), args.demo_args.split()
-        plans = [("equal-flops", s, []) for s in seeds] + [
-            ("equal-tokens", s, ["--budget", "equal-tokens"]) for s in token_seeds
-        ]
-        done: dict[str, list[dict]] = {"equal-flops": [], "equal-tokens": []}
-        for budget, seed, flags in plans:
-            folder = runs_dir / budget / f"seed-{seed}"
-            finished = args.reuse and (folder / "demo.json").exists()
-            run = load_run(folder) if finished else run_seed(folder, seed, [*flags, *extra])
-            done[budget].append(run)
-        body = render(done["equal-flops"], done["equal-tokens"], command_line(args))
-        readme.write_text(replace_between_markers(text, body))
-    except BlocksftError as err:
-        print(f"demo_results: error: {err}", file=sys.stderr)
-        return 2
+    seeds, token_seeds = _seeds(args.seeds), _seeds(args.equal_tokens_seeds)
+    if not seeds:
+        raise BlocksftError("--seeds needs at least one seed")
+    readme = Path(args.readme)
+    text = readme.read_text()
+    replace_between_markers(text, "")  # fail before hours of runs, not after
+    runs_dir, extra = Path(args.runs), args.demo_args.split()
+    plans = [("equal-flops", s, []) for s in seeds] + [
+        ("equal-tokens", s, ["--budget", "equal-tokens"]) for s in token_seeds
+    ]
+    done: dict[str, list[dict]] = {"equal-flops": [], "equal-tokens": []}
+    for budget, seed, flags in plans:
+        folder = runs_dir / budget / f"seed-{seed}"
+        finished = args.reuse and (folder / "demo.json").exists()
+        run = load_run(folder) if finished else run_seed(folder, seed, [*flags, *extra])
+        done[budget].append(run)
+    body = render(done["equal-flops"], done["equal-tokens"], command_line(args))
+    readme.write_text(replace_between_markers(text, body))
     print(f"{readme}: demo results rewritten from {sum(map(len, done.values()))} runs", file=sys.stderr)
     return 0
