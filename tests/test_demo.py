@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -253,7 +254,9 @@ def test_quick_demo_records_what_its_numbers_came_from_and_prints_no_foreign_war
         assert recorded["strict"]["correct"] == cell["metrics"]["strict"]["correct"]
         assert recorded["flexible"]["correct"] == cell["metrics"]["flexible"]["correct"]
     report = (out / "report.md").read_text()
-    assert f"torch {torch.__version__}" in report and f"{DemoConfig().threads} torch thread" in report
+    assert f"torch {torch.__version__}" in report and "torch threads auto" in report
+    assert env["torch_threads"] == "auto" and set(summary["stage_threads"]) == set(summary["stages"])
+    assert all(1 <= n <= (os.cpu_count() or 1) for n in summary["stage_threads"].values())
     # DeepSpeed, imported by accelerate whenever it is installed, warns on a CPU unless told.
     assert not re.search(r"warn|Setting accelerator", done.stdout + done.stderr, re.IGNORECASE)
 
@@ -311,6 +314,29 @@ def test_quick_demo_repeats_its_pinned_losses_and_accuracies(quick_run):
     assert counts == PINNED_QUICK_COUNTS, REGENERATE
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # the kernels the pin was made on
         assert quick_outputs_digest(out) == PINNED_QUICK_OUTPUTS_SHA256, REGENERATE
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_quick_demo_numbers_do_not_depend_on_the_thread_count(threads, tmp_path):
+    """--threads auto may pick another count stage by stage; the numbers must not move with it."""
+    out = tmp_path / "run"
+    run_quick_demo(out, "--seed", "1", "--threads", threads)
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["stage_threads"].values()) == {int(threads)}
+    test_quick_demo_repeats_its_pinned_losses_and_accuracies((out, None))
+
+
+def test_auto_threads_take_the_idle_cores():
+    from blocksft.demo.threads import threads_for
+
+    assert threads_for(2, 0.05) == 2  # an idle machine: every core
+    assert threads_for(2, 1.0) == 1  # one busy process: the other core
+    assert threads_for(2, 1.6) == 1 and threads_for(2, 3.0) == 1  # at least one
+    assert threads_for(8, 2.4) == 6 and threads_for(8, 2.6) == 5
+    assert DemoConfig(threads="3").fixed_threads == 3 and DemoConfig().fixed_threads is None
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match="threads must be auto or a count"):
+            DemoConfig(threads=bad)
 
 
 def test_quick_demo_report_is_complete(quick_run):

@@ -149,3 +149,6 @@ def test_code_revision_of_a_checkout_and_outside_one(tmp_path):
     assert code_revision(tmp_path)["dirty"] is True
     assert describe_revision(code_revision(tmp_path)).endswith("(uncommitted changes)")
     assert describe_environment({**ENVIRONMENT, "torch_threads": 2}).count("2 torch threads") == 1
+    assert "torch threads auto (the idle cores, stage by stage)" in describe_environment(
+        {**ENVIRONMENT, "torch_threads": "auto"}
+    )

@@ -13,9 +13,6 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
-# One thread by default: see the README's "What the demo shows" for the measurements behind it.
-DEFAULT_THREADS = 1
-
 # --quick: a smoke run of the same pipeline in well under a minute (the tests run it). It replaces
 # only the settings left at their defaults, so `--quick --sft-steps 50` keeps its 50.
 QUICK = dict(
@@ -86,11 +83,11 @@ class DemoConfig:
         default="4,8,16,32", metadata=_help("inference block lengths (each divides --gen-length)")
     )
     eval_batch_size: int = field(default=100, metadata=_help("problems decoded together"))
-    threads: int = field(
-        default=DEFAULT_THREADS,
+    threads: str = field(
+        default="auto",
         metadata=_help(
-            "torch CPU threads, set explicitly: the count changes the order of floating-point sums, so "
-            "the same seed repeats its numbers exactly only at the same count"
+            "torch CPU threads: a count, or auto: each stage takes the cores idle when it starts "
+            "(the numbers do not depend on it)"
         ),
     )
 
@@ -104,8 +101,10 @@ class DemoConfig:
             raise ValueError("out must not be empty")
         if self.budget not in ("equal-flops", "equal-tokens"):
             raise ValueError(f"budget must be equal-flops or equal-tokens, got {self.budget!r}")
-        counts = ("n_train", "n_test", "pretrain_steps", "sft_steps", "micro_batch", "block_size", "threads")
-        for name in counts:
+        self.threads = str(self.threads)
+        if self.threads != "auto" and not (self.threads.isdigit() and int(self.threads) >= 1):
+            raise ValueError(f"threads must be auto or a count >= 1, got {self.threads!r}")
+        for name in ("n_train", "n_test", "pretrain_steps", "sft_steps", "micro_batch", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.task  # noqa: B018 - checks the task's ranges
@@ -121,6 +120,11 @@ class DemoConfig:
             raise ValueError(
                 f"every eval block length must divide gen_length {self.gen_length}; {bad} do not"
             )
+
+    @property
+    def fixed_threads(self) -> int | None:
+        """The thread count asked for, or None for auto."""
+        return None if self.threads == "auto" else int(self.threads)
 
     @property
     def task(self) -> TaskSpec:

@@ -43,12 +43,21 @@ class StageClock:
     other jobs took the cores.
     """
 
-    def __init__(self, weights: dict[str, float]):
+    def __init__(self, weights: dict[str, float], threads: int | None = None):
         self.weights, self.start, self.seconds, self.cpu_seconds = weights, time.perf_counter(), {}, {}
+        self.fixed_threads, self.threads = threads, {}
         self.current: tuple[str, float, float] | None = None
 
     def begin(self, name: str) -> None:
+        """Start stage ``name`` with its torch threads: the fixed count, or the idle cores now."""
+        import torch
+
+        from blocksft.demo.threads import busy_cores, threads_for, usable_cores
+
         self.end()
+        threads = self.fixed_threads or threads_for(usable_cores(), busy_cores())
+        torch.set_num_threads(threads)
+        self.threads[name] = threads
         elapsed = time.perf_counter() - self.start
         done = sum(self.weights[s] for s in self.seconds)
         left = sum(w for s, w in self.weights.items() if s not in self.seconds)
@@ -56,7 +65,8 @@ class StageClock:
         eta = f", about {_clock(elapsed * left / done)} left" if "pretrain" in self.seconds else ""
         number = list(self.weights).index(name) + 1
         print(
-            f"[{number}/{len(self.weights)}] {name}  (elapsed {_clock(elapsed)}{eta})",
+            f"[{number}/{len(self.weights)}] {name}  (elapsed {_clock(elapsed)}{eta}; "
+            f"{threads} thread{'s' if threads != 1 else ''})",
             file=sys.stderr,
             flush=True,
         )
@@ -216,12 +226,9 @@ def deepspeed_on_cpu():
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the whole demo into ``config.out``; returns what it wrote and how long each stage took.
 
-    The thread count is set first: with it, the seed and the torch version, the numbers repeat
-    exactly (``demo.json`` records what they came from).
+    The numbers repeat exactly with the same seed, torch version and CPU instruction set
+    (``demo.json`` records what they came from); each stage sets its own thread count.
     """
-    import torch
-
-    torch.set_num_threads(config.threads)
     with deepspeed_on_cpu():
         return _run_stages(config)
 
@@ -240,9 +247,9 @@ def _run_stages(config: DemoConfig) -> DemoResult:
     from blocksft.tokenizer import build_tokenizer
     from blocksft.train.run import run_train
 
-    environment = run_environment()
+    environment = run_environment(config.fixed_threads or config.threads)
     out = prepare_output(config)
-    clock = StageClock(stage_weights(config))
+    clock = StageClock(stage_weights(config), config.fixed_threads)
     spec = config.task
 
     clock.begin("task")
@@ -383,6 +390,7 @@ def _run_stages(config: DemoConfig) -> DemoResult:
         "seconds": round(clock.total, 1),
         "stages": stage_seconds,
         "stage_cpu_seconds": dict(clock.cpu_seconds),
+        "stage_threads": dict(clock.threads),
         "environment": environment,
         "settings": dataclasses.asdict(config),
         "results": results,

@@ -1,8 +1,9 @@
 """Where a demo's numbers came from: software versions, torch threads, CPU, code revision, load.
 
-The same seed gives the same numbers only with the same torch version and thread count (the thread
-count changes the order of floating-point sums), and on a CPU with the same kernels (the ISA torch
-dispatches to); a different code revision may change anything. ``demo.json`` records all of them.
+The same seed gives the same numbers only with the same torch version and on a CPU with the same
+kernels (the instruction set torch dispatches to: AVX2 and AVX-512 round differently); a different
+code revision may change anything. The thread count does not change them (a test checks it).
+``demo.json`` records all of them.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def code_revision(path: Path | None = None) -> dict | None:
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
-def run_environment() -> dict:
-    """Everything besides the settings that a demo's numbers and times depend on (call it after
-    setting the thread count)."""
+def run_environment(threads: int | str) -> dict:
+    """Everything besides the settings that a demo's numbers and times depend on; ``threads`` is
+    the thread setting (a count, or ``"auto"``)."""
     from importlib import metadata
 
     import torch
@@ -62,7 +63,7 @@ def run_environment() -> dict:
             versions[package] = None
     return {
         "versions": versions,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
@@ -77,9 +78,13 @@ def describe_environment(env: dict) -> str:
     commit 1234567 (clean)``."""
     versions = env["versions"]
     threads = env["torch_threads"]
+    if threads == "auto":
+        threads = "torch threads auto (the idle cores, stage by stage)"
+    else:
+        threads = f"{threads} torch thread{'s' if threads != 1 else ''}"
     return (
-        f"torch {versions['torch']}, transformers {versions['transformers']}, {threads} torch "
-        f"thread{'s' if threads != 1 else ''}, {env['cpu']} ({env['cpu_capability']}, "
+        f"torch {versions['torch']}, transformers {versions['transformers']}, {threads}, "
+        f"{env['cpu']} ({env['cpu_capability']}, "
         f"{env['cpu_count']} CPUs), {describe_revision(env['revision'])}"
     )
 
