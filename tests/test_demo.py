@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -175,7 +176,8 @@ def run_quick_demo(out: Path, *flags: str, expect: int = 0) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
+    # Laid out as `blocksft bench demo` lays its runs out, so that it can read this one.
+    out = tmp_path_factory.mktemp("demo") / "equal-flops" / "seed-1"
     return out, run_quick_demo(out, "--seed", "1")
 
 
@@ -200,9 +202,16 @@ def test_quick_demo_writes_every_artefact(quick_run):
         "eval",
         "report",
     }
-    # One results file per (model, block length), each row scored, all on the same held-out problems.
+    # One results file per (model, block length), each row scored, all on the same held-out problems:
+    # both SFT models at both block lengths, the base at the training block size only.
     results = sorted((out / "results").glob("demo.*.b*.jsonl"))
-    assert len(results) == 3 * 2
+    assert sorted(p.name.split("_step")[0] + "." + p.name.rsplit(".", 2)[-2] for p in results) == [
+        "demo.base.b8",
+        "demo.blockwise.b32",
+        "demo.blockwise.b8",
+        "demo.fullseq.b32",
+        "demo.fullseq.b8",
+    ]
     ids = None
     for path in results:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -223,6 +232,113 @@ def test_quick_demo_writes_every_artefact(quick_run):
     assert not train & test
 
 
+def test_quick_demo_records_what_its_numbers_came_from_and_prints_no_foreign_warning(quick_run):
+    import torch
+    import transformers
+
+    out, done = quick_run
+    summary = json.loads((out / "demo.json").read_text())
+    env = summary["environment"]
+    assert env["torch_threads"] == DemoConfig().threads
+    assert env["versions"]["torch"] == torch.__version__
+    assert env["versions"]["transformers"] == transformers.__version__
+    assert env["cpu"] and env["cpu_capability"] and env["cpu_count"] >= 1
+    revision = env["revision"]  # the tests run from a git checkout
+    assert re.fullmatch(r"[0-9a-f]{40}", revision["commit"]) and revision["dirty"] in (True, False)
+    assert summary["seed"] == 1 and summary["settings"]["quick"] is True
+    # The recorded results are the per-cell summaries' counts.
+    for path in (out / "results").glob("demo.*.b*.summary.json"):
+        cell = json.loads(path.read_text())
+        name = cell["model"].rsplit("/", 1)[-1].split("_step")[0]
+        recorded = summary["results"]["accuracy"][name][str(cell["settings"]["block_length"])]
+        assert recorded["strict"]["correct"] == cell["metrics"]["strict"]["correct"]
+        assert recorded["flexible"]["correct"] == cell["metrics"]["flexible"]["correct"]
+    report = (out / "report.md").read_text()
+    assert f"torch {torch.__version__}" in report and "torch threads auto" in report
+    assert env["torch_threads"] == "auto" and set(summary["stage_threads"]) == set(summary["stages"])
+    assert all(1 <= n <= (os.cpu_count() or 1) for n in summary["stage_threads"].values())
+    # DeepSpeed, imported by accelerate whenever it is installed, warns on a CPU unless told.
+    assert not re.search(r"warn|Setting accelerator", done.stdout + done.stderr, re.IGNORECASE)
+
+
+# What `blocksft demo --quick --seed 1` produced when the README's numbers were last regenerated
+# (torch 2.13.0+cpu, 1 thread; identical under ATEN_CPU_CAPABILITY=avx2 and avx512). A change that
+# moves these moves the full demo's results too: regenerate the README with `blocksft bench demo`.
+# fmt: off
+PINNED_QUICK_LOSSES = {
+    "base": [6.0688, 6.0318, 5.1794, 5.6493, 4.9656, 5.7149,
+             5.7358, 5.4819, 5.5785, 5.4141, 5.6416, 4.7999],
+    "blockwise": [4.3279, 5.2011, 4.4142, 4.3136, 5.1767, 4.9079,
+                  4.944, 5.5791, 3.9414, 5.3713, 4.116, 4.8137],
+    "fullseq": [5.2255, 5.9508, 5.2151, 5.0025, 5.0253, 5.4162,
+                5.6046, 5.4729, 5.4573, 5.3574, 4.8181, 4.702],
+}
+# fmt: on
+# (strict, flexible) correct counts of the 24 held-out problems per model and block length.
+PINNED_QUICK_COUNTS = {
+    "base": {"8": (0, 1)},
+    "blockwise": {"8": (0, 2), "32": (0, 2)},
+    "fullseq": {"8": (0, 2), "32": (0, 2)},
+}
+PINNED_QUICK_OUTPUTS_SHA256 = "d92eaa1255be0367584441fe17065baa5d5ef66e5cf052633d2a147dfbe64e14"
+REGENERATE = (
+    "the demo's results moved: if intended, regenerate the README with `blocksft bench demo` and re-pin"
+)
+
+
+def quick_outputs_digest(out: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((out / "results").glob("demo.*.b*.jsonl")):
+        for line in path.read_text().splitlines():
+            digest.update(json.loads(line)["output"].encode())
+    return digest.hexdigest()
+
+
+def test_quick_demo_repeats_its_pinned_losses_and_accuracies(quick_run):
+    import csv
+
+    import torch
+
+    out, _ = quick_run
+    for name, pinned in PINNED_QUICK_LOSSES.items():
+        rows = list(csv.DictReader((out / "checkpoints" / f"{name}_logs" / "train_loss.csv").open()))
+        # 5e-4 absorbs another x86 CPU's float rounding over 12 steps, not a change of the math.
+        assert [float(r["loss"]) for r in rows] == pytest.approx(pinned, abs=5e-4), f"{name}: {REGENERATE}"
+    accuracy = json.loads((out / "demo.json").read_text())["results"]["accuracy"]
+    counts = {
+        name: {b: (cell["strict"]["correct"], cell["flexible"]["correct"]) for b, cell in cells.items()}
+        for name, cells in accuracy.items()
+    }
+    assert counts == PINNED_QUICK_COUNTS, REGENERATE
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # the kernels the pin was made on
+        assert quick_outputs_digest(out) == PINNED_QUICK_OUTPUTS_SHA256, REGENERATE
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_quick_demo_numbers_do_not_depend_on_the_thread_count(threads, tmp_path):
+    """--threads auto may pick another count stage by stage; the numbers must not move with it."""
+    out = tmp_path / "run"
+    run_quick_demo(out, "--seed", "1", "--threads", threads)
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["stage_threads"].values()) == {int(threads)}
+    test_quick_demo_repeats_its_pinned_losses_and_accuracies((out, None))
+
+
+def test_auto_threads_take_the_idle_cores():
+    from blocksft.demo.threads import threads_for
+
+    assert threads_for(2, 0.05) == 2  # an idle machine: every core
+    assert threads_for(2, 1.0) == 1  # one busy process: the other core
+    assert threads_for(2, 1.6) == 1 and threads_for(2, 3.0) == 1  # at least one
+    assert threads_for(8, 2.4) == 6 and threads_for(8, 2.6) == 5
+    assert DemoConfig(threads="3").fixed_threads == 3 and DemoConfig().fixed_threads is None
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match="threads must be auto or a count"):
+            DemoConfig(threads=bad)
+
+
 def test_quick_demo_report_is_complete(quick_run):
     out, done = quick_run
     report = (out / "report.md").read_text()
@@ -236,8 +352,9 @@ def test_quick_demo_report_is_complete(quick_run):
     names = r"base \(before SFT\)|Blockwise SFT|full-sequence SFT"
     table = re.findall(rf"^\| ({names}) \|(.*\[.*)\|$", report, re.M)
     assert [name for name, _ in table] == ["base (before SFT)", "Blockwise SFT", "full-sequence SFT"]
-    for _, cells in table:
-        assert len(re.findall(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cells)) == 2  # accuracy [CI] per block length
+    # accuracy [CI] per block length; the base at the training block size only
+    for (_, cells), expected in zip(table, (1, 2, 2)):
+        assert len(re.findall(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cells)) == expected
     assert re.search(r"McNemar exact p = [\d.e-]+", report)
     assert "![accuracy by inference block length](accuracy_by_block.png)" in report
     assert "report:" in done.stdout
@@ -250,9 +367,46 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path):
     assert (tmp_path / "keep.txt").exists()
 
 
-def test_quick_demo_equal_tokens_gives_blockwise_the_steps_that_match_supervised_tokens(tmp_path):
-    out = tmp_path / "run"
-    run_quick_demo(out, "--budget", "equal-tokens")
+def test_demo_results_script_runs_the_demo_and_rewrites_the_readme(quick_run, tmp_path):
+    """`blocksft bench demo` reads the finished seed-1 run, runs the equal-tokens one (--quick) and
+    writes both into the README's marked part; the equal-tokens budgets match supervised tokens."""
+    from blocksft.bench.demo import BEGIN, END
+
+    seed_1, _ = quick_run
+    runs = seed_1.parent.parent
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{BEGIN}\nold numbers\n{END}\n\nThe rest.\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blocksft",
+            "bench",
+            "demo",
+            "--seeds",
+            "1",
+            "--equal-tokens-seeds",
+            "0",
+            "--runs",
+            str(runs),
+            "--reuse",
+            "--demo-args=--quick",
+            "--readme",
+            str(readme),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = runs / "equal-tokens" / "seed-0"
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n") and text.endswith(f"{END}\n\nThe rest.\n")
+    assert "old numbers" not in text
+    flops = json.loads((seed_1 / "demo.json").read_text())
+    assert flops["results"]["verdict"] in text
+    assert json.loads((out / "demo.json").read_text())["results"]["verdict"] in text
+    assert "--seeds 1 --equal-tokens-seeds 0 --demo-args='--quick'" in text
     budgets = {
         n: json.loads((out / "checkpoints" / f"{n}_logs" / "budget.json").read_text())
         for n in ("blockwise", "fullseq")

@@ -83,7 +83,13 @@ class DemoConfig:
         default="4,8,16,32", metadata=_help("inference block lengths (each divides --gen-length)")
     )
     eval_batch_size: int = field(default=100, metadata=_help("problems decoded together"))
-    threads: int | None = field(default=None, metadata=_help("CPU threads for torch (default: torch's)"))
+    threads: str = field(
+        default="auto",
+        metadata=_help(
+            "torch CPU threads: a count, or auto: each stage takes the cores idle when it starts "
+            "(the numbers do not depend on it)"
+        ),
+    )
 
     def __post_init__(self):
         if self.quick:
@@ -95,6 +101,9 @@ class DemoConfig:
             raise ValueError("out must not be empty")
         if self.budget not in ("equal-flops", "equal-tokens"):
             raise ValueError(f"budget must be equal-flops or equal-tokens, got {self.budget!r}")
+        self.threads = str(self.threads)
+        if self.threads != "auto" and not (self.threads.isdigit() and int(self.threads) >= 1):
+            raise ValueError(f"threads must be auto or a count >= 1, got {self.threads!r}")
         for name in ("n_train", "n_test", "pretrain_steps", "sft_steps", "micro_batch", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -111,6 +120,11 @@ class DemoConfig:
             raise ValueError(
                 f"every eval block length must divide gen_length {self.gen_length}; {bad} do not"
             )
+
+    @property
+    def fixed_threads(self) -> int | None:
+        """The thread count asked for, or None for auto."""
+        return None if self.threads == "auto" else int(self.threads)
 
     @property
     def task(self) -> TaskSpec:

@@ -7,11 +7,14 @@ a real run downloads those.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +38,26 @@ class StageClock:
     """Prints each stage's start with the elapsed time and an estimate of what is left.
 
     The estimate scales the stages still to run by their planned share of the work (training
-    tokens, decoding forwards) at the speed measured so far, so it sharpens as the run goes.
+    tokens, decoding forwards) at the speed measured so far, so it sharpens as the run goes. Each
+    stage's process CPU time is kept too: with one thread, wall time far above it means that
+    other jobs took the cores.
     """
 
-    def __init__(self, weights: dict[str, float]):
-        self.weights, self.start, self.seconds = weights, time.perf_counter(), {}
-        self.current: tuple[str, float] | None = None
+    def __init__(self, weights: dict[str, float], threads: int | None = None):
+        self.weights, self.start, self.seconds, self.cpu_seconds = weights, time.perf_counter(), {}, {}
+        self.fixed_threads, self.threads = threads, {}
+        self.current: tuple[str, float, float] | None = None
 
     def begin(self, name: str) -> None:
+        """Start stage ``name`` with its torch threads: the fixed count, or the idle cores now."""
+        import torch
+
+        from blocksft.demo.threads import busy_cores, threads_for, usable_cores
+
         self.end()
+        threads = self.fixed_threads or threads_for(usable_cores(), busy_cores())
+        torch.set_num_threads(threads)
+        self.threads[name] = threads
         elapsed = time.perf_counter() - self.start
         done = sum(self.weights[s] for s in self.seconds)
         left = sum(w for s, w in self.weights.items() if s not in self.seconds)
@@ -51,16 +65,18 @@ class StageClock:
         eta = f", about {_clock(elapsed * left / done)} left" if "pretrain" in self.seconds else ""
         number = list(self.weights).index(name) + 1
         print(
-            f"[{number}/{len(self.weights)}] {name}  (elapsed {_clock(elapsed)}{eta})",
+            f"[{number}/{len(self.weights)}] {name}  (elapsed {_clock(elapsed)}{eta}; "
+            f"{threads} thread{'s' if threads != 1 else ''})",
             file=sys.stderr,
             flush=True,
         )
-        self.current = (name, time.perf_counter())
+        self.current = (name, time.perf_counter(), time.process_time())
 
     def end(self) -> None:
         if self.current is not None:
-            name, began = self.current
+            name, began, cpu_began = self.current
             self.seconds[name] = round(time.perf_counter() - began, 1)
+            self.cpu_seconds[name] = round(time.process_time() - cpu_began, 1)
             self.current = None
 
     @property
@@ -77,8 +93,10 @@ def stage_weights(config: DemoConfig, pretrain_len: int = 40, sft_len: int = 80)
     """Planned work per stage in token-passes (a decoding forward counts a third of a training step)."""
     sft = config.sft_steps * config.micro_batch * sft_len
     blockwise = sft * (4 if config.budget == "equal-tokens" else 1)  # about 4 blocks per answer
-    # 3 models, each decoding forward a third of a training token-pass: the two factors cancel.
-    decode = len(config.block_lengths) * config.n_test * sft_len * config.gen_length
+    # Two models at every block length and the base at one, each decoding forward a third of a
+    # training token-pass.
+    cells = 2 * len(config.block_lengths) + 1
+    decode = cells / 3 * config.n_test * sft_len * config.gen_length
     return {
         "task": 0.02 * sft,
         "pretrain": config.pretrain_steps * config.micro_batch * pretrain_len,
@@ -88,6 +106,13 @@ def stage_weights(config: DemoConfig, pretrain_len: int = 40, sft_len: int = 80)
         "eval": decode,
         "report": 0.01 * sft,
     }
+
+
+def base_block_length(config: DemoConfig) -> int:
+    """The one inference block length the base model is decoded at: the training block size when
+    it is evaluated, else the first."""
+    lengths = config.block_lengths
+    return config.block_size if config.block_size in lengths else lengths[0]
 
 
 def prepare_output(config: DemoConfig) -> Path:
@@ -181,26 +206,50 @@ def train_config(config: DemoConfig, **overrides):
     return TrainConfig(**values)
 
 
-def run_demo(config: DemoConfig) -> DemoResult:
-    """Run the whole demo into ``config.out``; returns what it wrote and how long each stage took."""
-    import torch
+@contextmanager
+def deepspeed_on_cpu():
+    """Tell DeepSpeed, for the duration, that the run is on the CPU.
 
-    from blocksft.config.eval import EvalConfig
+    accelerate imports DeepSpeed whenever it is installed (to unwrap models, even on CPU), and
+    DeepSpeed then warns that it detected no GPU; ``DS_ACCELERATOR=cpu`` is DeepSpeed's own setting
+    for this, which it reads once, at its first use. A value the user set is kept.
+    """
+    had = os.environ.get("DS_ACCELERATOR")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        yield
+    finally:
+        if had is None:
+            os.environ.pop("DS_ACCELERATOR", None)
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """Run the whole demo into ``config.out``; returns what it wrote and how long each stage took.
+
+    The numbers repeat exactly with the same seed, torch version and CPU instruction set
+    (``demo.json`` records what they came from); each stage sets its own thread count.
+    """
+    with deepspeed_on_cpu():
+        return _run_stages(config)
+
+
+def _run_stages(config: DemoConfig) -> DemoResult:
+    from blocksft.config.eval import EvalConfig, output_path
     from blocksft.config.prepare import PrepareConfig
     from blocksft.config.sampler import SamplerConfig
     from blocksft.data.prepare import run_prepare
     from blocksft.demo import task as demo_task
-    from blocksft.demo.report import write_report
-    from blocksft.evaluate.runner import run_eval
+    from blocksft.demo.provenance import run_environment
+    from blocksft.demo.report import demo_results, loss_summary, read_budget, write_report
+    from blocksft.evaluate.runner import results_grid, run_eval
     from blocksft.objectives import get_objective
     from blocksft.special_tokens import mask_token_id
     from blocksft.tokenizer import build_tokenizer
     from blocksft.train.run import run_train
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    environment = run_environment(config.fixed_threads or config.threads)
     out = prepare_output(config)
-    clock = StageClock(stage_weights(config))
+    clock = StageClock(stage_weights(config), config.fixed_threads)
     spec = config.task
 
     clock.begin("task")
@@ -291,43 +340,63 @@ def run_demo(config: DemoConfig) -> DemoResult:
         steps=config.gen_length,
         stop_at_eos=True,
     )
-    cells = run_eval(
-        EvalConfig(
-            model=[checkpoints[name] for name in ("base", *OBJECTIVES)],
-            task="gsm8k",
-            data=str(files["test"]),
-            block_length=config.eval_block_lengths,
-            batch_size=config.eval_batch_size,
-            output=str(out / "results" / "demo.jsonl"),
-            prompt_style="chat",
-            seed=config.seed,
-            dtype="fp32",
-            device="cpu",
-        ),
-        sampler,
+    evaluation = EvalConfig(
+        model=[checkpoints[name] for name in OBJECTIVES],
+        task="gsm8k",
+        data=str(files["test"]),
+        block_length=config.eval_block_lengths,
+        batch_size=config.eval_batch_size,
+        output=str(out / "results" / "demo.jsonl"),
+        prompt_style="chat",
+        seed=config.seed,
+        dtype="fp32",
+        device="cpu",
     )
+    # The base never saw the `#### N` line that strict scoring reads, so one block length shows
+    # what it scores, at a quarter of the decoding that a row of the grid takes.
+    base_block = base_block_length(config)
+    # Its file named as the grid names its cells, next to the others.
+    base_output = output_path(evaluation, base, base_block, sampler.gen_length, sampler.steps)
+    base_eval = dataclasses.replace(
+        evaluation, model=[base], block_length=str(base_block), output=str(base_output)
+    )
+    cells = run_eval(base_eval, sampler) + run_eval(evaluation, sampler)
+    results_grid(cells, evaluation, sampler)  # the grid of every cell, base included
 
     clock.begin("report")
     names = {Path(path).name: name for name, path in checkpoints.items()}
     for cell in cells:
         cell["name"] = names[cell["model"]]
+    results = demo_results(cells, config.block_size)
     clock.end()
     stage_seconds = dict(clock.seconds)
     report = write_report(
         out,
         config=config,
         cells=cells,
+        results=results,
         checkpoints=checkpoints,
         logs=logs,
         sampler=sampler,
         stage_seconds=stage_seconds,
         total_seconds=clock.total,
         train=train,
+        environment=environment,
     )
-    (out / "demo.json").write_text(
-        json.dumps(
-            {"seconds": round(clock.total, 1), "stages": stage_seconds, "checkpoints": checkpoints}, indent=2
-        )
-        + "\n"
-    )
+    losses = {"pretrain": loss_summary(pretrained.logs_dir)}
+    losses.update((name, loss_summary(path)) for name, path in logs.items())
+    summary = {
+        "seed": config.seed,
+        "seconds": round(clock.total, 1),
+        "stages": stage_seconds,
+        "stage_cpu_seconds": dict(clock.cpu_seconds),
+        "stage_threads": dict(clock.threads),
+        "environment": environment,
+        "settings": dataclasses.asdict(config),
+        "results": results,
+        "losses": losses,
+        "budgets": {name: read_budget(path) for name, path in logs.items()},
+        "checkpoints": checkpoints,
+    }
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return DemoResult(out, report, clock.total, stage_seconds, checkpoints, cells)

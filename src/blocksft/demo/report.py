@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from blocksft.demo.provenance import describe_environment
 from blocksft.evaluate.results import compare_files
 
 METRIC = "strict"  # the "#### N" answer: the format SFT teaches, so the base cannot pass by luck
@@ -40,6 +41,38 @@ def paired_tests(cells: list[dict], a: str = "blockwise", b: str = "fullseq") ->
             "p": m["mcnemar_exact_p"],
         }
     return tests
+
+
+def demo_results(cells: list[dict], training_block: int) -> dict:
+    """What the demo found, as ``demo.json`` records it: every cell's strict and flexible counts and
+    interval, the paired tests and the verdict (block lengths as keys)."""
+    accuracy: dict[str, dict[int, dict]] = {}
+    for cell in cells:
+        accuracy.setdefault(cell["name"], {})[cell["block_length"]] = {
+            metric: {key: values[key] for key in ("correct", "total", "accuracy", "ci95")}
+            for metric, values in cell["metrics"].items()
+        }
+    tests = paired_tests(cells)
+    return {
+        "metric": METRIC,
+        "training_block": training_block,
+        "accuracy": accuracy,
+        "paired": tests,
+        "verdict": verdict(tests, training_block),
+    }
+
+
+def loss_summary(logs_dir: Path) -> dict:
+    """A training run's loss: steps logged, first and last value, and the mean over the run."""
+    from blocksft.train.logs import read_loss_csv
+
+    losses = read_loss_csv(Path(logs_dir) / "train_loss.csv")["loss"]
+    return {
+        "steps": len(losses),
+        "first": losses[0],
+        "last": losses[-1],
+        "mean": sum(losses) / len(losses),
+    }
 
 
 def verdict(tests: dict[int, dict], training_block: int) -> str:
@@ -151,11 +184,12 @@ def budget_sentences(config, budgets: dict[str, dict], n_train: int) -> list[str
     ]
 
 
-def _percent(m: dict) -> str:
+def percent_with_interval(m: dict) -> str:
     return f"{100 * m['accuracy']:.1f} [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]"
 
 
-def _budget(logs_dir: Path) -> dict:
+def read_budget(logs_dir: Path) -> dict:
+    """A training run's ``budget.json`` (steps, samples, supervised and processed tokens, FLOPs)."""
     return json.loads((Path(logs_dir) / "budget.json").read_text())
 
 
@@ -164,20 +198,25 @@ def write_report(
     *,
     config,
     cells: list[dict],
+    results: dict,
     checkpoints: dict[str, str],
     logs: dict[str, Path],
     sampler,
     stage_seconds: dict[str, float],
     total_seconds: float,
     train: list,
+    environment: dict,
 ) -> Path:
-    """Write ``report.md`` and both plots into ``out``; returns the report's path."""
+    """Write ``report.md`` and both plots into ``out``; returns the report's path.
+
+    ``results``: :func:`demo_results` of ``cells``; ``environment``: :func:`run_environment`'s record.
+    """
     table = accuracy_table(cells)
-    tests = paired_tests(cells)
+    tests = results["paired"]
     blocks = sorted({cell["block_length"] for cell in cells})
     plot_accuracy(table, config.block_size, out / "accuracy_by_block.png")
     plot_losses(logs, out / "loss.png", config.budget)
-    budgets = {name: _budget(path) for name, path in logs.items()}
+    budgets = {name: read_budget(path) for name, path in logs.items()}
     example = train[0]
     n_params = _parameter_count(checkpoints["base"])
 
@@ -187,10 +226,11 @@ def write_report(
         "A tiny LLaDA-style masked diffusion model is pretrained on the text of a synthetic task, then "
         "fine-tuned twice from the same base, once with Blockwise SFT (one answer block noised per step, "
         "the answer before it clean, everything after it hidden) and once with classical full-sequence "
-        f"masked SFT, on a matched budget ({config.budget}). All three models are evaluated on held-out "
-        "problems with semi-autoregressive block decoding at several inference block lengths.",
+        f"masked SFT, on a matched budget ({config.budget}). Both SFT models are evaluated on held-out "
+        "problems with semi-autoregressive block decoding at several inference block lengths, the base "
+        "at one.",
         "",
-        f"**Result.** {verdict(tests, config.block_size)}",
+        f"**Result.** {results['verdict']}",
         "",
         "## Accuracy on held-out problems",
         "",
@@ -202,7 +242,7 @@ def write_report(
         "|---|" + "---|" * len(blocks),
     ]
     for name, by_block in table.items():
-        row = [_percent(by_block[b]) if b in by_block else "-" for b in blocks]
+        row = [percent_with_interval(by_block[b]) if b in by_block else "-" for b in blocks]
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(row) + " |")
     lines += [
         "",
@@ -230,7 +270,8 @@ def write_report(
         "",
         "- The base model was pretrained with the plain masked-diffusion objective on the task's stories "
         "and arithmetic facts, never on the chat format or a worked answer: its accuracy is what the "
-        "task gives without SFT.",
+        "task gives without SFT. It has never seen the `#### N` line that strict scoring reads, so it "
+        "is decoded at one inference block length only.",
         *budget_sentences(config, budgets, len(train)),
         "- Both start from the same base. The paired test compares the two on identical problems; the "
         "intervals say how far each accuracy could move on another draw of test problems.",
@@ -281,9 +322,10 @@ def write_report(
         "",
         "## Time and files",
         "",
-        f"Total wall time {total_seconds / 60:.1f} min on {_machine()}: "
+        f"Total wall time {total_seconds / 60:.1f} min: "
         + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stage_seconds.items())
-        + ".",
+        + f". Made with {describe_environment(environment)}, seed {config.seed}; the same seed, torch "
+        "version and thread count give the same numbers (`demo.json` records all of them).",
         "",
         "- `checkpoints/`: the random init, the pretrained base and both SFT models (merged, loadable with "
         "`blocksft generate --chat --model ...` and `AutoModel.from_pretrained`), each with its `*_logs/` "
@@ -321,12 +363,3 @@ def _parameter_count(checkpoint: str) -> int:
 
 def _vocab_size(checkpoint: str) -> int:
     return int(json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"])
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    import torch
-
-    return f"{os.cpu_count()} CPU cores ({platform.machine()}), {torch.get_num_threads()} torch threads"
