@@ -379,6 +379,7 @@ def _run_stages(config: DemoConfig) -> DemoResult:
         logs=logs,
         sampler=sampler,
         stage_seconds=stage_seconds,
+        stage_threads=dict(clock.threads),
         total_seconds=clock.total,
         train=train,
         environment=environment,

@@ -203,6 +203,7 @@ def write_report(
     logs: dict[str, Path],
     sampler,
     stage_seconds: dict[str, float],
+    stage_threads: dict[str, int],
     total_seconds: float,
     train: list,
     environment: dict,
@@ -323,9 +324,12 @@ def write_report(
         "## Time and files",
         "",
         f"Total wall time {total_seconds / 60:.1f} min: "
-        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stage_seconds.items())
+        + ", ".join(
+            f"{name} {seconds:.0f} s ({stage_threads[name]} thread{'s' if stage_threads[name] != 1 else ''})"
+            for name, seconds in stage_seconds.items()
+        )
         + f". Made with {describe_environment(environment)}, seed {config.seed}; the same seed, torch "
-        "version and thread count give the same numbers (`demo.json` records all of them).",
+        "version and CPU instruction set give the same numbers (`demo.json` records all of them).",
         "",
         "- `checkpoints/`: the random init, the pretrained base and both SFT models (merged, loadable with "
         "`blocksft generate --chat --model ...` and `AutoModel.from_pretrained`), each with its `*_logs/` "
