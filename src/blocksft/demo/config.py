@@ -61,11 +61,9 @@ class DemoConfig:
         metadata=_help("std of the random init (LLaDA's 0.02 leaves this tiny model on a long plateau)"),
     )
     # Training
-    pretrain_steps: int = field(
-        default=1200, metadata=_help("masked-diffusion pretraining steps of the base")
-    )
+    pretrain_steps: int = field(default=800, metadata=_help("masked-diffusion pretraining steps of the base"))
     pretrain_lr: float = field(default=2e-3, metadata=_help("pretraining peak learning rate"))
-    sft_steps: int = field(default=1200, metadata=_help("optimizer steps of each SFT run (equal for both)"))
+    sft_steps: int = field(default=800, metadata=_help("optimizer steps of each SFT run (equal for both)"))
     budget: Literal["equal-flops", "equal-tokens"] = field(
         default="equal-flops",
         metadata=_help(
