@@ -1,9 +1,11 @@
 """The GPU check: every GPU figure of bench/RESULTS.md in one run of under nine minutes on one H100/H200.
 
     PYTHONPATH=src python bench/gpu_check.py             # from the repository root, one CUDA GPU
+    PYTHONPATH=src python bench/gpu_check.py --family dream   # the same sections at Dream-7B's shape
     PYTHONPATH=src python bench/gpu_check.py --tiny      # the same code on CPU with a tiny shape (tests)
 
-Nothing is downloaded: the models are random, at LLaDA-8B's shape, in bf16. Sections, each
+Nothing is downloaded: the models are random, at LLaDA-8B's shape (``--family dream``: Dream-7B's,
+a run of its own with its own budget), in bf16. Sections, each
 guarded (an error or an out-of-memory is recorded and the next section runs; a section that would
 start after ``--budget-s`` is skipped), most important first:
 
@@ -47,8 +49,8 @@ from blocksft.bench import train as train_bench
 TRAIN_PATHS = "reference ours eager fast"
 
 
-def sections(tiny: bool) -> list[tuple[str, str, list[str]]]:
-    """(key, benchmark, argv) of each section, in the order they run."""
+def sections(tiny: bool, family: str = "llada") -> list[tuple[str, str, list[str]]]:
+    """(key, benchmark, argv) of each section, in the order they run, for ``family``'s model."""
     if tiny:
         train = (
             f"--gpu-8b --tiny --device cpu --micro-batch 4 --max-len 64 --lora-r 8 --steps 1 --warmup 0 "
@@ -88,7 +90,7 @@ def sections(tiny: bool) -> list[tuple[str, str, list[str]]]:
         chosen.append(
             ("decode_compiled", "generate", f"{decode} --modes 'dual + threshold' --decode graph compiled")
         )
-    return [(key, benchmark, shlex.split(argv)) for key, benchmark, argv in chosen]
+    return [(key, benchmark, [*shlex.split(argv), "--family", family]) for key, benchmark, argv in chosen]
 
 
 def run_section(benchmark: str, argv: list[str]) -> dict:
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-s", type=float, default=420.0, help="start no section after this many seconds"
     )
+    parser.add_argument(
+        "--family", choices=["llada", "dream"], default="llada", help="the random model's family"
+    )
     parser.add_argument("--only", nargs="+", default=None, help="run only these sections")
     parser.add_argument("--json", default=None, help="default: $OUT/gpu_check.json when OUT is set")
     args = parser.parse_args(argv)
@@ -202,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
+        "family": args.family,
     }
-    for key, benchmark, section_argv in sections(args.tiny):
+    for key, benchmark, section_argv in sections(args.tiny, args.family):
         if args.only and key not in args.only:
             continue
         elapsed = time.perf_counter() - start

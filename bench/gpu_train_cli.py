@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
-from blocksft.bench.generate import random_llada
+from blocksft.bench.generate import random_model
 from blocksft.config.train import TrainConfig
 from blocksft.data.records import save_records, tokenizer_fingerprint
+from blocksft.families.base import ModelShape
+from blocksft.families.llada import LLADA
 from blocksft.special_tokens import mask_token_id
 from blocksft.testing import tiny_tokenizer
 from blocksft.train.logs import read_loss_csv
@@ -41,8 +43,11 @@ def build_checkpoint(folder: Path, tokenizer, *, tiny: bool, device: str) -> Non
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=mask_token_id(tokenizer),
     )
-    shape = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128) if tiny else {}
-    model = random_llada(shape, device=device, dtype=torch.bfloat16, seed=0, special=special)
+    # Tiny layers, but LLaDA-8B's 126,464 embedding rows (the tiny tokenizer's ids are all below them).
+    shape = ModelShape(n_layers=2, d_model=64, n_heads=4, n_kv_heads=4, mlp_hidden=128, vocab_rows=126464)
+    model = random_model(
+        LLADA, shape if tiny else None, device=device, dtype=torch.bfloat16, seed=0, special=special
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model

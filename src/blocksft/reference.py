@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from blocksft.data.prompts import fill_prompt
+from blocksft.families import logits_shift
 from blocksft.model import LLaDAModelLM
+from blocksft.model.modeling_shared import align_logits
 from blocksft.special_tokens import EOS, LLADA_8B_MASK_ID, LLADA_8B_TOKEN_IDS
 from blocksft.tokenizer import ASSISTANT_HEADER
 
@@ -169,8 +171,12 @@ def reference_loss(
     """The reference's loss: full ``[B, L, V]`` logits, then the float32 CE at the masked positions,
     each sample's mean over its masked positions, and the mean over samples (a sample without any
     counts 0). Of the two usual ways to write it, this is the cheaper one (CE at the masked
-    positions only, not at all ``B x L``), so that the comparison does not flatter our path."""
-    logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
+    positions only, not at all ``B x L``), so that the comparison does not flatter our path.
+
+    The reference trains LLaDA (unshifted logits); a model with shifted logits (Dream) has its
+    logits re-aligned first, as every trainer of such a model does, so that the loss is the same."""
+    logits = model(input_ids=noisy_ids, attention_mask=attention_mask).logits
+    logits = align_logits(logits, logits_shift(model))  # [B, L, V], position i predicts token i
     ce = F.cross_entropy(logits[mask_flags].float(), input_ids[mask_flags], reduction="none")  # [N]
     per_position = torch.zeros(mask_flags.shape, dtype=ce.dtype, device=ce.device).masked_scatter(
         mask_flags, ce

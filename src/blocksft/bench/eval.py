@@ -2,6 +2,7 @@
 decoding settings and at the fast ones.
 
     blocksft bench eval --gpu-8b                  # LLaDA-8B shape, random bf16 weights, one GPU
+    blocksft bench eval --gpu-8b --family dream   # Dream-7B shape
     blocksft bench eval --tiny --device cpu       # a tiny shape (tests)
 
 The weights are random, so the figure is throughput (problems decoded per minute), not accuracy.
@@ -11,10 +12,11 @@ a trained model's do, so threshold decoding commits several tokens per step as i
 evaluation (how many depends on the model: treat the fast figure as indicative).
 
 Prompts: each GSM8K test question in the prompt ``blocksft eval`` builds (training's alpaca
-wrapper in LLaDA's chat template), from ``--data`` (default: :func:`default_gsm8k_file`), tokenized
-by a byte-level BPE trained on that file's questions and answers (no LLaDA tokenizer is at hand;
-its lengths are close: ~4 characters per token). Without the file (or with ``--data none``):
-random ids with the lengths drawn from :data:`GSM8K_PROMPT_LENGTHS`, measured that way (mean 132).
+wrapper in the ``--family``'s chat template), from ``--data`` (default: :func:`default_gsm8k_file`),
+tokenized by a byte-level BPE with the family's special tokens trained on that file's questions and
+answers (no real tokenizer is at hand; its lengths are close: ~4 characters per token). Without
+the file (or with ``--data none``): random ids with the lengths drawn from
+:data:`GSM8K_PROMPT_LENGTHS`, measured that way in LLaDA's template (mean 132).
 
 Each setting decodes the same ``--problems`` prompts in batches of its batch size, left-padded as
 the evaluation pads them, and is timed end to end (wall clock, a synchronize at the end; CPU:
@@ -39,14 +41,14 @@ from pathlib import Path
 
 import torch
 
-from blocksft.bench.generate import SMALL_SHAPE, TINY_SHAPE, random_llada, sharpen
+from blocksft.bench.generate import add_family_argument, bench_shape, family_label, random_model, sharpen
 from blocksft.evaluate.runner import build_prompt_ids, prompt_template
+from blocksft.families import family_named
 from blocksft.generation.sampler import generate
 from blocksft.generation.static import DecoderCache
 from blocksft.generation.transfer import left_pad
 from blocksft.model.loading import resolve_dtype
 from blocksft.special_tokens import resolve_special_ids
-from blocksft.tokenizer import build_tokenizer
 
 # Prompt lengths (tokens) of the 1,319 GSM8K test questions at the 0th, 5th, ..., 100th
 # percentile: the alpaca prompt in LLaDA's chat template, tokenized by a byte-level BPE
@@ -69,8 +71,13 @@ def default_gsm8k_file() -> Path | None:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="blocksft bench eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu-8b", action="store_true", help="LLaDA-8B shape, bf16, on CUDA")
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer, width-64 shape (smoke test)")
+    parser.add_argument(
+        "--gpu-8b", action="store_true", help="the family's published shape (LLaDA-8B, Dream-7B), bf16, CUDA"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the family's 2-layer, width-64 shape (smoke test)"
+    )
+    add_family_argument(parser)
     parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on CUDA")
     parser.add_argument("--problems", type=int, default=32, help="problems each setting decodes")
@@ -115,7 +122,7 @@ def gsm8k_prompts(args, vocab: int) -> tuple[list[list[int]], str]:
     if source is not None:
         rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
         texts = [r["question"] + "\n" + r["answer"] for r in rows]
-        tokenizer = build_tokenizer(texts, vocab_size=min(16000, vocab))
+        tokenizer = family_named(args.family).build_tokenizer(texts, vocab_size=min(16000, vocab))
         template = prompt_template("alpaca")
         picked = [rows[k % len(rows)] for k in range(args.problems)]
         return [build_prompt_ids(tokenizer, r["question"], template) for r in picked], str(source)
@@ -167,9 +174,10 @@ def benchmark(argv: list[str] | None = None, *, on_line=None) -> dict:
     on_cuda = args.device.startswith("cuda")
     if not on_cuda:
         torch.set_num_threads(args.threads)
-    shape = TINY_SHAPE if args.tiny else ({} if args.gpu_8b else SMALL_SHAPE)
-    model = random_llada(
-        shape, device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed, init_std=0.1
+    family = family_named(args.family)
+    shape = bench_shape(family, tiny=args.tiny, published=args.gpu_8b)
+    model = random_model(
+        family, shape, device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed, init_std=0.1
     )
     prompts, source = gsm8k_prompts(args, model.config.vocab_size)
     sharpen(model, torch.tensor([prompts[0]], device=args.device), args.gen_length, args.logit_std)
@@ -179,7 +187,8 @@ def benchmark(argv: list[str] | None = None, *, on_line=None) -> dict:
     result = {
         "benchmark": "eval",
         "description": (
-            f"blocksft bench eval: {n_params / 1e6:.1f}M-parameter random 'confident' LLaDA, {args.dtype} "
+            f"blocksft bench eval: {n_params / 1e6:.1f}M-parameter random 'confident' {family_label(model)}, "
+            f"{args.dtype} "
             f"on {args.device} ({device_name}), torch {torch.__version__}; {len(prompts)} GSM8K prompts "
             f"({source}, {min(lengths)}-{max(lengths)} tokens, mean {sum(lengths) / len(lengths):.0f}); "
             f"gen_length {args.gen_length}, block_length {args.block_length}, steps {args.steps}; random "

@@ -3,6 +3,7 @@ the loop against the fixed-shape steps (``--decode loop graph``), at several bat
 
     PYTHONPATH=src python -m blocksft bench generate     # small random LLaDA on CPU (one to two minutes)
     blocksft bench generate --gpu-8b                      # LLaDA-8B shape, random bf16 weights, on CUDA
+    blocksft bench generate --gpu-8b --family dream       # Dream-7B shape
     blocksft bench generate --gpu-8b --batch 1 8 32 --decode loop graph --models confident
 
 Every mode is timed in the same process as the plain sampler and reported as a ratio to it, on two
@@ -24,15 +25,17 @@ graphs, ``first s`` reports it, the best repeat counts.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 
 import torch
 
 from blocksft.config.flags import OneLineParser
+from blocksft.families import FAMILIES, ModelFamily, family_named
+from blocksft.families.base import ModelShape
 from blocksft.generation.sampler import generate
 from blocksft.generation.static import DecoderCache
-from blocksft.model import LLaDAConfig, LLaDAModelLM
 from blocksft.model.loading import resolve_dtype
 from blocksft.special_tokens import resolve_special_ids
 
@@ -45,10 +48,34 @@ MODES = {
     "dual + threshold": {"cache": "dual", "threshold": True},
 }
 
-# The CPU default: small enough that all twelve runs take about a minute on two cores.
-SMALL_SHAPE = dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=384, vocab_size=8192)
-TINY_SHAPE = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden_size=128, vocab_size=512)
-SPECIAL_IDS = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, mask_token_id=2)  # as the tiny tokenizer's
+# The CPU default: small enough that all twelve runs take about a minute on two cores (a family
+# with grouped-query attention keeps its tiny shape's key/value heads).
+SMALL_SHAPE = ModelShape(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4, mlp_hidden=384, vocab_rows=8192)
+
+
+def add_family_argument(parser) -> None:
+    """``--family``: which family's random model the bench builds (the shape flags keep their sizes)."""
+    parser.add_argument(
+        "--family",
+        choices=[f.name for f in FAMILIES],
+        default="llada",
+        help="the random model's family (--gpu-8b: LLaDA-8B or Dream-7B shape)",
+    )
+
+
+def bench_shape(family: ModelFamily, *, tiny: bool, published: bool) -> ModelShape | None:
+    """The shape of a bench's random model: the family's tiny one, its published one (None: the
+    config class's defaults, LLaDA-8B's or Dream-7B's) or :data:`SMALL_SHAPE`."""
+    if tiny:
+        return family.tiny_shape
+    if published:
+        return None
+    return dataclasses.replace(SMALL_SHAPE, n_kv_heads=family.tiny_shape.n_kv_heads)
+
+
+def family_label(model) -> str:
+    """``LLaDA`` or ``Dream``: the family's own spelling, from the config's model_type."""
+    return {"llada": "LLaDA", "Dream": "Dream"}.get(model.config.model_type, model.config.model_type)
 
 
 def parse_args(argv):
@@ -89,8 +116,13 @@ def parse_args(argv):
         default=10.0,
         help="the confident model's logit spread (LM head rescaled to it)",
     )
-    parser.add_argument("--gpu-8b", action="store_true", help="LLaDA-8B shape, bf16, on CUDA")
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer, width-64 shape (smoke test)")
+    parser.add_argument(
+        "--gpu-8b", action="store_true", help="the family's published shape (LLaDA-8B, Dream-7B), bf16, CUDA"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the family's 2-layer, width-64 shape (smoke test)"
+    )
+    add_family_argument(parser)
     parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -102,29 +134,39 @@ def parse_args(argv):
     return args
 
 
-def random_llada(
-    shape: dict, *, device: str, dtype, seed: int, init_std: float = 0.02, special: dict | None = None
+def random_model(
+    family: ModelFamily,
+    shape: ModelShape | None,
+    *,
+    device: str,
+    dtype,
+    seed: int,
+    init_std: float = 0.02,
+    special: dict | None = None,
 ):
-    """A randomly initialised LLaDAModelLM built straight on ``device`` in ``dtype`` (no float32 copy
-    of an 8B model ever exists): parameters on the meta device, then allocated and filled.
+    """A randomly initialised model of ``family`` built straight on ``device`` in ``dtype`` (no
+    float32 copy of an 8B model ever exists): parameters on the meta device, then allocated and
+    filled (normal weights of std ``init_std``, norms 1, biases 0).
 
-    ``special``: the special token ids (default: the tiny tokenizer's for a small ``shape``, LLaDA's
-    own for the 8B shape ``{}``)."""
-    if special is None:
-        special = SPECIAL_IDS if shape else {}
-    config = LLaDAConfig(
-        **shape, **special, embedding_size=shape.get("vocab_size", 126464), init_std=init_std
-    )
+    ``shape``: a :class:`ModelShape`, or None for the published shape (the config class's
+    defaults). ``special``: the special token ids (default: the family's tiny tokenizer's for a
+    given ``shape``, the published ones for None)."""
+    if shape is None:
+        config = family.config_class(**(special or {}))
+    else:
+        config = family.config_for(shape, **(family.special_ids() if special is None else special))
     with torch.device("meta"):
-        model = LLaDAModelLM(config)
+        model = family.model_class(config)
     model = model.to(dtype).to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
                 param.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.zero_()
             else:
-                param.normal_(0.0, config.init_std, generator=generator)
+                param.normal_(0.0, init_std, generator=generator)
     return model.eval()
 
 
@@ -136,7 +178,7 @@ def sharpen(model, prompt, gen_length: int, logit_std: float) -> float:
     )
     with torch.no_grad():
         factor = logit_std / model(canvas).logits.float().std().item()
-        model.model.transformer.ff_out.weight.mul_(factor)
+        model.get_output_embeddings().weight.mul_(factor)
     return factor
 
 
@@ -219,13 +261,14 @@ TABLE_HEADER = (
 
 
 def describe(model, args) -> str:
-    config = model.config
+    shape = family_named(args.family).shape(model.config)
     n_params = sum(p.numel() for p in model.parameters())
     on_cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name(args.device) if on_cuda else platform.processor() or "cpu"
     return (
-        f"blocksft bench generate: {n_params / 1e6:.1f}M-parameter random LLaDA ({config.n_layers} layers, "
-        f"d_model {config.d_model}, vocab {config.vocab_size}), {args.dtype} on {args.device} "
+        f"blocksft bench generate: {n_params / 1e6:.1f}M-parameter random {family_label(model)} "
+        f"({shape.n_layers} layers, d_model {shape.d_model}, {shape.n_heads} heads, {shape.n_kv_heads} "
+        f"key/value heads, vocab {model.config.vocab_size}), {args.dtype} on {args.device} "
         f"({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads\n"
         f"gen_length {args.gen_length}, block_length {args.block_length}, steps {args.steps}, "
         f"confidence {args.confidence}, batch {' '.join(map(str, args.batch))}, prompt "
@@ -245,7 +288,8 @@ def benchmark(argv: list[str] | None = None, *, on_row=None) -> dict:
     args = parse_args(argv)
     if not args.device.startswith("cuda"):
         torch.set_num_threads(args.threads)
-    shape = TINY_SHAPE if args.tiny else ({} if args.gpu_8b else SMALL_SHAPE)
+    family = family_named(args.family)
+    shape = bench_shape(family, tiny=args.tiny, published=args.gpu_8b)
     build = dict(device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed)
     generator = torch.Generator(device=args.device).manual_seed(args.seed + 1)
     result = {"benchmark": "generate", "rows": []}
@@ -253,7 +297,7 @@ def benchmark(argv: list[str] | None = None, *, on_row=None) -> dict:
     on_cuda = args.device.startswith("cuda")
     for name in args.models:
         init_std, logit_std = inits[name]
-        model = random_llada(shape, init_std=init_std, **build)
+        model = random_model(family, shape, init_std=init_std, **build)
         prompts = torch.randint(
             6,
             model.config.vocab_size,

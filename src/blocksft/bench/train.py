@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python -m blocksft bench train        # CPU: 4 layers, width 256, vocab 126,464
     blocksft bench train --gpu-8b                         # LLaDA-8B shape, bf16, LoRA r256, CUDA
+    blocksft bench train --gpu-8b --family dream          # Dream-7B shape
     blocksft bench train --paths reference ours grouped   # one row per path
 
 Every path trains the same model (random weights, the same LoRA adapters and AdamW) in the same
@@ -14,7 +15,9 @@ to ``--max-len``; :func:`blocksft.bench.noise.synthetic_examples`) or a record f
   ``ReferenceFullSeqDataset``), pads it to ``--max-len``, and the items are stacked; the model gets
   no attention mask (padding is attended), computes the full ``[B, max_len, V]`` logits, eagerly and
   without gradient checkpointing (its model code has none); the loss is the float32 cross-entropy
-  at the masked positions, each sample's mean, averaged over the samples.
+  at the masked positions, each sample's mean, averaged over the samples. The reference scripts
+  train LLaDA only; on Dream (``--family dream``) this path is their recipe with Dream's logits
+  re-aligned (:func:`blocksft.reference.reference_loss`), the same loss for a shifted model.
 * ``ours``: what ``blocksft train`` runs with its defaults on this device: the item plan,
   :class:`PadCollator` (pad to the batch's longest record rounded up to 8, padding masked out of
   attention), :class:`TrainStep` (noising on the device, the LM head only at the loss positions),
@@ -72,11 +75,13 @@ import peft
 import torch
 import transformers
 
-from blocksft.bench.generate import TINY_SHAPE, random_llada
+from blocksft.bench.generate import add_family_argument, family_label, random_model
 from blocksft.bench.noise import synthetic_examples
 from blocksft.config.flags import OneLineParser
 from blocksft.config.train import TrainConfig, is_on
 from blocksft.data.records import load_records
+from blocksft.families import family_named, family_of_model, unwrap_model
+from blocksft.families.base import ModelShape
 from blocksft.model.loading import resolve_dtype
 from blocksft.objectives import NoisedBatch, get_objective
 from blocksft.reference import (
@@ -125,19 +130,24 @@ FLOPS_FORMULA = (
 PATHS = ("reference", *VARIANTS)
 
 # The CPU default: small, but with LLaDA's vocabulary so that the LM head costs what it does.
-CPU_SHAPE = dict(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, mlp_hidden_size=768, vocab_size=126464)
+CPU_SHAPE = ModelShape(n_layers=4, d_model=256, n_heads=4, n_kv_heads=4, mlp_hidden=768, vocab_rows=126464)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="blocksft bench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=["reference", "ours"])
     parser.add_argument(
-        "--gpu-8b", action="store_true", help="LLaDA-8B shape, bf16, CUDA, LoRA r256, micro-batch 32"
+        "--gpu-8b",
+        action="store_true",
+        help="the family's published shape (LLaDA-8B, Dream-7B), bf16, CUDA, LoRA r256, micro-batch 32",
     )
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer, width-64, vocab-512 shape (tests)")
-    parser.add_argument("--layers", type=int, default=CPU_SHAPE["n_layers"], help="CPU shape: blocks")
-    parser.add_argument("--width", type=int, default=CPU_SHAPE["d_model"], help="CPU shape: d_model")
-    parser.add_argument("--vocab", type=int, default=CPU_SHAPE["vocab_size"], help="CPU shape: vocabulary")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the family's 2-layer, width-64, vocab-512 shape (tests)"
+    )
+    add_family_argument(parser)
+    parser.add_argument("--layers", type=int, default=CPU_SHAPE.n_layers, help="CPU shape: blocks")
+    parser.add_argument("--width", type=int, default=CPU_SHAPE.d_model, help="CPU shape: d_model")
+    parser.add_argument("--vocab", type=int, default=CPU_SHAPE.vocab_rows, help="CPU shape: vocabulary")
     parser.add_argument("--objective", choices=["blockwise", "fullseq"], default="blockwise")
     parser.add_argument("--micro-batch", type=int, default=None, help="default 8, or 32 with --gpu-8b")
     parser.add_argument("--max-len", type=int, default=256, help="the reference pads to this")
@@ -506,20 +516,24 @@ def loss_checks(model, paths: dict, records, args, model_config, device, switch)
 # ----- Setup and report ---------------------------------------------------------------------------
 
 
-def model_shape(args) -> dict:
+def model_shape(args) -> ModelShape | None:
+    """The bench's shape: the family's tiny one, None for its published one (LLaDA-8B-Instruct's or
+    Dream-7B's config), else ``--layers``/``--width``/``--vocab`` with heads of width 64 (a family
+    with grouped-query attention: a quarter of them for keys and values, as its tiny shape)."""
+    family = family_named(args.family)
     if args.tiny:
-        return dict(TINY_SHAPE)
+        return family.tiny_shape
     if args.gpu_8b:
-        return {}  # LLaDA-8B-Instruct's config
+        return None
     heads = max(1, args.width // 64)
-    return dict(
-        CPU_SHAPE,
+    tiny = family.tiny_shape
+    return ModelShape(
         n_layers=args.layers,
         d_model=args.width,
         n_heads=heads,
-        n_kv_heads=heads,
-        mlp_hidden_size=3 * args.width,
-        vocab_size=args.vocab,
+        n_kv_heads=max(1, heads * tiny.n_kv_heads // tiny.n_heads),
+        mlp_hidden=3 * args.width,
+        vocab_rows=args.vocab,
     )
 
 
@@ -552,6 +566,7 @@ def benchmark(argv: list[str] | None = None) -> dict:
     # ----- Model: random weights made once on the device, LoRA, AdamW -----
     model, lora, optimizer = build_model(args)
     config = model.get_base_model().config
+    shape = model_shape(args)
 
     # ----- Records and paths -----
     rounds = args.warmup + args.steps
@@ -591,7 +606,8 @@ def benchmark(argv: list[str] | None = None) -> dict:
             "transformers": transformers.__version__,
             "peft": peft.__version__,
         },
-        "shape": "LLaDA-8B" if args.gpu_8b and not args.tiny else model_shape(args),
+        "family": family_label(model.get_base_model()),
+        "shape": published_shape_name(args) if shape is None else dataclasses.asdict(shape),
         "parameters": sum(p.numel() for p in model.parameters()),
         "lora": lora.summary(),
         "settings": run_settings(args),
@@ -603,10 +619,19 @@ def benchmark(argv: list[str] | None = None) -> dict:
     }
 
 
+def published_shape_name(args) -> str:
+    return {"llada": "LLaDA-8B", "dream": "Dream-7B"}[args.family]
+
+
 def build_model(args):
-    """A random LLaDA of the bench's shape made on its device, LoRA on it, and AdamW over the adapters."""
-    model = random_llada(
-        model_shape(args), device=args.device, dtype=resolve_dtype(args.dtype), seed=args.seed
+    """A random model of the bench's family and shape made on its device, LoRA on it, and AdamW over
+    the adapters."""
+    model = random_model(
+        family_named(args.family),
+        model_shape(args),
+        device=args.device,
+        dtype=resolve_dtype(args.dtype),
+        seed=args.seed,
     )
     model, lora = apply_lora(
         model, targets=args.lora_targets, r=args.lora_r, alpha=2.0 * args.lora_r, dropout=0.05
@@ -620,13 +645,13 @@ def build_model(args):
 
 def flop_model_of(model, lora) -> FlopModel:
     """The FLOP count of a step of the bench's model (its recompute left out: model FLOPs)."""
-    config = model.get_base_model().config
+    shape = family_of_model(model).shape(unwrap_model(model).config)
     return FlopModel(
-        body_params=sum(p.numel() for n, p in model.named_parameters() if ".blocks." in n),
+        body_params=sum(p.numel() for p in unwrap_model(model).blocks.parameters()),
         trained_params=lora.trainable_params,
-        head_params=config.d_model * config.embedding_size,
-        n_layers=config.n_layers,
-        d_model=config.d_model,
+        head_params=shape.d_model * shape.vocab_rows,
+        n_layers=shape.n_layers,
+        d_model=shape.d_model,
     )
 
 
@@ -657,7 +682,8 @@ def format_report(result: dict) -> str:
     paths = result["paths"]
     base = paths.get("reference")
     lines = [
-        f"blocksft bench train: {result['parameters'] / 1e6:.1f}M-parameter random LLaDA {result['shape']}, "
+        f"blocksft bench train: {result['parameters'] / 1e6:.1f}M-parameter random {result['family']} "
+        f"{result['shape']}, "
         f"{result['device']}, {result['threads']} threads, "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
         "settings: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()),

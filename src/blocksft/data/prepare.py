@@ -42,9 +42,15 @@ from blocksft.data.prompts import (
 from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.data.tasks import open_dataset, quiet_datasets, require_columns
 from blocksft.errors import BlocksftError
+from blocksft.families import family_of_folder
 from blocksft.outputs import check_output_path, claim
 from blocksft.progress import progress
-from blocksft.special_tokens import require_mask_token, special_text_pattern, special_text_problem
+from blocksft.special_tokens import (
+    LLADA_TOKENS,
+    require_mask_token,
+    special_text_pattern,
+    special_text_problem,
+)
 from blocksft.tokenizer import load_tokenizer
 
 TYPE_FIELD = "type"
@@ -401,7 +407,10 @@ def run_prepare(config: PrepareConfig, *, tokenizer=None, command: str | None = 
     with claim(output.with_name(f".{output.name}.lock"), f"--output {output}"):
         if tokenizer is None:
             tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-        require_mask_token(tokenizer, "--model", config.model)
+        # The family of a local checkpoint names its own mask token when the tokenizer lacks it.
+        family = family_of_folder(config.model)
+        names = family.tokens if family else LLADA_TOKENS
+        require_mask_token(tokenizer, "--model", config.model, names)
         dataset = open_dataset(config.dataset, config.split, config.dataset_config)
         result = build_records(dataset, tokenizer, config, template)
         meta = build_meta(config, tokenizer, template, result.counts, command)

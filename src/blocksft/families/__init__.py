@@ -8,6 +8,9 @@ new file defining a :class:`~.base.ModelFamily` and one entry in :data:`FAMILIES
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from blocksft.errors import BlocksftError
 from blocksft.special_tokens import TokenNames, token_id
 
@@ -83,6 +86,17 @@ def own_model(model):
     return base if isinstance(base, tuple(f.model_class for f in FAMILIES)) else None
 
 
+def family_of_folder(folder: str) -> ModelFamily | None:
+    """The family of a local checkpoint folder's config.json ``model_type``; None for a hub id, a
+    folder without a readable config.json, or a ``model_type`` of no known family."""
+    path = Path(folder) / "config.json"
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return next((f for f in FAMILIES if f.model_type == model_type), None)
+
+
 def family_of_tokenizer(tokenizer) -> ModelFamily | None:
     """The family whose mask token ``tokenizer`` holds by text, or None (no mask token known)."""
     for family in FAMILIES:
@@ -98,6 +112,7 @@ __all__ = [
     "family_named",
     "family_of_config",
     "family_of_model",
+    "family_of_folder",
     "family_of_model_type",
     "family_of_tokenizer",
     "logits_shift",

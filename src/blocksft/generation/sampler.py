@@ -1,4 +1,6 @@
-"""LLaDA's semi-autoregressive block sampler (arXiv 2502.09992), with Fast-dLLM's options (arXiv 2505.22618).
+"""The semi-autoregressive block sampler of LLaDA's paper (arXiv 2502.09992), with Fast-dLLM's options
+(arXiv 2505.22618), for every model family: a family with shifted logits (Dream) has the prediction
+of position i read from the output at i - 1, as its own sampler reads it.
 
 The algorithm, at the defaults as in LLaDA's published ``generate`` (with ``confidence="llada"``
 exactly as it, in any dtype; the default ranks in float64, see :func:`generate`):
@@ -235,10 +237,11 @@ def generate(
     generator: torch.Generator | None = None,
     callback: Callable[[GenerateStep], None] | None = None,
 ) -> GenerateOutput:
-    """Decode ``gen_length`` tokens after each prompt with LLaDA's semi-autoregressive sampler.
+    """Decode ``gen_length`` tokens after each prompt with the semi-autoregressive block sampler.
 
     Args:
-        model: our :class:`~blocksft.model.LLaDAModelLM` (or a PEFT wrapper of it), or any model
+        model: our model of any family (:class:`~blocksft.model.LLaDAModelLM`,
+            :class:`~blocksft.model.modeling_dream.DreamModel`, or a PEFT wrapper), or any model
             whose forward takes ``input_ids``/``attention_mask`` and returns ``.logits`` (remote
             code: no caches; LLaDA's published code ignores the attention mask, so left-padded
             rows attend to their padding).

@@ -262,17 +262,17 @@ class PadCollator:
     """Right-pads records into a batch.
 
     The padded length: ``pad_to`` when given (and no record is longer); otherwise, with
-    ``supervise_padding``, the batch's longest record exactly (LLaDA's SFT recipe: the EOS padding
-    is answer, so its amount is not rounded) and, with ``complete_blocks``, at least the end of each
-    row's last block (capped at ``max_len``), so that a blockwise sample's last block holds its
-    answer's end followed by EOS whatever batch it lands in; otherwise the longest record rounded up
-    to ``multiple_of``.
+    ``supervise_padding``, the batch's longest record exactly (LLaDA's SFT recipe, applied to every
+    family: the EOS padding is answer, so its amount is not rounded) and, with ``complete_blocks``,
+    at least the end of each row's last block (capped at ``max_len``), so that a blockwise sample's
+    last block holds its answer's end followed by EOS whatever batch it lands in; otherwise the
+    longest record rounded up to ``multiple_of``.
 
     Attributes:
-        pad_id: padding token (LLaDA: EOS).
+        pad_id: padding token (the tokenizer's pad, else EOS: LLaDA's and Dream's is EOS).
         multiple_of: round the batch's longest record up to this.
         pad_to: pad every batch to this fixed length instead (the reference: ``--max-len``).
-        supervise_padding: the padding is trained as answer (LLaDA's SFT recipe), so the
+        supervise_padding: the padding is trained as answer (LLaDA's SFT recipe, any family), so the
             attention mask covers it.
         complete_blocks: the block size, to complete last blocks with supervised padding.
         max_len: the longest a completed block may make a row.
