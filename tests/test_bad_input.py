@@ -27,6 +27,7 @@ from blocksft.config.flags import config_to_dict
 from blocksft.config.train import TrainConfig
 from blocksft.data.records import save_records, tokenizer_fingerprint
 from blocksft.testing import tiny_llada_model, tiny_tokenizer
+from blocksft.testing_dream import tiny_dream_model, tiny_dream_tokenizer
 from blocksft.train.logs import CSV_COLUMNS
 
 NOT_UTF8 = b"caf\xe9 \xff\xfe"  # Latin-1 text: invalid as UTF-8
@@ -49,6 +50,8 @@ class World:
     root: Path
     model: Path  # tiny LLaDA + tokenizer
     nomask: Path  # the same model, its tokenizer without <|mdm_mask|>
+    dream: Path  # tiny Dream + its tokenizer
+    dream_nomask: Path  # the same Dream model, its tokenizer without <|mask|>
     data: Path  # a record file with its sidecar
     gsm: Path  # GSM8K rows
     rows: Path  # MetaMathQA-style rows for prepare
@@ -61,13 +64,13 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _tokenizer_without_mask(src: Path, dst: Path) -> Path:
-    """A copy of checkpoint ``src`` whose tokenizer calls its mask token something else."""
+def _tokenizer_without_mask(src: Path, dst: Path, mask: str = "<|mdm_mask|>") -> Path:
+    """A copy of checkpoint ``src`` whose tokenizer calls its mask token ``mask`` something else."""
     shutil.copytree(src, dst)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         path = dst / name
         if path.is_file():
-            path.write_text(path.read_text().replace("<|mdm_mask|>", "<|unused_0|>"))
+            path.write_text(path.read_text().replace(mask, "<|unused_0|>"))
     config = json.loads((dst / "tokenizer_config.json").read_text())
     config.pop("mask_token", None)
     (dst / "tokenizer_config.json").write_text(json.dumps(config))
@@ -84,6 +87,13 @@ def _adapter(model_dir: Path, dst: Path, **config_overrides) -> Path:
     return dst
 
 
+def _dream_checkpoint(dst: Path) -> Path:
+    tokenizer = tiny_dream_tokenizer()
+    tiny_dream_model(tokenizer, seed=0).save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    return dst
+
+
 def build_world(root: Path) -> World:
     """The shared inputs, written under ``root``."""
     model, data = write_tiny_inputs(root, n_samples=16)
@@ -91,10 +101,13 @@ def build_world(root: Path) -> World:
     logs.mkdir()
     rows = [",".join(CSV_COLUMNS)] + [f"{s},{3.0 - s / 10},1e-5,0.5,10,100,128,8,1e9,1000.0" for s in (1, 2)]
     (logs / "train_loss.csv").write_text("\n".join(rows) + "\n")
+    dream = _dream_checkpoint(root / "dream")
     return World(
         root=root,
         model=model,
         nomask=_tokenizer_without_mask(model, root / "nomask"),
+        dream=dream,
+        dream_nomask=_tokenizer_without_mask(dream, root / "dream-nomask", mask="<|mask|>"),
         data=data,
         gsm=_jsonl(root / "gsm.jsonl", GSM_ROWS),
         rows=_jsonl(root / "rows.jsonl", PREPARE_ROWS),
@@ -405,6 +418,11 @@ CASES = [
         r"--model .*nomask.*has no mask token <\|mdm_mask\|>",
     ),
     Case(
+        "prepare-dream-tokenizer-without-mask",
+        lambda w, t: prepare(w, t, "--model", str(w.dream_nomask)),
+        r"--model .*dream-nomask: its tokenizer has no mask token <\|mask\|>",
+    ),
+    Case(
         "prepare-template-no-slot",
         lambda w, t: prepare(w, t, "--prompt-template", "no slot"),
         r"--prompt-template 'no slot' has no \{query\} slot",
@@ -475,6 +493,11 @@ CASES = [
         "train-data-other-tokenizer",
         lambda w, t: train(w, t, data=_other_tokenizer_records(w, t / "d.pt")),
         r"d\.pt was prepared with tokenizer .*--overwrite",
+    ),
+    Case(
+        "train-dream-model-llada-records",
+        lambda w, t: train(w, t, model=w.dream),
+        r"data\.pt was prepared with tokenizer .*mask id 2 vs 3.*--overwrite",
     ),
     Case(
         "train-data-mask-in-answer",
@@ -595,6 +618,11 @@ CASES = [
         "generate-prompt-mask",
         lambda w, t: generate(w, t, "--prompt", "fill <|mdm_mask|> in"),
         r"--prompt holds '<\|mdm_mask\|>'",
+    ),
+    Case(
+        "generate-dream-prompt-empty",
+        lambda w, t: generate(w, t, "--prompt", "", model=w.dream),
+        r"--prompt '' encodes to no tokens: this model predicts token i from the output at i - 1",
     ),
     Case(
         "generate-chat-prompt-eot",

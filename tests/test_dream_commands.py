@@ -1,6 +1,6 @@
 """Every command with a tiny Dream checkpoint folder: prepare (ChatML, its boundary, its special
 tokens), eval (prompts through Dream's template), merge, the lm-eval model under the shift, family
-detection, and Dream's bad inputs."""
+detection (Dream's bad inputs are rows of test_bad_input.py's table)."""
 
 import json
 
@@ -123,53 +123,6 @@ def test_prepare_refuses_dreams_special_token_text(tmp_path, dream_checkpoint, c
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("blocksft prepare: error:") and "<|im_end|>" in err
-
-
-# ----- bad input -------------------------------------------------------------------------------
-
-
-def test_a_dream_tokenizer_without_its_mask_token_is_refused(tmp_path, capsys):
-    tokenizer = tiny_dream_tokenizer()
-    tokenizer.mask_token = None
-    spec = DREAM.tokenizer_spec
-    plain = type(tokenizer)(
-        tokenizer_object=tokenizer.backend_tokenizer, eos_token=spec.eos, pad_token=spec.pad
-    )
-    plain.chat_template = spec.chat_template
-    backend = json.loads(plain.backend_tokenizer.to_str())
-    backend["added_tokens"] = [t for t in backend["added_tokens"] if t["content"] != "<|mask|>"]
-    folder = tmp_path / "nomask"
-    plain.save_pretrained(folder)
-    data = json.loads((folder / "tokenizer.json").read_text())
-    data["added_tokens"] = backend["added_tokens"]
-    del data["model"]["vocab"]["<|mask|>"]
-    (folder / "tokenizer.json").write_text(json.dumps(data))
-    rows = write_jsonl(tmp_path / "rows.jsonl", ROWS)
-    assert (
-        main(["prepare", "--model", str(folder), "--dataset", str(rows), "--output", str(tmp_path / "o.pt")])
-        == 2
-    )
-    assert "nomask: its tokenizer has no mask token" in capsys.readouterr().err
-
-
-def test_a_llada_record_file_is_refused_for_a_dream_model(tmp_path, dream_checkpoint, capsys):
-    from train_utils import write_tiny_inputs
-
-    _, llada_data = write_tiny_inputs(tmp_path / "llada", n_samples=8)
-    argv = [
-        "train",
-        "--model",
-        str(dream_checkpoint),
-        "--data",
-        str(llada_data),
-        "--ckpt-dir",
-        str(tmp_path / "r"),
-    ]
-    capsys.readouterr()  # the inputs' own writing
-    assert main([*argv, "--use-cpu", "--total-steps", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("blocksft train: error:") and "was prepared with tokenizer" in err
-    assert err.count("\n") == 1
 
 
 # ----- eval ------------------------------------------------------------------------------------

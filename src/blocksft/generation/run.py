@@ -12,7 +12,7 @@ import torch
 
 from blocksft.config.generate import GenerateConfig
 from blocksft.errors import BlocksftError
-from blocksft.families import token_names
+from blocksft.families import logits_shift, token_names
 from blocksft.generation.output import GenerateStep
 from blocksft.generation.sampler import generate
 from blocksft.generation.text import decode_answer, encode_prompt, render_canvas
@@ -35,7 +35,13 @@ def run_generate(cfg: GenerateConfig) -> str:
     model = load_model(source, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, device=device)
     model.eval()
     ids = resolve_special_ids(tokenizer, model.config, mask_id=cfg.mask_id, names=token_names(model.config))
-    prompt_ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt, chat=cfg.chat)])
+    prompt_ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt, chat=cfg.chat)], dtype=torch.long)
+    shift = logits_shift(model)
+    if shift and prompt_ids.shape[1] == 0:
+        raise BlocksftError(
+            f"--prompt {cfg.prompt!r} encodes to no tokens: this model predicts token i from the output "
+            f"at i - {shift}, so it needs at least one prompt token (give some text, or pass --chat)"
+        )
     stream = CanvasStream(tokenizer, ids.mask, prompt_ids.shape[1]) if cfg.stream else None
     out = generate(
         model,
