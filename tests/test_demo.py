@@ -428,6 +428,12 @@ def test_quick_dream_demo_trains_evaluates_and_reports_dream_models(dream_run):
 
 
 def test_demo_takes_a_known_family_only():
+    from typing import get_args, get_type_hints
+
+    from blocksft.families import FAMILIES
+
+    # The flag's choices are every family's name (the config cannot import the families: torch).
+    assert set(get_args(get_type_hints(DemoConfig)["family"])) == {f.name for f in FAMILIES}
     assert DemoConfig(family="dream").family == "dream" and DemoConfig().family == "llada"
     with pytest.raises(ValueError, match="family must be llada or dream"):
         DemoConfig(family="qwen")

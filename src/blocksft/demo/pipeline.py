@@ -273,6 +273,8 @@ class DemoTask:
 
 
 def make_task(config: DemoConfig, family: ModelFamily, out: Path) -> DemoTask:
+    """The problems and their files, a tokenizer of ``family`` trained on them, the seeded random
+    init and the pretraining records."""
     spec = config.task
     train, test = demo_task.make_splits(config.seed, config.n_train, config.n_test, spec)
     documents = demo_task.pretraining_documents(train, config.seed, spec)
