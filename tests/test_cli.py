@@ -28,3 +28,13 @@ def test_missing_subcommand_is_an_error():
     with pytest.raises(SystemExit) as exit_info:
         main([])
     assert exit_info.value.code != 0
+
+
+def test_building_the_parser_imports_no_torch():
+    """The rule of docs/ARCHITECTURE.md: `blocksft --help` and a bad flag answer without torch."""
+    code = (
+        "import sys; from blocksft.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('blocksft.demo.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['blocksft.demo.config', 'blocksft.demo.task']"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -358,6 +359,84 @@ def test_quick_demo_report_is_complete(quick_run):
     assert re.search(r"McNemar exact p = [\d.e-]+", report)
     assert "![accuracy by inference block length](accuracy_by_block.png)" in report
     assert "report:" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def dream_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-dream") / "run"
+    return out, run_quick_demo(out, "--family", "dream", "--seed", "1")
+
+
+def test_quick_dream_demo_trains_evaluates_and_reports_dream_models(dream_run):
+    import csv
+
+    import torch
+    from transformers import AutoModel
+
+    from blocksft.families.dream import IM_END, MASK
+    from blocksft.model import DreamModel
+
+    out, done = dream_run
+    for name in ("report.md", "loss.png", "accuracy_by_block.png", "demo.json"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["family"] == "dream" and summary["settings"]["family"] == "dream"
+    report = (out / "report.md").read_text()
+    assert "A tiny Dream-style masked diffusion model" in report and "LLaDA architecture" not in report
+    # --quick: 2 query heads share 1 key/value head (GQA), as the report says.
+    assert "Dream architecture" in report and "2 heads (1 key/value)" in report
+    assert "Dream's special tokens and chat template" in report
+    # The base and both SFT models are Dream checkpoints that load strictly through the Auto classes.
+    assert set(summary["checkpoints"]) == {"base", "blockwise", "fullseq"}
+    for path in summary["checkpoints"].values():
+        config = json.loads((Path(path) / "config.json").read_text())
+        assert config["model_type"] == "Dream"
+        assert (config["num_attention_heads"], config["num_key_value_heads"]) == (2, 1)
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+        assert type(model) is DreamModel and not any(info.values())
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+    # The SFT records are ChatML: the answer ends with <|im_end|>; the prompt is the rendered user
+    # turn up to the assistant header. The pretraining records start from EOS (Dream has no BOS).
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(summary["checkpoints"]["base"])
+    assert (
+        tokenizer.convert_tokens_to_ids(MASK)
+        == DreamModel.config_class.from_pretrained(summary["checkpoints"]["base"]).mask_token_id
+    )
+    records = torch.load(out / "data" / "sft.pt")
+    for record in records[:20]:
+        ids = record["full_ids"].tolist()
+        prompt = tokenizer.decode(ids[: record["prompt_len"]])
+        assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+        answer = tokenizer.decode(ids[record["prompt_len"] :])
+        assert answer.startswith("Monday: ") and answer.rstrip("\n").endswith(IM_END)
+    pretraining = torch.load(out / "data" / "pretrain.pt")
+    assert {int(r["full_ids"][0]) for r in pretraining} == {tokenizer.eos_token_id}
+    # Every model decoded every held-out problem at its block lengths.
+    results = sorted((out / "results").glob("demo.*.b*.jsonl"))
+    assert len(results) == 5
+    for path in results:
+        assert len(path.read_text().splitlines()) == 24
+    # Training ran: finite losses, lower in the second half of each run than in the first.
+    for name in ("base", "blockwise", "fullseq"):
+        rows = list(csv.DictReader((out / "checkpoints" / f"{name}_logs" / "train_loss.csv").open()))
+        losses = [float(r["loss"]) for r in rows]
+        assert len(losses) == 12 and all(math.isfinite(x) for x in losses), name
+        assert sum(losses[6:]) < sum(losses[:6]), (name, losses)
+    assert not re.search(r"warn|Setting accelerator", done.stdout + done.stderr, re.IGNORECASE)
+
+
+def test_demo_takes_a_known_family_only():
+    from typing import get_args, get_type_hints
+
+    from blocksft.families import FAMILIES
+
+    # The flag's choices are every family's name (the config cannot import the families: torch).
+    assert set(get_args(get_type_hints(DemoConfig)["family"])) == {f.name for f in FAMILIES}
+    assert DemoConfig(family="dream").family == "dream" and DemoConfig().family == "llada"
+    with pytest.raises(ValueError, match="family must be llada or dream"):
+        DemoConfig(family="qwen")
 
 
 def test_demo_refuses_a_non_empty_output_folder(tmp_path):

@@ -6,10 +6,7 @@ LLaDA's special tokens, roles and chat template (see :mod:`blocksft.tokenizer`).
 
 from __future__ import annotations
 
-import torch
-
 from blocksft.families.llada import LLADA
-from blocksft.model import LLaDAModelLM
 from blocksft.tokenizer import build_tokenizer
 
 
@@ -30,8 +27,4 @@ def tiny_llada_config(tokenizer=None, **overrides):
 
 def tiny_llada_model(tokenizer=None, seed: int = 0, **overrides):
     """A tiny randomly initialised :class:`LLaDAModelLM` in float32, in eval mode."""
-    config = tiny_llada_config(tokenizer, **overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LLaDAModelLM(config)
-    return model.eval()
+    return LLADA.random_model(tiny_llada_config(tokenizer, **overrides), seed)

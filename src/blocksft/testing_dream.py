@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
-
 from blocksft.families.dream import (  # noqa: F401  (re-exported for tests)
     DEFAULT_SYSTEM_PROMPT,
     DREAM,
@@ -41,8 +39,4 @@ def tiny_dream_config(tokenizer=None, **overrides):
 
 def tiny_dream_model(tokenizer=None, seed: int = 0, **overrides):
     """A tiny randomly initialised :class:`DreamModel` in float32, in eval mode."""
-    config = tiny_dream_config(tokenizer, **overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DREAM.model_class(config)
-    return model.eval()
+    return DREAM.random_model(tiny_dream_config(tokenizer, **overrides), seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from blocksft.config.flags import add_dataclass_arguments, build_config
-from blocksft.demo import run_demo
 from blocksft.demo.config import DemoConfig
 
 
@@ -13,6 +12,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from blocksft.demo.pipeline import run_demo
+
     config = build_config(DemoConfig, args, args.config)
     result = run_demo(config)
     summary = result.report.read_text().split("![accuracy")[0].split("\n", 2)[2]  # below the title

@@ -49,6 +49,13 @@ class DemoConfig:
     max_value: int = field(default=12, metadata=_help("largest count in a story"))
     max_operand: int = field(default=3, metadata=_help("largest gain or loss in one step"))
     # The model
+    family: Literal["llada", "dream"] = field(
+        default="llada",
+        metadata=_help(
+            "model family of the tiny model: its architecture, special tokens and chat template "
+            "(dream: grouped key/value heads, q/k/v biases, shifted logits, ChatML)"
+        ),
+    )
     vocab_size: int = field(
         default=600, metadata=_help("tokenizer vocabulary budget (BPE trained on the task)")
     )
@@ -97,6 +104,8 @@ class DemoConfig:
                     setattr(self, name, value)
         if not self.out:
             raise ValueError("out must not be empty")
+        if self.family not in ("llada", "dream"):
+            raise ValueError(f"family must be llada or dream, got {self.family!r}")
         if self.budget not in ("equal-flops", "equal-tokens"):
             raise ValueError(f"budget must be equal-flops or equal-tokens, got {self.budget!r}")
         self.threads = str(self.threads)

@@ -2,7 +2,8 @@
 
 Every stage calls the library entry point a GPU user calls (``run_prepare``, ``run_train``,
 ``run_eval``); only the task, the tokenizer and the randomly initialised base are made here, since
-a real run downloads those.
+a real run downloads those. Everything that depends on the model family (tokenizer, special
+tokens, chat template, architecture) comes from its :class:`~blocksft.families.ModelFamily`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from blocksft.config.eval import EvalConfig, output_path
+from blocksft.config.prepare import PrepareConfig
+from blocksft.config.sampler import SamplerConfig
+from blocksft.config.train import TrainConfig
+from blocksft.data.prepare import run_prepare
+from blocksft.data.records import save_records, tokenizer_fingerprint
+from blocksft.demo import task as demo_task
 from blocksft.demo.config import DemoConfig
+from blocksft.demo.provenance import run_environment
+from blocksft.demo.report import DemoRun, demo_results, loss_summary, read_budget, write_report
+from blocksft.demo.threads import busy_cores, threads_for, usable_cores
 from blocksft.errors import BlocksftError
+from blocksft.evaluate.runner import results_grid, run_eval
+from blocksft.families import ModelFamily, ModelShape, family_named
+from blocksft.objectives import get_objective
+from blocksft.outputs import check_output_path
+from blocksft.special_tokens import mask_token_id
+from blocksft.train.run import run_train
 
 OBJECTIVES = ("blockwise", "fullseq")
 
@@ -50,10 +69,6 @@ class StageClock:
 
     def begin(self, name: str) -> None:
         """Start stage ``name`` with its torch threads: the fixed count, or the idle cores now."""
-        import torch
-
-        from blocksft.demo.threads import busy_cores, threads_for, usable_cores
-
         self.end()
         threads = self.fixed_threads or threads_for(usable_cores(), busy_cores())
         torch.set_num_threads(threads)
@@ -116,8 +131,6 @@ def base_block_length(config: DemoConfig) -> int:
 
 
 def prepare_output(config: DemoConfig) -> Path:
-    from blocksft.outputs import check_output_path
-
     out = check_output_path(config.out, "--out", kind="folder")
     if out.exists() and any(out.iterdir()):
         if not config.overwrite:
@@ -129,34 +142,48 @@ def prepare_output(config: DemoConfig) -> Path:
     return out
 
 
-def build_base(config: DemoConfig, tokenizer, folder: Path) -> Path:
-    """A randomly initialised tiny LLaDA (seeded) with the demo tokenizer, saved as a checkpoint."""
-    from blocksft.testing import tiny_llada_model
+def kv_heads(n_heads: int, family: ModelFamily) -> int:
+    """Key/value heads for ``n_heads`` query heads, grouped as in the family's tiny models (none
+    for LLaDA, pairs for Dream), or one per query head where the group does not divide."""
+    group = family.tiny_shape.n_heads // family.tiny_shape.n_kv_heads
+    return n_heads // group if n_heads % group == 0 else n_heads
 
-    model = tiny_llada_model(
-        tokenizer,
-        seed=config.seed,
-        d_model=config.d_model,
+
+def model_shape(config: DemoConfig, family: ModelFamily, vocab_rows: int) -> ModelShape:
+    """The demo model's shape: the width, depth, heads and MLP of the flags, in ``family``."""
+    return ModelShape(
         n_layers=config.n_layers,
+        d_model=config.d_model,
         n_heads=config.n_heads,
-        n_kv_heads=config.n_heads,
-        mlp_hidden_size=config.mlp_hidden_size,
-        max_sequence_length=512,
-        init_std=config.init_std,
+        n_kv_heads=kv_heads(config.n_heads, family),
+        mlp_hidden=config.mlp_hidden_size,
+        vocab_rows=vocab_rows,
     )
+
+
+def build_base(config: DemoConfig, family: ModelFamily, tokenizer, folder: Path) -> Path:
+    """A randomly initialised tiny model of ``family`` (seeded) with the demo tokenizer, saved as a
+    checkpoint."""
+    model_config = family.tiny_config(
+        tokenizer,
+        model_shape(config, family, len(tokenizer)),
+        **{family.init_std_key: config.init_std, family.max_positions_key: 512},
+    )
+    model = family.random_model(model_config, seed=config.seed)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def pretraining_records(documents: list[str], tokenizer, path: Path) -> Path:
-    """Documents as records: BOS is the 'prompt', the text is what the masked-diffusion loss covers."""
-    import torch
-
-    from blocksft.data.records import save_records, tokenizer_fingerprint
-
-    encoded = tokenizer(documents)["input_ids"]  # BOS + text
-    records = [{"prompt_len": 1, "full_ids": torch.tensor(ids, dtype=torch.long)} for ids in encoded]
+    """Documents as records: a start token is the 'prompt', the text is what the masked-diffusion
+    loss covers. The start token is BOS, or EOS (the separator between documents) for a tokenizer
+    without one: a model with shifted logits never predicts position 0, so the text starts at 1."""
+    start = tokenizer.eos_token_id if tokenizer.bos_token_id is None else tokenizer.bos_token_id
+    encoded = tokenizer(documents, add_special_tokens=False)["input_ids"]
+    records = [
+        {"prompt_len": 1, "full_ids": torch.tensor([start, *ids], dtype=torch.long)} for ids in encoded
+    ]
     save_records(
         records, path, meta={"tokenizer": tokenizer_fingerprint(tokenizer), "source": "demo pretraining"}
     )
@@ -184,9 +211,7 @@ def sft_steps(config: DemoConfig, blocks_per_sample: list[int]) -> dict[str, int
     return steps
 
 
-def train_config(config: DemoConfig, **overrides):
-    from blocksft.config.train import TrainConfig
-
+def train_config(config: DemoConfig, **overrides) -> TrainConfig:
     values = dict(
         max_len=256,
         micro_batch=config.micro_batch,
@@ -233,29 +258,27 @@ def run_demo(config: DemoConfig) -> DemoResult:
         return _run_stages(config)
 
 
-def _run_stages(config: DemoConfig) -> DemoResult:
-    from blocksft.config.eval import EvalConfig, output_path
-    from blocksft.config.prepare import PrepareConfig
-    from blocksft.config.sampler import SamplerConfig
-    from blocksft.data.prepare import run_prepare
-    from blocksft.demo import task as demo_task
-    from blocksft.demo.provenance import run_environment
-    from blocksft.demo.report import demo_results, loss_summary, read_budget, write_report
-    from blocksft.evaluate.runner import results_grid, run_eval
-    from blocksft.objectives import get_objective
-    from blocksft.special_tokens import mask_token_id
-    from blocksft.tokenizer import build_tokenizer
-    from blocksft.train.run import run_train
+@dataclass
+class DemoTask:
+    """What the task stage makes: the problems, the pretraining text, the tokenizer trained on
+    them, the task's files, the random init and the pretraining records."""
 
-    environment = run_environment(config.fixed_threads or config.threads)
-    out = prepare_output(config)
-    clock = StageClock(stage_weights(config), config.fixed_threads)
+    train: list[demo_task.Problem]
+    test: list[demo_task.Problem]
+    documents: list[str]
+    tokenizer: object
+    files: dict[str, Path]
+    init: Path
+    pretrain_data: Path
+
+
+def make_task(config: DemoConfig, family: ModelFamily, out: Path) -> DemoTask:
+    """The problems and their files, a tokenizer of ``family`` trained on them, the seeded random
+    init and the pretraining records."""
     spec = config.task
-
-    clock.begin("task")
     train, test = demo_task.make_splits(config.seed, config.n_train, config.n_test, spec)
     documents = demo_task.pretraining_documents(train, config.seed, spec)
-    tokenizer = build_tokenizer(
+    tokenizer = family.build_tokenizer(
         demo_task.tokenizer_corpus(train, documents, spec), config.vocab_size, split_digits=False
     )
     if config.budget == "equal-tokens":
@@ -267,31 +290,35 @@ def _run_stages(config: DemoConfig) -> DemoResult:
             seen = {p.question for p in train + test}
             train = train + demo_task.more_problems(config.seed, wanted, seen, spec)
     files = demo_task.write_task(train, test, out / "data")
-    init = build_base(config, tokenizer, out / "checkpoints" / "init")
+    init = build_base(config, family, tokenizer, out / "checkpoints" / "init")
     pretrain_data = pretraining_records(documents, tokenizer, out / "data" / "pretrain.pt")
+    return DemoTask(train, test, documents, tokenizer, files, init, pretrain_data)
 
-    clock.begin("pretrain")
-    pretrained = run_train(
+
+def pretrain(config: DemoConfig, task: DemoTask, out: Path):
+    """Masked-diffusion pretraining of the random init on the task's documents."""
+    return run_train(
         train_config(
             config,
             objective="fullseq",
-            model=str(init),
-            data=str(pretrain_data),
+            model=str(task.init),
+            data=str(task.pretrain_data),
             total_steps=config.pretrain_steps,
-            epochs=epochs_for(config.pretrain_steps, config.micro_batch, len(documents)),
+            epochs=epochs_for(config.pretrain_steps, config.micro_batch, len(task.documents)),
             lr=config.pretrain_lr,
             ckpt_dir=str(out / "checkpoints" / "base"),
         )
     )
-    base = str(pretrained.exports[-1])
 
-    clock.begin("prepare")
-    sft_data = out / "data" / "sft.pt"
-    prepared = run_prepare(
+
+def prepare_sft(config: DemoConfig, base: str, task: DemoTask, path: Path):
+    """The SFT records of the training problems, made by ``blocksft prepare`` with the base's
+    tokenizer and chat template."""
+    return run_prepare(
         PrepareConfig(
-            output=str(sft_data),
+            output=str(path),
             model=base,
-            dataset=str(files["train"]),
+            dataset=str(task.files["train"]),
             max_len=256,
             max_samples=0,
             filter_type="",
@@ -302,38 +329,64 @@ def _run_stages(config: DemoConfig) -> DemoResult:
         command="blocksft demo",
     )
 
-    # Padding is supervised (as EOS, like the reference) up to one fixed length, --max-len (every
-    # batch padded to it): keep it the longest record.
-    sft_len = 8 * math.ceil(max(len(r["full_ids"]) for r in prepared.records) / 8)
-    # Blocks per sample as the training schedule counts them (padding supervised up to sft_len).
-    blockwise = get_objective(
-        "blockwise", mask_id=mask_token_id(tokenizer), block_size=config.block_size, supervise_padding=True
-    )
-    prompt_lens = [int(r["prompt_len"]) for r in prepared.records]
-    answer_lens = [len(r["full_ids"]) - p for r, p in zip(prepared.records, prompt_lens)]
-    steps = sft_steps(config, blockwise.block_counts(prompt_lens, answer_lens, max_len=sft_len))
-    checkpoints, logs = {"base": base}, {}
-    for objective in OBJECTIVES:
-        clock.begin(f"sft {objective}")
-        result = run_train(
-            train_config(
-                config,
-                objective=objective,
-                model=base,
-                data=str(sft_data),
-                total_steps=steps[objective],
-                epochs=epochs_for(steps[objective], config.micro_batch, len(train)),
-                lr=config.sft_lr,
-                supervise_padding=True,
-                pad_to_max_len=True,
-                max_len=sft_len,
-                ckpt_dir=str(out / "checkpoints" / objective),
-            )
-        )
-        checkpoints[objective] = str(result.exports[-1])
-        logs[objective] = result.logs_dir
 
-    clock.begin("eval")
+def sft_length(records: list[dict]) -> int:
+    """The length every SFT batch is padded to: the longest record, rounded up to a multiple of 8.
+
+    Padding is supervised (as EOS, like the reference) up to one fixed length, --max-len (every
+    batch padded to it): keep it the longest record."""
+    return 8 * math.ceil(max(len(r["full_ids"]) for r in records) / 8)
+
+
+def planned_sft_steps(
+    config: DemoConfig, family: ModelFamily, tokenizer, records: list[dict]
+) -> dict[str, int]:
+    """:func:`sft_steps` with the blocks per sample as the training schedule counts them (padding
+    supervised up to :func:`sft_length`)."""
+    blockwise = get_objective(
+        "blockwise",
+        mask_id=mask_token_id(tokenizer, family.tokens),
+        block_size=config.block_size,
+        supervise_padding=True,
+    )
+    prompt_lens = [int(r["prompt_len"]) for r in records]
+    answer_lens = [len(r["full_ids"]) - p for r, p in zip(records, prompt_lens)]
+    return sft_steps(config, blockwise.block_counts(prompt_lens, answer_lens, max_len=sft_length(records)))
+
+
+def fine_tune(
+    config: DemoConfig,
+    objective: str,
+    base: str,
+    sft_data: Path,
+    steps: int,
+    sft_len: int,
+    n_train: int,
+    out: Path,
+):
+    """One full fine-tuning run of ``objective`` from the base."""
+    return run_train(
+        train_config(
+            config,
+            objective=objective,
+            model=base,
+            data=str(sft_data),
+            total_steps=steps,
+            epochs=epochs_for(steps, config.micro_batch, n_train),
+            lr=config.sft_lr,
+            supervise_padding=True,
+            pad_to_max_len=True,
+            max_len=sft_len,
+            ckpt_dir=str(out / "checkpoints" / objective),
+        )
+    )
+
+
+def evaluate_models(
+    config: DemoConfig, checkpoints: dict[str, str], test_file: Path, out: Path
+) -> tuple[list[dict], SamplerConfig]:
+    """Both SFT models at every inference block length and the base at one; each cell named by
+    its model (``base``, ``blockwise``, ``fullseq``)."""
     sampler = SamplerConfig(
         gen_length=config.gen_length,
         block_length=config.block_lengths[0],
@@ -343,7 +396,7 @@ def _run_stages(config: DemoConfig) -> DemoResult:
     evaluation = EvalConfig(
         model=[checkpoints[name] for name in OBJECTIVES],
         task="gsm8k",
-        data=str(files["test"]),
+        data=str(test_file),
         block_length=config.eval_block_lengths,
         batch_size=config.eval_batch_size,
         output=str(out / "results" / "demo.jsonl"),
@@ -354,7 +407,7 @@ def _run_stages(config: DemoConfig) -> DemoResult:
     )
     # The base never saw the `#### N` line that strict scoring reads, so one block length shows
     # what it scores, at a quarter of the decoding that a row of the grid takes.
-    base_block = base_block_length(config)
+    base, base_block = checkpoints["base"], base_block_length(config)
     # Its file named as the grid names its cells, next to the others.
     base_output = output_path(evaluation, base, base_block, sampler.gen_length, sampler.steps)
     base_eval = dataclasses.replace(
@@ -362,42 +415,89 @@ def _run_stages(config: DemoConfig) -> DemoResult:
     )
     cells = run_eval(base_eval, sampler) + run_eval(evaluation, sampler)
     results_grid(cells, evaluation, sampler)  # the grid of every cell, base included
-
-    clock.begin("report")
     names = {Path(path).name: name for name, path in checkpoints.items()}
     for cell in cells:
         cell["name"] = names[cell["model"]]
+    return cells, sampler
+
+
+def write_summary(run: DemoRun, clock: StageClock, pretrain_logs: Path) -> Path:
+    """``demo.json``: the settings, where the numbers came from, the results, losses and budgets."""
+    losses = {"pretrain": loss_summary(pretrain_logs)}
+    losses.update((name, loss_summary(path)) for name, path in run.logs.items())
+    summary = {
+        "seed": run.config.seed,
+        "family": run.family.name,
+        "seconds": round(clock.total, 1),
+        "stages": run.stage_seconds,
+        "stage_cpu_seconds": dict(clock.cpu_seconds),
+        "stage_threads": run.stage_threads,
+        "environment": run.environment,
+        "settings": dataclasses.asdict(run.config),
+        "results": run.results,
+        "losses": losses,
+        "budgets": {name: read_budget(path) for name, path in run.logs.items()},
+        "checkpoints": run.checkpoints,
+    }
+    path = run.out / "demo.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def _run_stages(config: DemoConfig) -> DemoResult:
+    family = family_named(config.family)
+    environment = run_environment(config.fixed_threads or config.threads)
+    out = prepare_output(config)
+    clock = StageClock(stage_weights(config), config.fixed_threads)
+
+    clock.begin("task")
+    task = make_task(config, family, out)
+
+    clock.begin("pretrain")
+    pretrained = pretrain(config, task, out)
+    base = str(pretrained.exports[-1])
+
+    clock.begin("prepare")
+    sft_data = out / "data" / "sft.pt"
+    prepared = prepare_sft(config, base, task, sft_data)
+    steps = planned_sft_steps(config, family, task.tokenizer, prepared.records)
+    checkpoints, logs = {"base": base}, {}
+    for objective in OBJECTIVES:
+        clock.begin(f"sft {objective}")
+        result = fine_tune(
+            config,
+            objective,
+            base,
+            sft_data,
+            steps[objective],
+            sft_length(prepared.records),
+            len(task.train),
+            out,
+        )
+        checkpoints[objective] = str(result.exports[-1])
+        logs[objective] = result.logs_dir
+
+    clock.begin("eval")
+    cells, sampler = evaluate_models(config, checkpoints, task.files["test"], out)
+
+    clock.begin("report")
     results = demo_results(cells, config.block_size)
     clock.end()
-    stage_seconds = dict(clock.seconds)
-    report = write_report(
-        out,
+    run = DemoRun(
+        out=out,
         config=config,
+        family=family,
         cells=cells,
         results=results,
         checkpoints=checkpoints,
         logs=logs,
         sampler=sampler,
-        stage_seconds=stage_seconds,
+        stage_seconds=dict(clock.seconds),
         stage_threads=dict(clock.threads),
         total_seconds=clock.total,
-        train=train,
+        train=task.train,
         environment=environment,
     )
-    losses = {"pretrain": loss_summary(pretrained.logs_dir)}
-    losses.update((name, loss_summary(path)) for name, path in logs.items())
-    summary = {
-        "seed": config.seed,
-        "seconds": round(clock.total, 1),
-        "stages": stage_seconds,
-        "stage_cpu_seconds": dict(clock.cpu_seconds),
-        "stage_threads": dict(clock.threads),
-        "environment": environment,
-        "settings": dataclasses.asdict(config),
-        "results": results,
-        "losses": losses,
-        "budgets": {name: read_budget(path) for name, path in logs.items()},
-        "checkpoints": checkpoints,
-    }
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return DemoResult(out, report, clock.total, stage_seconds, checkpoints, cells)
+    report = write_report(run)
+    write_summary(run, clock, pretrained.logs_dir)
+    return DemoResult(out, report, clock.total, run.stage_seconds, checkpoints, cells)

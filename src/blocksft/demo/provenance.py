@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
+
+import torch
+
+from blocksft.evaluate.runner import software_versions
 
 
 def cpu_model() -> str:
@@ -49,12 +54,6 @@ def code_revision(path: Path | None = None) -> dict | None:
 def run_environment(threads: int | str) -> dict:
     """Everything besides the settings that a demo's numbers and times depend on; ``threads`` is
     the thread setting (a count, or ``"auto"``)."""
-    from importlib import metadata
-
-    import torch
-
-    from blocksft.evaluate.runner import software_versions
-
     versions = software_versions()
     for package in ("tokenizers", "accelerate"):
         try:

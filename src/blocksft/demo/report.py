@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from safetensors import safe_open
+
+from blocksft.config.plot import PlotConfig
 from blocksft.demo.provenance import describe_environment
 from blocksft.evaluate.results import compare_files
+from blocksft.families import ModelFamily
+from blocksft.train.logs import read_loss_csv
+from blocksft.train.plot import plot_runs
 
 METRIC = "strict"  # the "#### N" answer: the format SFT teaches, so the base cannot pass by luck
 LABELS = {"base": "base (before SFT)", "blockwise": "Blockwise SFT", "fullseq": "full-sequence SFT"}
@@ -64,8 +74,6 @@ def demo_results(cells: list[dict], training_block: int) -> dict:
 
 def loss_summary(logs_dir: Path) -> dict:
     """A training run's loss: steps logged, first and last value, and the mean over the run."""
-    from blocksft.train.logs import read_loss_csv
-
     losses = read_loss_csv(Path(logs_dir) / "train_loss.csv")["loss"]
     return {
         "steps": len(losses),
@@ -102,12 +110,9 @@ def verdict(tests: dict[int, dict], training_block: int) -> str:
 
 def plot_accuracy(table: dict[str, dict[int, dict]], training_block: int, path: Path) -> Path:
     """Accuracy (95 % Wilson interval) against the inference block length, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    FigureCanvasAgg(fig)  # draws PNGs without pyplot's global figure registry
+    ax = fig.subplots()
     for name, by_block in table.items():
         blocks = sorted(by_block)
         acc = [100 * by_block[b]["accuracy"] for b in blocks]
@@ -137,16 +142,12 @@ def plot_accuracy(table: dict[str, dict[int, dict]], training_block: int, path: 
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_losses(logs: dict[str, Path], path: Path, budget: str = "equal-flops") -> Path:
     """Both SFT runs' training loss (the shared ``blocksft plot`` code): against the optimizer step
     under equal FLOPs, against the supervised tokens under equal tokens."""
-    from blocksft.config.plot import PlotConfig
-    from blocksft.train.plot import plot_runs
-
     names = list(logs)
     equal_tokens = budget == "equal-tokens"
     return plot_runs(
@@ -193,46 +194,77 @@ def read_budget(logs_dir: Path) -> dict:
     return json.loads((Path(logs_dir) / "budget.json").read_text())
 
 
-def write_report(
-    out: Path,
-    *,
-    config,
-    cells: list[dict],
-    results: dict,
-    checkpoints: dict[str, str],
-    logs: dict[str, Path],
-    sampler,
-    stage_seconds: dict[str, float],
-    stage_threads: dict[str, int],
-    total_seconds: float,
-    train: list,
-    environment: dict,
-) -> Path:
-    """Write ``report.md`` and both plots into ``out``; returns the report's path.
+@dataclass
+class DemoRun:
+    """A finished demo run, as the report and ``demo.json`` read it.
 
-    ``results``: :func:`demo_results` of ``cells``; ``environment``: :func:`run_environment`'s record.
+    Attributes:
+        out: the output folder.
+        family: the model family the demo trained.
+        cells: :func:`run_eval`'s cells, each named by its model (``base``, ``blockwise``, ``fullseq``).
+        results: :func:`demo_results` of ``cells``.
+        checkpoints, logs: each model's checkpoint folder and each SFT run's logs folder.
+        sampler: the decoding settings.
+        stage_seconds, stage_threads, total_seconds: wall time and threads per stage, and in all.
+        train: the training problems.
+        environment: :func:`~blocksft.demo.provenance.run_environment`'s record.
     """
-    table = accuracy_table(cells)
-    tests = results["paired"]
-    blocks = sorted({cell["block_length"] for cell in cells})
-    plot_accuracy(table, config.block_size, out / "accuracy_by_block.png")
-    plot_losses(logs, out / "loss.png", config.budget)
-    budgets = {name: read_budget(path) for name, path in logs.items()}
-    example = train[0]
-    n_params = _parameter_count(checkpoints["base"])
 
+    out: Path
+    config: Any
+    family: ModelFamily
+    cells: list[dict]
+    results: dict
+    checkpoints: dict[str, str]
+    logs: dict[str, Path]
+    sampler: Any
+    stage_seconds: dict[str, float]
+    stage_threads: dict[str, int]
+    total_seconds: float
+    train: list
+    environment: dict
+
+
+def write_report(run: DemoRun) -> Path:
+    """Write ``report.md`` and both plots into ``run.out``; returns the report's path."""
+    config, out = run.config, run.out
+    plot_accuracy(accuracy_table(run.cells), config.block_size, out / "accuracy_by_block.png")
+    plot_losses(run.logs, out / "loss.png", config.budget)
+    budgets = {name: read_budget(path) for name, path in run.logs.items()}
+    n_params = _parameter_count(run.checkpoints["base"])
     lines = [
+        *introduction(run),
+        *accuracy_section(run),
+        *meaning_section(run, budgets, n_params),
+        *settings_section(run, budgets, n_params),
+        *time_and_files_section(run),
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def introduction(run: DemoRun) -> list[str]:
+    return [
         "# blocksft demo: Blockwise SFT against full-sequence SFT, end to end on CPU",
         "",
-        "A tiny LLaDA-style masked diffusion model is pretrained on the text of a synthetic task, then "
-        "fine-tuned twice from the same base, once with Blockwise SFT (one answer block noised per step, "
-        "the answer before it clean, everything after it hidden) and once with classical full-sequence "
-        f"masked SFT, on a matched budget ({config.budget}). Both SFT models are evaluated on held-out "
-        "problems with semi-autoregressive block decoding at several inference block lengths, the base "
-        "at one.",
+        f"A tiny {run.family.title}-style masked diffusion model is pretrained on the text of a synthetic "
+        "task, then fine-tuned twice from the same base, once with Blockwise SFT (one answer block noised "
+        "per step, the answer before it clean, everything after it hidden) and once with classical "
+        f"full-sequence masked SFT, on a matched budget ({run.config.budget}). Both SFT models are "
+        "evaluated on held-out problems with semi-autoregressive block decoding at several inference "
+        "block lengths, the base at one.",
         "",
-        f"**Result.** {results['verdict']}",
+        f"**Result.** {run.results['verdict']}",
         "",
+    ]
+
+
+def accuracy_section(run: DemoRun) -> list[str]:
+    """The accuracy table, the paired tests and the two plots."""
+    config, table = run.config, accuracy_table(run.cells)
+    blocks = sorted({cell["block_length"] for cell in run.cells})
+    lines = [
         "## Accuracy on held-out problems",
         "",
         f"{config.n_test} problems never seen in training; strict accuracy (the `#### N` answer equals the "
@@ -252,12 +284,12 @@ def write_report(
         "| inference block | Blockwise | full-sequence | only Blockwise right | only full-seq right | p |",
         "|---|---|---|---|---|---|",
     ]
-    for block, t in tests.items():
+    for block, t in run.results["paired"].items():
         lines.append(
             f"| {block} | {100 * t['accuracy_a']:.1f} | {100 * t['accuracy_b']:.1f} | {t['a_only']} | "
             f"{t['b_only']} | {t['p']:.3g} |"
         )
-    lines += [
+    return lines + [
         "",
         "![accuracy by inference block length](accuracy_by_block.png)",
         "",
@@ -267,13 +299,18 @@ def write_report(
         "prefix, full-sequence SFT's that of a randomly masked whole answer. Each curve shows its own "
         "run converging.",
         "",
+    ]
+
+
+def meaning_section(run: DemoRun, budgets: dict[str, dict], n_params: int) -> list[str]:
+    return [
         "## What the numbers mean, and what they do not",
         "",
         "- The base model was pretrained with the plain masked-diffusion objective on the task's stories "
         "and arithmetic facts, never on the chat format or a worked answer: its accuracy is what the "
         "task gives without SFT. It has never seen the `#### N` line that strict scoring reads, so it "
         "is decoded at one inference block length only.",
-        *budget_sentences(config, budgets, len(train)),
+        *budget_sentences(run.config, budgets, len(run.train)),
         "- Both start from the same base. The paired test compares the two on identical problems; the "
         "intervals say how far each accuracy could move on another draw of test problems.",
         f"- It is one seed of a {n_params / 1e6:.2g}-million-parameter model on a toy task. It shows the "
@@ -283,9 +320,22 @@ def write_report(
         "- Flexible scoring (the last number of the text, in `results/`) credits the base with a few "
         "lucky guesses; strict scoring needs the answer format that only SFT teaches.",
         "",
+    ]
+
+
+def settings_section(run: DemoRun, budgets: dict[str, dict], n_params: int) -> list[str]:
+    """The task (with one training problem), tokenizer, model, training and decoding settings,
+    and each SFT run's budget."""
+    config, family, example = run.config, run.family, run.train[0]
+    blocks = sorted({cell["block_length"] for cell in run.cells})
+    shape = family.shape(family.config_class.from_pretrained(run.checkpoints["base"]))
+    heads = f"{shape.n_heads} heads" + (
+        f" ({shape.n_kv_heads} key/value)" if shape.n_kv_heads != shape.n_heads else ""
+    )
+    lines = [
         "## Settings",
         "",
-        f"- Task: {len(train):,} training and {config.n_test} held-out word problems "
+        f"- Task: {len(run.train):,} training and {config.n_test} held-out word problems "
         f"(seed {config.seed}), "
         f"{_steps(config)} each, counts 0-{config.max_value}, changes of at most "
         f"{config.max_operand}. One training problem:",
@@ -296,11 +346,11 @@ def write_report(
         *[f"  {line}" for line in example.answer.splitlines()],
         "  ```",
         "",
-        f"- Tokenizer: byte-level BPE trained on the task ({_vocab_size(checkpoints['base'])} tokens, whole "
-        "numbers as single tokens) with LLaDA's special tokens and chat template; prompts are the bare "
-        "question in the chat template.",
-        f"- Model: LLaDA architecture, {n_params / 1e6:.2f} M parameters (width {config.d_model}, "
-        f"{config.n_layers} blocks, {config.n_heads} heads, SwiGLU {config.mlp_hidden_size}), random "
+        f"- Tokenizer: byte-level BPE trained on the task ({shape.vocab_rows} tokens, whole "
+        f"numbers as single tokens) with {family.title}'s special tokens and chat template; prompts are "
+        "the bare question in the chat template.",
+        f"- Model: {family.title} architecture, {n_params / 1e6:.2f} M parameters (width {config.d_model}, "
+        f"{config.n_layers} blocks, {heads}, SwiGLU {config.mlp_hidden_size}), random "
         f"init with std {config.init_std:g}.",
         f"- Pretraining: {config.pretrain_steps} steps of {config.micro_batch}, lr {config.pretrain_lr:g}, "
         "masked diffusion over each document (mask rate ~ U(0, 1)).",
@@ -308,7 +358,7 @@ def write_report(
         f"{budgets['fullseq']['steps']} (full-sequence) "
         f"steps of {config.micro_batch}, lr {config.sft_lr:g} "
         f"(warmup 10 %, cosine), Blockwise block size {config.block_size}, padding supervised as EOS.",
-        f"- Decoding: {sampler.gen_length} tokens, one token per step ({sampler.steps} steps), "
+        f"- Decoding: {run.sampler.gen_length} tokens, one token per step ({run.sampler.steps} steps), "
         f"low-confidence remasking, temperature 0; inference block lengths {', '.join(map(str, blocks))}.",
         "",
         "| run | optimizer steps | samples | supervised tokens | processed tokens | estimated FLOPs |",
@@ -319,17 +369,21 @@ def write_report(
             f"| {LABELS.get(name, name)} | {b['steps']} | {b['samples']:,} | {b['supervised_tokens']:,} | "
             f"{b['tokens']:,} | {b['estimated_flops']:.2e} |"
         )
-    lines += [
-        "",
+    return lines + [""]
+
+
+def time_and_files_section(run: DemoRun) -> list[str]:
+    threads = run.stage_threads
+    return [
         "## Time and files",
         "",
-        f"Total wall time {total_seconds / 60:.1f} min: "
+        f"Total wall time {run.total_seconds / 60:.1f} min: "
         + ", ".join(
-            f"{name} {seconds:.0f} s ({stage_threads[name]} thread{'s' if stage_threads[name] != 1 else ''})"
-            for name, seconds in stage_seconds.items()
+            f"{name} {seconds:.0f} s ({threads[name]} thread{'s' if threads[name] != 1 else ''})"
+            for name, seconds in run.stage_seconds.items()
         )
-        + f". Made with {describe_environment(environment)}, seed {config.seed}; the same seed, torch "
-        "version and CPU instruction set give the same numbers (`demo.json` records all of them).",
+        + f". Made with {describe_environment(run.environment)}, seed {run.config.seed}; the same seed, "
+        "torch version and CPU instruction set give the same numbers (`demo.json` records all of them).",
         "",
         "- `checkpoints/`: the random init, the pretrained base and both SFT models (merged, loadable with "
         "`blocksft generate --chat --model ...` and `AutoModel.from_pretrained`), each with its `*_logs/` "
@@ -339,9 +393,6 @@ def write_report(
         "the grid (`demo.grid.md`, `.csv`, heatmap).",
         "",
     ]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    return report
 
 
 def _steps(config) -> str:
@@ -355,15 +406,9 @@ def _times(a: float, b: float) -> str:
 
 
 def _parameter_count(checkpoint: str) -> int:
-    from safetensors import safe_open
-
     total = 0
     for path in Path(checkpoint).glob("*.safetensors"):
         with safe_open(str(path), framework="pt") as fh:
             for key in fh.keys():
                 total += math.prod(fh.get_slice(key).get_shape())
     return total
-
-
-def _vocab_size(checkpoint: str) -> int:
-    return int(json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"])

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import psutil  # an accelerate dependency
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
@@ -21,8 +23,6 @@ def usable_cores() -> int:
 
 def busy_cores(sample_seconds: float = 0.5) -> float:
     """How many cores other work keeps busy now, measured over ``sample_seconds``."""
-    import psutil
-
     return psutil.cpu_percent(interval=sample_seconds) / 100 * (os.cpu_count() or 1)
 
 

@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+
 from blocksft.special_tokens import TokenNames
 from blocksft.tokenizer import DEFAULT_CORPUS, TokenizerSpec, train_tokenizer
 
@@ -53,6 +55,7 @@ class ModelFamily:
 
     Attributes:
         name: lower-case name, as ``--family`` takes it (``llada``, ``dream``).
+        title: the name as prose writes it (``LLaDA``, ``Dream``).
         model_class: our implementation; it names ``config_class``, ``logits_shift`` (the output
             at position i predicts token i + shift) and ``auto_classes``.
         modeling_files: the files of :mod:`blocksft.model` a checkpoint carries so that plain
@@ -69,9 +72,12 @@ class ModelFamily:
             ...) as keyword arguments, which win: random models of tests and benchmarks.
         tiny_shape, tiny_values: the shape and the other config keys of the tiny random models of
             tests and the demo.
+        init_std_key, max_positions_key: the config keys of the random init's std and of the
+            longest sequence the rotary tables cover.
     """
 
     name: str
+    title: str
     model_class: type
     modeling_files: tuple[str, ...]
     tokens: TokenNames
@@ -84,6 +90,8 @@ class ModelFamily:
     config_for: Callable[..., Any]
     tiny_shape: ModelShape
     tiny_values: dict
+    init_std_key: str
+    max_positions_key: str
 
     @property
     def config_class(self) -> type:
@@ -148,11 +156,11 @@ class ModelFamily:
             split_digits=split_digits,
         )
 
-    def tiny_config(self, tokenizer=None, **overrides):
-        """A tiny random-model config (:attr:`tiny_shape`, :attr:`tiny_values`). With a tokenizer,
-        the vocabulary and the special ids come from it; ``overrides`` (config keys) win over
-        everything."""
-        shape, ids = self.tiny_shape, self.special_ids()
+    def tiny_config(self, tokenizer=None, shape: ModelShape | None = None, **overrides):
+        """A tiny random-model config of ``shape`` (default :attr:`tiny_shape`) and
+        :attr:`tiny_values`. With a tokenizer, the vocabulary and the special ids come from it;
+        ``overrides`` (config keys) win over everything."""
+        shape, ids = shape or self.tiny_shape, self.special_ids()
         if tokenizer is not None:
             shape = dataclasses.replace(shape, vocab_rows=len(tokenizer))
             ids = {
@@ -164,3 +172,11 @@ class ModelFamily:
                 "pad_token_id": tokenizer.pad_token_id,
             }
         return self.config_for(shape, **{**self.tiny_values, **ids, **overrides})
+
+    def random_model(self, config, seed: int = 0):
+        """:attr:`model_class` of ``config``, initialised from ``seed`` (the global torch generator
+        is left as it was), in eval mode."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.model_class(config)
+        return model.eval()

@@ -109,6 +109,7 @@ def parameter_shapes(config: DreamConfig) -> dict[str, tuple[int, ...]]:
 
 DREAM = ModelFamily(
     name="dream",
+    title="Dream",
     model_class=DreamModel,
     modeling_files=("configuration_dream.py", "modeling_dream.py", "modeling_shared.py"),
     tokens=TokenNames(mask=MASK, end_of_turn=IM_END),
@@ -133,4 +134,6 @@ DREAM = ModelFamily(
         attention_dropout=0.0,
         rope_scaling=None,
     ),
+    init_std_key="initializer_range",
+    max_positions_key="max_position_embeddings",
 )

@@ -72,6 +72,7 @@ def parameter_shapes(config: LLaDAConfig) -> dict[str, tuple[int, ...]]:
 
 LLADA = ModelFamily(
     name="llada",
+    title="LLaDA",
     model_class=LLaDAModelLM,
     modeling_files=("configuration_llada.py", "modeling_llada.py", "modeling_shared.py"),
     tokens=LLADA_TOKENS,
@@ -97,4 +98,6 @@ LLADA = ModelFamily(
         weight_tying=False,
         include_bias=False,
     ),
+    init_std_key="init_std",
+    max_positions_key="max_sequence_length",
 )
