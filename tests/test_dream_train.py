@@ -102,8 +102,17 @@ def test_every_loss_path_gives_the_same_loss_and_gradients(tokenizer):
 
 def test_lora_presets_on_dream(tokenizer):
     family = family_of_model(tiny_dream_model(tokenizer))
-    assert family.lora_presets["reference"] == family.lora_presets["all"]  # Qwen2 has Llama's names
+    # The paper's four, not the seven that the reference script's Llama names would match on Qwen2.
+    assert family.lora_presets["reference"] == ("q_proj", "k_proj", "v_proj", "up_proj")
+    seven = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert family.lora_presets["all"] == seven
     _, report = apply_lora(tiny_dream_model(tokenizer), targets="reference", r=4, alpha=8, dropout=0.0)
+    assert len(report.modules) == 2 * 4
+    assert report.summary().startswith(
+        "LoRA on 8 modules: model.layers.{0..1}.{self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,"
+        "mlp.up_proj}"
+    )
+    _, report = apply_lora(tiny_dream_model(tokenizer), targets="all", r=4, alpha=8, dropout=0.0)
     assert len(report.modules) == 2 * 7
     assert "lm_head" not in " ".join(report.modules)
     assert report.summary().startswith(

@@ -20,9 +20,11 @@ import torch
 from blocksft.special_tokens import TokenNames
 from blocksft.tokenizer import DEFAULT_CORPUS, TokenizerSpec, train_tokenizer
 
-# The LoRA targets of the reference training script: Llama's layer names. A family's ``reference``
-# preset is the subset its layers have, which is what PEFT adapts when given this list.
-REFERENCE_LORA_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The reference training script names Llama's seven layers; on LLaDA PEFT finds four of them, so the
+# paper's runs adapted these. A family's ``reference`` preset is these four where its layers have
+# them: the modules the paper trained, also on Dream, whose Qwen2 names would let the script's list
+# match all seven (that is ``all`` there).
+PAPER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +110,8 @@ class ModelFamily:
 
     @property
     def reference_lora_targets(self) -> tuple[str, ...]:
-        """The reference script's targets that this family's layers have (what PEFT adapts)."""
-        return tuple(n for n in REFERENCE_LORA_NAMES if n in self.linear_layers)
+        """The layers the paper's LoRA adapted (on LLaDA) that this family's layers have."""
+        return tuple(n for n in PAPER_LORA_TARGETS if n in self.linear_layers)
 
     @property
     def lora_presets(self) -> dict[str, tuple[str, ...]]:

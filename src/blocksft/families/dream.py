@@ -8,8 +8,8 @@ parameter names ``model.layers.{i}.self_attn.{q,k,v,o}_proj`` and ``model.layers
 down}_proj`` (q/k/v with biases), an untied ``lm_head``, 152,064 embedding rows (the tokenizer has
 151,667 tokens).
 
-LoRA ``reference`` preset: the reference script's target list (Llama's seven names) matches all
-seven of Qwen2's linear layers, so on Dream ``reference`` and ``all`` adapt the same modules.
+LoRA ``reference`` preset: ``q_proj k_proj v_proj up_proj``, the layers the paper adapted on LLaDA
+(the reference script's seven Llama names would match all seven of Qwen2's layers: that is ``all``).
 """
 
 from __future__ import annotations

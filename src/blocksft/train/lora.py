@@ -2,8 +2,9 @@
 
 The presets come from the model's family (:attr:`blocksft.families.ModelFamily.lora_presets`). The
 reference script names Llama's layers (``q_proj k_proj v_proj o_proj gate_proj up_proj
-down_proj``); PEFT silently adapts those a model has, so ``reference`` is that effective set: on
-LLaDA ``q_proj k_proj v_proj up_proj``, on Dream all seven (Qwen2 uses Llama's names). ``all`` is
+down_proj``); PEFT silently adapts those a model has, which on LLaDA are ``q_proj k_proj v_proj
+up_proj``. ``reference`` is those four on every family, so that a Dream run adapts what the paper
+adapted (the script's list verbatim would match all seven of Qwen2's layers: ``all``). ``all`` is
 every linear layer of the transformer layers. Targets are matched inside the layers only
 (:attr:`~blocksft.families.ModelFamily.layer_prefix`), so an LM head sharing a name (LLaDA's
 ``model.transformer.ff_out``, 126,464 wide) is never adapted.
