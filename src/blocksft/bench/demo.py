@@ -15,10 +15,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from blocksft.demo.config import DemoConfig
 from blocksft.demo.provenance import describe_environment
-from blocksft.demo.report import LABELS, SIGNIFICANCE, percent_with_interval
+from blocksft.demo.report import SIGNIFICANCE, block_table, percent_with_interval
 from blocksft.errors import BlocksftError
 
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
@@ -126,37 +128,34 @@ def leaders_by_block(runs: list[dict]) -> dict[int, dict[str, int]]:
 # ----- Markdown -----------------------------------------------------------------------------------
 
 
-def _header(blocks: list[int], training_block: int) -> list[str]:
-    names = [f"**block {b}** (training)" if b == training_block else f"block {b}" for b in blocks]
-    return ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(blocks)]
+def _column(block: int, training: bool) -> str:
+    return f"**block {block}** (training)" if training else f"block {block}"
 
 
 def accuracy_rows(run: dict, metric: str = "strict") -> list[str]:
     """One run's table: accuracy [95 % Wilson interval] in % per model and block length."""
     accuracy = run["results"]["accuracy"]
-    blocks = sorted({b for by_block in accuracy.values() for b in by_block})
-    lines = _header(blocks, run["results"]["training_block"])
-    for name in [m for m in MODELS if m in accuracy]:
-        cells = []
-        for b in blocks:
-            m = accuracy[name].get(b, {}).get(metric)
-            cells.append(percent_with_interval(m) if m else "-")
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    return lines
+    cells = {
+        name: {
+            b: percent_with_interval(by_block[metric])
+            for b, by_block in accuracy[name].items()
+            if metric in by_block
+        }
+        for name in MODELS
+        if name in accuracy
+    }
+    return block_table(cells, run["results"]["training_block"], _column)
 
 
 def spread_rows(runs: list[dict]) -> list[str]:
     """Mean [smallest, largest] accuracy in % per model and block length over the runs."""
     table = cell_spread(runs)
-    blocks = sorted({b for by_block in table.values() for b in by_block})
-    lines = _header(blocks, runs[0]["results"]["training_block"])
-    for name in [m for m in MODELS if m in table]:
-        cells = [
-            f"{s['mean']:.1f} [{s['min']:.1f}, {s['max']:.1f}]" if (s := table[name].get(b)) else "-"
-            for b in blocks
-        ]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    return lines
+    cells = {
+        name: {b: f"{s['mean']:.1f} [{s['min']:.1f}, {s['max']:.1f}]" for b, s in table[name].items()}
+        for name in MODELS
+        if name in table
+    }
+    return block_table(cells, runs[0]["results"]["training_block"], _column)
 
 
 def tally_sentence(runs: list[dict]) -> str:
@@ -209,10 +208,6 @@ def budget_sentence(run: dict) -> str:
 
 def is_default(run: dict) -> bool:
     """Whether the run is what ``blocksft demo`` does without flags (output folder aside)."""
-    from dataclasses import asdict
-
-    from blocksft.demo.config import DemoConfig
-
     defaults = asdict(DemoConfig())
     return all(run["settings"].get(k) == v for k, v in defaults.items() if k not in ("out", "overwrite"))
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from blocksft.bench.generate import add_family_argument, bench_shape, family_label, random_model, sharpen
+from blocksft.bench.generate import add_model_arguments, bench_shape, family_label, random_model, sharpen
 from blocksft.evaluate.runner import build_prompt_ids, prompt_template
 from blocksft.families import family_named
 from blocksft.generation.sampler import generate
@@ -71,14 +71,7 @@ def default_gsm8k_file() -> Path | None:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="blocksft bench eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--gpu-8b", action="store_true", help="the family's published shape (LLaDA-8B, Dream-7B), bf16, CUDA"
-    )
-    parser.add_argument(
-        "--tiny", action="store_true", help="the family's 2-layer, width-64 shape (smoke test)"
-    )
-    add_family_argument(parser)
-    parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
+    add_model_arguments(parser)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on CUDA")
     parser.add_argument("--problems", type=int, default=32, help="problems each setting decodes")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))

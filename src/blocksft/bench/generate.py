@@ -63,6 +63,18 @@ def add_family_argument(parser) -> None:
     )
 
 
+def add_model_arguments(parser) -> None:
+    """The random model the decoding benches build: ``--gpu-8b``, ``--tiny``, ``--family``, ``--device``."""
+    parser.add_argument(
+        "--gpu-8b", action="store_true", help="the family's published shape (LLaDA-8B, Dream-7B), bf16, CUDA"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the family's 2-layer, width-64 shape (smoke test)"
+    )
+    add_family_argument(parser)
+    parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
+
+
 def bench_shape(family: ModelFamily, *, tiny: bool, published: bool) -> ModelShape | None:
     """The shape of a bench's random model: the family's tiny one, its published one (None: the
     config class's defaults, LLaDA-8B's or Dream-7B's) or :data:`SMALL_SHAPE`."""
@@ -116,14 +128,7 @@ def parse_args(argv):
         default=10.0,
         help="the confident model's logit spread (LM head rescaled to it)",
     )
-    parser.add_argument(
-        "--gpu-8b", action="store_true", help="the family's published shape (LLaDA-8B, Dream-7B), bf16, CUDA"
-    )
-    parser.add_argument(
-        "--tiny", action="store_true", help="the family's 2-layer, width-64 shape (smoke test)"
-    )
-    add_family_argument(parser)
-    parser.add_argument("--device", default=None, help="default: cuda with --gpu-8b, else cpu")
+    add_model_arguments(parser)
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (CPU time is measured)")

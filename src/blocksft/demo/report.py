@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,23 @@ def budget_sentences(config, budgets: dict[str, dict], n_train: int) -> list[str
     ]
 
 
+def block_table(
+    cells: dict[str, dict[int, str]], training_block: int, column: Callable[[int, bool], str]
+) -> list[str]:
+    """A markdown table: a row per model (in ``cells``' order), a column per inference block length
+    (headed ``column(block, is_training_block)``), ``-`` where a model lacks a block length."""
+    blocks = sorted({b for by_block in cells.values() for b in by_block})
+    lines = [
+        "| model | " + " | ".join(column(b, b == training_block) for b in blocks) + " |",
+        "|---|" + "---|" * len(blocks),
+    ]
+    for name, by_block in cells.items():
+        lines.append(
+            f"| {LABELS.get(name, name)} | " + " | ".join(by_block.get(b, "-") for b in blocks) + " |"
+        )
+    return lines
+
+
 def percent_with_interval(m: dict) -> str:
     return f"{100 * m['accuracy']:.1f} [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}]"
 
@@ -262,8 +280,11 @@ def introduction(run: DemoRun) -> list[str]:
 
 def accuracy_section(run: DemoRun) -> list[str]:
     """The accuracy table, the paired tests and the two plots."""
-    config, table = run.config, accuracy_table(run.cells)
-    blocks = sorted({cell["block_length"] for cell in run.cells})
+    config = run.config
+    cells = {
+        name: {b: percent_with_interval(m) for b, m in by_block.items()}
+        for name, by_block in accuracy_table(run.cells).items()
+    }
     lines = [
         "## Accuracy on held-out problems",
         "",
@@ -271,12 +292,8 @@ def accuracy_section(run: DemoRun) -> list[str]:
         "gold answer), in %, with 95 % Wilson intervals. Columns: inference block length; "
         f"**{config.block_size}** is the training block size of Blockwise SFT.",
         "",
-        "| model | " + " | ".join(f"**{b}**" if b == config.block_size else str(b) for b in blocks) + " |",
-        "|---|" + "---|" * len(blocks),
+        *block_table(cells, config.block_size, lambda b, training: f"**{b}**" if training else str(b)),
     ]
-    for name, by_block in table.items():
-        row = [percent_with_interval(by_block[b]) if b in by_block else "-" for b in blocks]
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(row) + " |")
     lines += [
         "",
         "Paired test (McNemar, exact), Blockwise against full-sequence SFT on the same problems:",
