@@ -123,6 +123,14 @@ def test_runs_of_different_threads_or_settings_are_not_summarised_together():
     check_comparable(RUNS)  # seeds, folders and load differ: fine
 
 
+def test_a_missing_readme_is_one_clear_error_before_any_run(tmp_path):
+    from blocksft.bench.demo import main
+
+    with pytest.raises(BlocksftError, match="--readme .*no such file"):
+        main(["--readme", str(tmp_path / "missing.md"), "--runs", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_replace_between_markers_keeps_the_rest_and_needs_one_pair():
     text = f"intro\n{BEGIN}\nold table\n{END}\noutro\n"
     assert replace_between_markers(text, "new\n") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"

@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     if not seeds:
         raise BlocksftError("--seeds needs at least one seed")
     readme = Path(args.readme)
+    if not readme.is_file():
+        raise BlocksftError(f"--readme {readme}: no such file (the file whose marked part is rewritten)")
     text = readme.read_text()
     replace_between_markers(text, "")  # fail before hours of runs, not after
     runs_dir, extra = Path(args.runs), args.demo_args.split()
