@@ -16,12 +16,7 @@ from blocksft.testing_dream import DREAM, tiny_dream_model, tiny_dream_tokenizer
 PROMPTS = ["Natalia sold clips", "How many?", "Weng earns $12 an hour for babysitting."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

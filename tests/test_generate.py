@@ -37,13 +37,7 @@ def _tokenizer():
 PROMPTS = ["Natalia sold clips", "How many?", "Weng earns $12 an hour for babysitting."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a busy 2-core machine two threads run 50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
