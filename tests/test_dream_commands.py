@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from test_prepare import ROWS, WRAPPER, write_jsonl
-from train_utils import safetensors_dtypes
+from train_utils import safetensors_dtypes, save_random_adapter
 from transformers import AutoModelForCausalLM
 
 from blocksft.cli import main
@@ -160,18 +159,12 @@ def test_eval_renders_prompts_with_dreams_template(tmp_path, dream_checkpoint):
 def test_merge_writes_a_dream_checkpoint_with_the_adapters_logits(
     tmp_path, dream_checkpoint, dream_tokenizer
 ):
-    peft_model = get_peft_model(
+    ids, expected = save_random_adapter(
         tiny_dream_model(dream_tokenizer, seed=0),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj", "down_proj"]),
+        ["q_proj", "o_proj", "down_proj"],
+        tmp_path / "adapter",
+        len(dream_tokenizer),
     )
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.2)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    ids = torch.randint(0, len(dream_tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = peft_model.eval()(input_ids=ids).logits
     out = tmp_path / "merged"
     argv = [
         "merge",

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from train_utils import load_without_blocksft, safetensors_dtypes
+from train_utils import load_without_blocksft, safetensors_dtypes, save_random_adapter
 from transformers import AutoModelForCausalLM
 
 from blocksft.cli import main
@@ -18,18 +17,10 @@ def base_and_adapter(tmp_path_factory, tokenizer):
     base = tiny_llada_model(tokenizer, seed=0)
     base.save_pretrained(folder / "base")
     tokenizer.save_pretrained(folder / "base")
-    peft_model = get_peft_model(
-        tiny_llada_model(tokenizer, seed=0),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "ff_proj"]),
+    targets = ["q_proj", "v_proj", "ff_proj"]
+    ids, expected = save_random_adapter(
+        tiny_llada_model(tokenizer, seed=0), targets, folder / "adapter", len(tokenizer)
     )
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.2)
-    peft_model.save_pretrained(folder / "adapter")
-    ids = torch.randint(0, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = peft_model.eval()(input_ids=ids).logits
     return folder, ids, expected
 
 

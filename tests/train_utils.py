@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 
 from blocksft.config.train import TrainConfig
@@ -131,3 +132,17 @@ def load_without_blocksft(folder: Path, ids: torch.Tensor, tmp_path: Path) -> di
         capture_output=True,
     )
     return torch.load(tmp_path / "out.pt")
+
+
+def save_random_adapter(model, targets: list[str], folder: Path, vocab_size: int):
+    """A LoRA adapter on ``targets`` of ``model`` with random B (so it changes the logits), saved in
+    ``folder``; returns ``(ids, logits)``: a fixed ``[2, 12]`` batch and the adapted model's logits."""
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    peft_model.save_pretrained(folder)
+    ids = torch.randint(0, vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return ids, peft_model.eval()(input_ids=ids).logits
