@@ -16,10 +16,11 @@ from blocksft.generation.static import DecoderCache, StaticDecoder
 from blocksft.generation.transfer import descending_rank, left_pad
 from blocksft.model.modeling_shared import StaticCacheSpan
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # test_generate's fixtures: the tiny model with a wide init (rows finish their blocks at different
-# steps under a 0.5 threshold), its EOS-prone copy, three prompts, and one torch thread.
-_one_thread, model, eos_model, prompts = (
-    test_generate._one_thread,
+# steps under a 0.5 threshold), its EOS-prone copy and three prompts.
+model, eos_model, prompts = (
     test_generate.model,
     test_generate.eos_model,
     test_generate.prompts,
